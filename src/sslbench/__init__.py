@@ -1,0 +1,3 @@
+"""sslbench: pretrain, evaluate and compare self-supervised vision models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""Backbones: any timm model by name, used as a feature extractor.
+
+``create_backbone`` returns the model without its classifier (``num_classes=0``), so its
+output is the pooled feature vector of size ``model.num_features``. For the ResNet family
+it can swap in a small-image stem (3×3 convolution at stride 1, no max-pool), the usual
+choice for images of 64 px or less, where the standard stem's 4× downsampling throws most
+of the picture away.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+from timm.models.resnet import ResNet
+from torch import nn
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be built as asked; the message is one line."""
+
+
+def create_backbone(name: str, *, small_stem: bool = False) -> nn.Module:
+    """Build timm model ``name`` from scratch (random init) without its classifier.
+
+    Args:
+        name: any name of ``timm.list_models()``, e.g. ``resnet18``.
+        small_stem: ResNets only: first convolution 3×3 stride 1 and no max-pool.
+
+    Returns:
+        A module mapping images (N, 3, H, W) to features (N, model.num_features).
+    """
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise BackboneError(f"unknown backbone '{name}': not a timm model name{hint}")
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    if small_stem:
+        _use_small_stem(model, name)
+    return model
+
+
+def _use_small_stem(model: nn.Module, name: str) -> None:
+    if not isinstance(model, ResNet):
+        raise BackboneError(
+            f"backbone.small_stem=true is implemented for timm ResNets only, not '{name}' "
+            f"({type(model).__name__}); use backbone.small_stem=false"
+        )
+    # The stem width is what bn1 normalises, whether conv1 is one conv or a deep stem.
+    width = model.bn1.num_features
+    model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+
+
+def feature_dim(model: nn.Module) -> int:
+    """Size of the pooled feature vector."""
+    return int(model.num_features)

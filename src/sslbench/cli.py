@@ -1,0 +1,186 @@
+"""The ``sslbench`` command line.
+
+The subcommand is parsed first and ``key=value`` overrides are validated against the
+schema before torch is imported, so a typo fails in a fraction of a second with one line
+naming the bad value and the valid choices. ``main(argv)`` returns the exit status, so the
+command line is tested in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from sslbench import __version__
+from sslbench.config import ConfigError, compose, load_run_config
+
+DESCRIPTION = """\
+Pretrain, evaluate and compare self-supervised vision models.
+
+commands:
+  demo                      the embedded default: SimCLR on Fashion-MNIST vs random init
+  pretrain [KEY=VALUE ...]  one run: pretrain, then evaluate the frozen backbone
+  eval run_dir=DIR          evaluate a finished run's backbone again
+  datasets [list|prepare NAME]
+                            the datasets, and building their decode-once caches
+
+Override keys: method, transform, dataset, backbone, experiment (groups), epochs,
+batch_size, image_size, seed, device, devices, run_dir, dataset.max_train,
+dataset.max_test, method.KEY, transform.ops.OP.PARAM, ...; see README.md.
+"""
+
+
+class UsageError(Exception):
+    """A command-line mistake; the message is one line."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sslbench", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"sslbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="SimCLR on Fashion-MNIST beside a random-init backbone")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    pretrain = sub.add_parser("pretrain", help="one run: pretrain, then evaluate")
+    pretrain.add_argument("--config", metavar="FILE", help="repeat a run from its config.yaml")
+    pretrain.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    evaluate = sub.add_parser("eval", help="evaluate a finished run again (run_dir=DIR)")
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    datasets = sub.add_parser("datasets", help="list datasets; prepare NAME builds its cache")
+    datasets.add_argument("action", nargs="?", default="list", choices=["list", "prepare"])
+    datasets.add_argument("name", nargs="?")
+    datasets.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return its exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        handler = {
+            "demo": _demo,
+            "pretrain": _pretrain,
+            "eval": _eval,
+            "datasets": _datasets,
+        }[args.command]
+        return handler(args)
+    except (ConfigError, UsageError) as err:
+        print(f"sslbench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sslbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for the user, details in error.log
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"sslbench: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    if args.config:
+        cfg = load_run_config(args.config, args.overrides)
+    else:
+        cfg = compose(args.overrides)
+    from sslbench.train import pretrain  # torch is imported only now
+
+    results = pretrain(cfg)
+    print(_summary(results, cfg.run_dir))
+    return 0
+
+
+def _summary(results: dict, run_dir: str) -> str:
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (
+        f"{results['method']} / {results['transform']} on {results['dataset']}: "
+        f"linear top-1 {fmt(results['linear_top1'])}, top-5 {fmt(results['linear_top5'])}, "
+        f"kNN top-1 {fmt(results['knn_top1'])}; {results['pretrain_seconds'] / 60:.1f} min "
+        f"({results['images_per_second']:.0f} img/s)\nrun folder: {run_dir}"
+    )
+
+
+def _run_dir_arg(overrides: list[str]) -> tuple[str, list[str]]:
+    run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
+    if not run_dirs:
+        raise UsageError("eval needs run_dir=DIR (a folder with config.yaml and last.ckpt)")
+    return run_dirs[-1], [o for o in overrides if not o.startswith("run_dir=")]
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    run_dir, overrides = _run_dir_arg(args.overrides)
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        raise UsageError(f"run_dir={run_dir} has no config.yaml; is it a run folder?")
+    cfg = load_run_config(config_file, [*overrides, f"run_dir={run_dir}"])
+    from sslbench.train import evaluate_run, update_results
+
+    metrics = evaluate_run(run_dir, cfg)
+    results = update_results(run_dir, metrics)
+    print(_summary(results, run_dir))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    cfg = compose(["experiment=demo", *args.overrides])
+    from sslbench.train import evaluate_run, pretrain, update_results
+
+    print(f"sslbench demo: SimCLR on {cfg.dataset.name}, run folder {cfg.run_dir}", flush=True)
+    results = pretrain(cfg)
+    start = time.perf_counter()
+    random_init = evaluate_run(cfg.run_dir, cfg, random_init=True)
+    random_init["eval_seconds"] = time.perf_counter() - start
+    update_results(cfg.run_dir, {"random_init": random_init})
+    rows = [
+        ("random init", random_init["linear_top1"], random_init["knn_top1"], 0.0),
+        (
+            f"SimCLR, {cfg.epochs} epochs",
+            results["linear_top1"],
+            results["knn_top1"],
+            results["pretrain_seconds"] / 60,
+        ),
+    ]
+    print()
+    print(f"{cfg.backbone.name} on {cfg.dataset.name} ({results['train_images']} train / "
+          f"{results['test_images']} test images, {cfg.image_size} px)")  # fmt: skip
+    print(f"{'backbone':<22}{'linear top-1':>14}{'kNN top-1':>12}{'minutes':>10}")
+    for name, linear, knn, minutes in rows:
+        print(f"{name:<22}{linear:>14.3f}{knn:>12.3f}{minutes:>10.1f}")
+    print(f"\nrun folder: {cfg.run_dir}")
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from sslbench.data import SOURCES, get_source, load_or_build
+
+    if args.action == "list":
+        for name in sorted(SOURCES):
+            print(f"{name:<16}{SOURCES[name].__doc__.strip().splitlines()[0]}")
+        return 0
+    if not args.name:
+        raise UsageError(f"datasets prepare NAME; valid: {', '.join(sorted(SOURCES))}")
+    cfg = compose([f"dataset={args.name}", *args.overrides])
+    source = get_source(cfg.dataset.name, cfg.dataset.path)
+    for split in source.splits():
+        cached = load_or_build(source, split, cfg.dataset.cache_size or cfg.image_size)
+        print(
+            f"{cfg.dataset.name}/{split}: {len(cached)} images at {cached.side} px in {cached.path}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Command-line overrides → a validated, fully resolved run configuration.
+
+``key=value`` overrides are checked here, before Hydra composes them and before torch is
+imported, so that a typo costs a one-line error and no time: an unknown group option or
+key, or a value of the wrong type, raises :class:`ConfigError` naming the bad value and the
+valid choices (Hydra's own errors span many lines). Hydra then composes the defaults list
+with the overrides; :func:`resolve` fills the derived values (image size, run folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sslbench.config.schema import (
+    GROUPS,
+    REQUIRED_GROUPS,
+    TYPED_SECTIONS,
+    RunConfig,
+    conf_dir,
+    group_options,
+)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; its message is one line meant for the user."""
+
+
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="sslbench_schema", node=RunConfig)
+
+
+def parse_overrides(args: Sequence[str]) -> list[Any]:
+    """Parse ``key=value`` strings with Hydra's grammar (values get Hydra's types)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"expected key=value, got '{arg}'")
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except HydraException as err:
+            raise ConfigError(f"cannot parse override '{arg}': {_first_line(err)}") from None
+        if override.is_sweep_override():
+            raise ConfigError(f"'{arg}' is a sweep; grids run with 'sslbench pretrain -m'")
+        if override.is_add() or override.is_delete() or override.is_force_add():
+            raise ConfigError(f"'{arg}': adding or deleting keys is not supported; set key=value")
+        parsed.append(override)
+    return parsed
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _check_group_choice(group: str, choice: Any) -> None:
+    options = group_options(group)
+    if not isinstance(choice, str) or choice not in options:
+        raise ConfigError(f"unknown {group} '{choice}'; valid: {', '.join(options)}")
+
+
+def _split_overrides(overrides: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Separate group choices (``method=byol``) from key settings (``epochs=5``).
+
+    ``backbone=NAME`` for a timm model without a YAML file becomes ``backbone.name=NAME``:
+    any timm model is a valid backbone, checked against timm's registry when built.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups, keys = [], []
+    for override in overrides:
+        key = override.key_or_group
+        if key in GROUPS:
+            choice = override.value()
+            if key == "backbone" and choice not in group_options("backbone"):
+                (override,) = OverridesParser.create().parse_overrides([f"backbone.name={choice}"])
+                keys.append(override)
+                continue
+            _check_group_choice(key, choice)
+            groups.append(override)
+        else:
+            keys.append(override)
+    return groups, keys
+
+
+def _annotation(section: type, key: str) -> Any:
+    for f in fields(section):
+        if f.name == key:
+            return typing.get_type_hints(section)[key]
+    raise KeyError(key)
+
+
+def _type_ok(expected: Any, value: Any) -> bool:
+    """Whether ``value`` fits a dataclass annotation (Optional, scalars, lists, dicts)."""
+    if expected is Any:
+        return True
+    origin = typing.get_origin(expected)
+    if origin is typing.Union:
+        return any(_type_ok(arg, value) for arg in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin in (list, typing.List):  # noqa: UP006
+        return isinstance(value, list)
+    if origin in (dict, typing.Dict):  # noqa: UP006
+        return isinstance(value, dict)
+    if is_dataclass(expected):
+        return isinstance(value, dict)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected: Any) -> str:
+    args = [a for a in typing.get_args(expected) if a is not type(None)]
+    if typing.get_origin(expected) is typing.Union and len(args) == 1:
+        return f"{_type_name(args[0])} or null"
+    return getattr(expected, "__name__", str(expected))
+
+
+def _expected_type(cfg: DictConfig, path: list[str], current: Any) -> Any:
+    """The type a key must hold: its dataclass annotation, else its default's type."""
+    parent = ".".join(path[:-1])
+    if parent in TYPED_SECTIONS:
+        return _annotation(TYPED_SECTIONS[parent], path[-1])
+    if len(path) == 1:
+        return _annotation(RunConfig, path[0])
+    if path[0] == "transform" and len(path) == 4 and path[1] == "ops":
+        return _op_param_annotation(cfg, path)
+    if current is None:
+        return Any
+    if isinstance(current, bool):
+        return bool
+    if isinstance(current, float):
+        return float
+    if isinstance(current, (DictConfig, dict)):
+        return dict
+    if OmegaConf.is_list(current) or isinstance(current, list):
+        return list
+    return type(current)
+
+
+def _op_param_annotation(cfg: DictConfig, path: list[str]) -> Any:
+    from sslbench.transforms.params import OP_PARAMS
+
+    entry = cfg.transform.ops.get(path[2]) or {}
+    op_name = entry.get("op", path[2]) if isinstance(entry, DictConfig) else path[2]
+    params = OP_PARAMS[op_name]
+    valid = [f.name for f in fields(params)]
+    if path[3] not in valid:
+        raise ConfigError(
+            f"unknown parameter '{path[3]}' of op {op_name} (transform.ops.{path[2]}); "
+            f"valid: {', '.join(valid)}"
+        )
+    return _annotation(params, path[3])
+
+
+def _lookup(cfg: DictConfig, dotted: str) -> tuple[list[str], Any, bool]:
+    """Walk ``dotted`` through cfg; return (path, value, exists). Unknown keys raise."""
+    path = dotted.split(".")
+    node: Any = cfg
+    for depth, part in enumerate(path):
+        is_last = depth == len(path) - 1
+        if isinstance(node, DictConfig) and part in node:
+            node = node[part]
+            continue
+        where = ".".join(path[:depth])
+        is_op_param = path[:2] == ["transform", "ops"] and depth == 3 and is_last
+        if is_op_param:  # an op parameter left at its default in the YAML
+            return path, None, False
+        valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        scope = f" under {where}" if where else ""
+        if where == "transform.ops":
+            raise ConfigError(
+                f"unknown op '{part}' in transform '{cfg.transform.get('name')}'; "
+                f"its ops: {', '.join(str(k) for k in node.keys())}"
+            )
+        raise ConfigError(
+            f"unknown key '{dotted}'; valid keys{scope}: {', '.join(str(v) for v in valid)}"
+        )
+    return path, node, True
+
+
+def check_key_override(cfg: DictConfig, key: str, value: Any) -> None:
+    """Raise ConfigError unless ``key`` exists in cfg (or is a valid op parameter) and
+    ``value`` has its type."""
+    if key.split(".")[0] in GROUPS and "." not in key:
+        _check_group_choice(key, value)
+        return
+    path, current, _ = _lookup(cfg, key)
+    expected = _expected_type(cfg, path, current)
+    if not _type_ok(expected, value):
+        raise ConfigError(f"{key} must be {_type_name(expected)}, got {value!r}")
+
+
+def compose(args: Sequence[str]) -> DictConfig:
+    """Validate ``key=value`` args, compose them with Hydra, and resolve derived values."""
+    overrides = parse_overrides(args)
+    group_overrides, key_overrides = _split_overrides(overrides)
+    base = _hydra_compose([o.input_line for o in group_overrides])
+    for override in key_overrides:
+        check_key_override(base, override.key_or_group, override.value())
+    cfg = _hydra_compose([o.input_line for o in group_overrides + key_overrides])
+    return resolve(cfg)
+
+
+def _hydra_compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_schema()
+    try:
+        with initialize_config_dir(str(conf_dir()), version_base="1.3", job_name="sslbench"):
+            cfg = hydra_compose("config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"invalid configuration: {_first_line(err)}") from None
+    return cfg  # typed: the defaults list starts with the RunConfig schema
+
+
+def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
+    """Load a saved ``config.yaml`` (a run can be repeated from it alone), then apply
+    ``key=value`` overrides with the same checks as on the command line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        saved = OmegaConf.load(path)
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
+    except Exception as err:  # noqa: BLE001 - any parse/type error becomes one line
+        raise ConfigError(f"invalid config file {path}: {_first_line(err)}") from None
+    for override in parse_overrides(args):
+        key = override.key_or_group
+        if key in GROUPS:
+            raise ConfigError(
+                f"'{override.input_line}': a saved config already chose its {key}; "
+                f"set its keys instead ({key}.KEY=VALUE)"
+            )
+        check_key_override(cfg, key, override.value())
+        OmegaConf.update(cfg, key, override.value(), merge=True)
+    return resolve(cfg)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Short hash of everything that defines a run's result (not where it is written)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    for key in ("run_dir", "runs_root", "progress_bar", "num_workers"):
+        data.pop(key, None)
+    text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def resolve(cfg: DictConfig) -> DictConfig:
+    """Fill derived values and check the parts YAML files could still get wrong."""
+    for group in REQUIRED_GROUPS:
+        if not cfg.get(group):
+            raise ConfigError(f"no {group} selected; valid: {', '.join(group_options(group))}")
+    method_name = cfg.method.get("name")
+    if method_name not in group_options("method"):
+        raise ConfigError(
+            f"unknown method '{method_name}'; valid: {', '.join(group_options('method'))}"
+        )
+    from sslbench.transforms.params import parse_pipeline_spec
+
+    try:
+        parse_pipeline_spec(OmegaConf.to_container(cfg.transform.get("ops") or {}, resolve=True))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.image_size is None:
+        cfg.image_size = cfg.dataset.default_image_size
+    for key in ("epochs", "batch_size", "image_size", "devices"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be one of auto, cpu, cuda; got '{cfg.device}'")
+    if cfg.dataset.path_required and not cfg.dataset.path:
+        raise ConfigError(f"dataset {cfg.dataset.name} needs dataset.path=DIR")
+    if cfg.run_dir is None:
+        name = "-".join(
+            str(part)
+            for part in (
+                method_name,
+                cfg.transform.get("name"),
+                cfg.dataset.name,
+                cfg.backbone.name,
+            )
+        )
+        cfg.run_dir = str(Path(cfg.runs_root) / f"{name}-{config_hash(cfg)}")
+    return cfg

@@ -1,0 +1,112 @@
+"""The typed schema of a run's configuration.
+
+Pure Python (no torch): the command line validates overrides against it before anything
+heavy is imported. The YAML files under ``sslbench/conf`` supply the values; these
+dataclasses supply the keys and their types for the parts every run shares. A method's
+own keys (temperature, head sizes, ...) are typed by the defaults in its YAML file, so a
+new method needs no schema code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The configuration groups; each is a folder of YAML files under ``conf/``.
+GROUPS: tuple[str, ...] = ("method", "transform", "dataset", "backbone", "experiment")
+
+#: Groups every run selects one option of (``experiment`` is optional).
+REQUIRED_GROUPS: tuple[str, ...] = ("method", "transform", "dataset", "backbone")
+
+
+def conf_dir() -> Path:
+    """Folder of the packaged YAML configuration."""
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the YAML files of one configuration group, sorted."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimiser and learning-rate schedule of a method (lightly's benchmark protocol)."""
+
+    name: str = "sgd"  # sgd | adam | adamw | lars
+    lr: float = 0.06  # learning rate at the reference batch size
+    # lr is multiplied by batch_size / reference_batch_size; null: not scaled
+    reference_batch_size: int | None = 256
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | constant, stepped every optimiser step
+    warmup_epochs: float = 0.0  # linear warm-up from 0, in (fractional) epochs
+
+
+@dataclass
+class DatasetConfig:
+    """Which images a run trains and evaluates on."""
+
+    name: str = "fashion-mnist"  # a source of sslbench.data.SOURCES
+    path: str | None = None  # local folder or archive, for sources that take one
+    path_required: bool = False  # the source has no default location: dataset.path is needed
+    max_train: int | None = None  # seeded, class-stratified subset of the train split
+    max_test: int | None = None  # same for the test split
+    cache_size: int | None = None  # stored side S of the decode-once cache; null: image_size
+    default_image_size: int = 224  # global crop side when the run does not set image_size
+    strict: bool = False  # unreadable images: an error instead of a warning
+
+
+@dataclass
+class BackboneConfig:
+    """A timm model by name, used without its classifier."""
+
+    name: str = "resnet18"  # any timm model name
+    small_stem: bool = False  # ResNets: 3x3 stride-1 first conv, no max-pool (images <= 64 px)
+    channels_last: bool = True  # memory format on the GPU
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of the frozen backbone (the study's protocol: a linear probe)."""
+
+    enabled: bool = True
+    knn_k: int = 200  # weighted kNN (Wu et al. 2018): neighbours
+    knn_temperature: float = 0.1  # weighted kNN: softmax temperature of cosine similarities
+    linear_max_iter: int = 200  # L-BFGS iterations of the logistic-regression probe
+    linear_val_fraction: float = 0.2  # train features held out to choose the L2 strength
+    batch_size: int = 512  # feature-extraction batch
+
+
+@dataclass
+class RunConfig:
+    """One pretraining run. ``method`` and ``transform`` come from their groups' YAML."""
+
+    method: dict[str, Any] = field(default_factory=dict)
+    transform: dict[str, Any] = field(default_factory=dict)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    epochs: int = 200  # the study's
+    batch_size: int = 256  # global, over all devices (the study's)
+    image_size: int | None = None  # global crop side; null: dataset.default_image_size
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    devices: int = 1  # devices of this node used by Lightning
+    num_workers: int = 0  # DataLoader workers (the cache is memory-mapped: 0 is often best)
+    precision: str = "auto"  # auto (bf16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed
+    run_dir: str | None = None  # null: runs/<method>-<transform>-<dataset>-<backbone>-<hash>
+    runs_root: str = "runs"  # where run folders go when run_dir is null
+    log_every_n_steps: int = 10
+    check_finite_every_n_steps: int = 10  # a non-finite loss stops the run within this many steps
+    progress_bar: bool = True
+
+
+#: The sections of RunConfig typed by a dataclass (the others are typed by their YAML).
+TYPED_SECTIONS: dict[str, type] = {
+    "dataset": DatasetConfig,
+    "backbone": BackboneConfig,
+    "eval": EvalConfig,
+    "method.optimizer": OptimizerConfig,
+}

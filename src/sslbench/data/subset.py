@@ -1,0 +1,40 @@
+"""Seeded, class-stratified subsets (e.g. "train on 10% of the labels").
+
+Taking the first n items of a class-ordered dataset would give one or two classes; a
+stratified subset keeps the class proportions of the full split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["stratified_subset"]
+
+
+def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Sorted int64 indices of a seeded subset of exactly ``n`` items, stratified by label.
+
+    Each class gets ``n * count / len(labels)`` items rounded by largest remainder (so every
+    class is within one of its proportional share and the total is exactly ``n``); ties in the
+    remainder are broken at random by the seed. Unlabeled data (label -1) is just one more group,
+    so an all-unlabeled split gets a uniform random subset. The result depends only on
+    ``(labels, n, seed)``. ``n`` None or >= len(labels) returns all indices.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    total = len(labels)
+    if n is None or n >= total:
+        return np.arange(total, dtype=np.int64)
+    if n < 0:
+        raise ValueError(f"subset size must be >= 0, got {n}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    # Integer arithmetic keeps the remainders exact (no float ties from rounding).
+    share, remainder = np.divmod(counts * n, total)
+    extra = n - int(share.sum())
+    by_remainder = np.lexsort((rng.permutation(len(classes)), -remainder))
+    share[by_remainder[:extra]] += 1
+
+    # Group indices by class with one stable sort (faster than a mask per class).
+    grouped = np.split(np.argsort(labels, kind="stable"), np.cumsum(counts)[:-1])
+    picked = [rng.choice(g, size=k, replace=False) for g, k in zip(grouped, share, strict=True)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)

@@ -1,0 +1,162 @@
+"""Evaluation of a frozen backbone: features computed once, then a linear probe and kNN.
+
+The study scored each run with a linear classifier on the frozen backbone. Here the
+features of the train and test images are computed once (deterministic centre view, no
+augmentation), so the probe costs seconds instead of epochs of forward passes:
+
+- linear probe: multinomial logistic regression on standardised features, fitted by
+  L-BFGS; its L2 strength is chosen on a held-out part of the train features, then the
+  probe is refitted on all of them (top-1, top-5);
+- weighted kNN (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric
+  Instance Discrimination"): cosine similarity, k neighbours, votes exp(sim / T).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sslbench.transforms import Pipeline
+
+#: L2 strengths tried for the linear probe (on the mean cross-entropy).
+L2_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: np.ndarray,
+    aspect: np.ndarray,
+    indices: np.ndarray,
+    pipeline: Pipeline,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Pooled features (len(indices), D) in float32 of cached uint8 images (N, 3, S, S),
+    from the pipeline's deterministic evaluation view (centre square, normalised)."""
+    was_training = backbone.training
+    backbone.eval()
+    device = torch.device(device)
+    chunks = []
+    for start in range(0, len(indices), batch_size):
+        # Sorted reads from the memory-mapped cache; indices are sorted subsets already.
+        idx = indices[start : start + batch_size]
+        batch = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
+        asp = torch.from_numpy(np.ascontiguousarray(aspect[idx])).to(device)
+        view = pipeline.eval_view(batch, asp)  # centre view at the pipeline's size
+        with torch.autocast(
+            device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+        ):
+            chunks.append(backbone(view).float().cpu())
+    backbone.train(was_training)
+    return torch.cat(chunks)
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
+    """Fraction of rows whose label is among the k highest logits."""
+    k = min(k, logits.shape[1])
+    hits = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+    return float(hits.float().mean())
+
+
+def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int) -> nn.Linear:
+    torch.manual_seed(0)  # the probe is deterministic given the features
+    probe = nn.Linear(x.shape[1], num_classes)
+    nn.init.zeros_(probe.weight)
+    nn.init.zeros_(probe.bias)
+    optimizer = torch.optim.LBFGS(
+        probe.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(probe(x), y) + l2 * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return probe
+
+
+@dataclass
+class LinearProbeResult:
+    top1: float
+    top5: float
+    l2: float
+    description: str
+
+
+def linear_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    *,
+    max_iter: int = 200,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> LinearProbeResult:
+    """Logistic regression on frozen features; L2 chosen on a held-out part of train."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train_x), generator=generator)
+    n_val = int(len(train_x) * val_fraction)
+    best_l2, best_acc = L2_GRID[0], -1.0
+    if n_val > 0 and len(train_x) - n_val >= num_classes:
+        val, fit = order[:n_val], order[n_val:]
+        for l2 in L2_GRID:
+            probe = _fit_logistic(train_x[fit], train_y[fit], num_classes, l2, max_iter)
+            with torch.no_grad():
+                acc = topk_accuracy(probe(train_x[val]), train_y[val], 1)
+            if acc > best_acc:
+                best_l2, best_acc = l2, acc
+    probe = _fit_logistic(train_x, train_y, num_classes, best_l2, max_iter)
+    with torch.no_grad():
+        logits = probe(test_x)
+    description = (
+        f"linear: L-BFGS logistic regression ({max_iter} iterations) on frozen standardised "
+        f"centre-view features of {len(train_x)} train images, L2 {best_l2:g} chosen from "
+        f"{list(L2_GRID)} on {val_fraction:.0%} of them; tested on {len(test_x)} images"
+    )
+    return LinearProbeResult(
+        topk_accuracy(logits, test_y, 1), topk_accuracy(logits, test_y, 5), best_l2, description
+    )
+
+
+def knn_accuracy(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> float:
+    """Weighted kNN top-1: each of the k nearest train features (cosine) votes for its
+    class with weight exp(similarity / temperature)."""
+    train_x = F.normalize(train_x, dim=1)
+    test_x = F.normalize(test_x, dim=1)
+    k = min(k, len(train_x))
+    correct = 0
+    for start in range(0, len(test_x), chunk):
+        sims = test_x[start : start + chunk] @ train_x.T
+        top_sims, top_idx = sims.topk(k, dim=1)
+        weights = (top_sims / temperature).exp()
+        votes = torch.zeros(len(sims), num_classes).scatter_add_(1, train_y[top_idx], weights)
+        correct += int((votes.argmax(1) == test_y[start : start + chunk]).sum())
+    return correct / len(test_x)

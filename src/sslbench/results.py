@@ -1,0 +1,103 @@
+"""The run folder's files: ``results.json`` (the run contract) and atomic writes.
+
+Every file a run leaves is written to a temporary name beside it and renamed into place,
+so a crash or a kill never leaves a half-written ``results.json`` or ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+#: Bump when a field of results.json changes meaning or is removed.
+SCHEMA_VERSION = 1
+
+#: The fields every results.json has (DESIGN.md §4); absent values are null.
+CONTRACT_FIELDS: tuple[str, ...] = (
+    "schema_version", "status", "error", "method", "transform", "dataset", "backbone",
+    "epochs", "batch_size", "image_size", "linear_top1", "linear_top5", "knn_top1", "probe",
+    "pretrain_seconds", "images_per_second", "peak_gpu_memory_bytes",
+    "peak_host_memory_bytes", "seed", "versions", "git_sha",
+)  # fmt: skip
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are meant to be shared
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(run_dir: str | Path, results: dict[str, Any]) -> None:
+    """Write ``results.json`` atomically, every contract field present."""
+    full = {name: results.get(name) for name in CONTRACT_FIELDS}
+    full.update(results)
+    atomic_write_text(Path(run_dir) / "results.json", json.dumps(full, indent=2) + "\n")
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a result."""
+    import lightly
+    import pytorch_lightning
+    import timm
+    import torch
+
+    import sslbench
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightly": lightly.__version__,
+        "timm": timm.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+        "sslbench": sslbench.__version__,
+    }
+
+
+def git_sha() -> str | None:
+    """Commit of the sslbench source tree, with ``-dirty`` if it has local changes;
+    null when sslbench is not run from a git checkout."""
+    source = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def peak_host_memory_bytes() -> int:
+    """Peak resident set size of this process (Linux reports ru_maxrss in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

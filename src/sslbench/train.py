@@ -1,0 +1,312 @@
+"""One pretraining run, from a resolved config to a complete run folder.
+
+Read top to bottom: save the config → open the cached data → build backbone, pipeline and
+method → Lightning's Trainer fits → the frozen backbone is evaluated → ``results.json``.
+``results.json`` says ``running`` from the start, ``completed`` at the end, or ``failed``
+with the error; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from sslbench.backbones import create_backbone
+from sslbench.data import (
+    CachedSplit,
+    IndexedImages,
+    collate_batch,
+    get_source,
+    load_or_build,
+    stratified_subset,
+)
+from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
+from sslbench.methods import METHODS, SSLMethod
+from sslbench.results import (
+    SCHEMA_VERSION,
+    atomic_write_text,
+    git_sha,
+    peak_host_memory_bytes,
+    read_results,
+    versions,
+    write_results,
+)
+from sslbench.transforms import Pipeline
+
+log = logging.getLogger("sslbench")
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that writes to a temporary file and renames it into place, so a
+    kill during a save never leaves a truncated ``last.ckpt``."""
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        tmp = f"{filepath}.tmp"
+        super()._save_checkpoint(trainer, tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        self._last_checkpoint_saved = filepath
+
+
+@dataclass
+class RunData:
+    """The cached splits of a run and the (seeded, stratified) subsets it uses."""
+
+    train: CachedSplit
+    test: CachedSplit | None
+    train_indices: np.ndarray
+    test_indices: np.ndarray | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+
+def open_data(cfg: DictConfig, progress: bool = True) -> RunData:
+    """Build (once) or open the decode-once caches of the run's dataset."""
+    source = get_source(cfg.dataset.name, cfg.dataset.path)
+    side = cfg.dataset.cache_size or cfg.image_size
+    train = load_or_build(source, "train", side, progress=progress, strict=cfg.dataset.strict)
+    train_idx = stratified_subset(train.labels, cfg.dataset.max_train, cfg.seed)
+    test = test_idx = None
+    if "test" in source.splits() and source.classes:
+        test = load_or_build(source, "test", side, progress=progress, strict=cfg.dataset.strict)
+        test_idx = stratified_subset(test.labels, cfg.dataset.max_test, cfg.seed)
+    return RunData(train, test, train_idx, test_idx)
+
+
+def accelerator_of(cfg: DictConfig) -> str:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available; use device=auto or cpu")
+    if cfg.device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu" if cfg.device == "cuda" else "cpu"
+
+
+def precision_of(cfg: DictConfig, accelerator: str) -> str:
+    if cfg.precision != "auto":
+        return str(cfg.precision)
+    return "bf16-mixed" if accelerator == "gpu" else "32-true"
+
+
+def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
+    """The method's LightningModule around a freshly initialised backbone."""
+    backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem)
+    channels_last = accelerator == "gpu" and cfg.backbone.channels_last
+    if channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
+    pipeline = Pipeline(OmegaConf.to_container(cfg.transform.ops, resolve=True), cfg.image_size)
+    method_cls = METHODS[cfg.method.name]
+    return method_cls(
+        OmegaConf.to_container(cfg.method, resolve=True),
+        backbone,
+        pipeline,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        check_finite_every_n_steps=cfg.check_finite_every_n_steps,
+        channels_last=channels_last,
+    )
+
+
+def train_loader(cfg: DictConfig, data: RunData, world_size: int) -> DataLoader:
+    """Shuffled batches of uint8 images from the memory-mapped cache."""
+    per_device = cfg.batch_size // world_size
+    if per_device < 2 or len(data.train_indices) < cfg.batch_size:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} needs at least that many training images "
+            f"(have {len(data.train_indices)}) and 2 per device; lower batch_size"
+        )
+    return DataLoader(
+        IndexedImages(data.train, data.train_indices),
+        batch_size=per_device,
+        shuffle=True,
+        drop_last=True,  # a contrastive batch of 1 has no negatives, BatchNorm fails on it
+        collate_fn=collate_batch,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+def evaluate_backbone(
+    backbone: torch.nn.Module, cfg: DictConfig, data: RunData, pipeline: Pipeline, device: str
+) -> dict[str, Any]:
+    """Linear probe (top-1, top-5) and weighted kNN top-1 on frozen features."""
+    if not cfg.eval.enabled or data.test is None or data.test_indices is None:
+        reason = "disabled" if not cfg.eval.enabled else "the dataset has no labelled test split"
+        return {"linear_top1": None, "linear_top5": None, "knn_top1": None,
+                "probe": f"not evaluated: {reason}"}  # fmt: skip
+    features = {}
+    for name, split, idx in (
+        ("train", data.train, data.train_indices),
+        ("test", data.test, data.test_indices),
+    ):
+        x = extract_features(
+            backbone, split.images, split.aspect, idx, pipeline,
+            batch_size=cfg.eval.batch_size, device=device,
+        )  # fmt: skip
+        features[name] = (x, torch.from_numpy(split.labels[idx]).long())
+    (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
+    probe = linear_probe(
+        train_x, train_y, test_x, test_y, data.num_classes,
+        max_iter=cfg.eval.linear_max_iter, val_fraction=cfg.eval.linear_val_fraction,
+        seed=cfg.seed,
+    )  # fmt: skip
+    knn = knn_accuracy(
+        train_x, train_y, test_x, test_y, data.num_classes,
+        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature,
+    )  # fmt: skip
+    description = (
+        f"{probe.description}; kNN: k={cfg.eval.knn_k}, T={cfg.eval.knn_temperature}, "
+        f"cosine-weighted votes on the same features"
+    )
+    return {"linear_top1": probe.top1, "linear_top5": probe.top5, "knn_top1": knn,
+            "probe": description}  # fmt: skip
+
+
+def _base_results(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "running",
+        "error": None,
+        "method": cfg.method.name,
+        "alpha": cfg.method.get("alpha"),
+        "transform": cfg.transform.get("name"),
+        "dataset": cfg.dataset.name,
+        "backbone": cfg.backbone.name,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "image_size": cfg.image_size,
+        "max_train": cfg.dataset.max_train,
+        "max_test": cfg.dataset.max_test,
+        "seed": cfg.seed,
+        "versions": versions(),
+        "git_sha": git_sha(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    header = (
+        "# The fully resolved configuration of this run. Repeat it with:\n"
+        f"#   sslbench pretrain --config {run_dir / 'config.yaml'}\n"
+    )
+    atomic_write_text(run_dir / "config.yaml", header + OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Run one pretraining + evaluation; return the results written to results.json.
+
+    On any error the results say ``failed`` with the error, and the error is re-raised.
+    """
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    results = _base_results(cfg)
+    write_results(run_dir, results)
+    try:
+        results.update(_pretrain_and_evaluate(cfg, run_dir))
+        results["status"] = "completed"
+    except BaseException as err:
+        results["status"] = "failed"
+        results["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+        results["peak_host_memory_bytes"] = peak_host_memory_bytes()
+        atomic_write_text(run_dir / "error.log", traceback.format_exc())
+        write_results(run_dir, results)
+        raise
+    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_results(run_dir, results)
+    return results
+
+
+def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    accelerator = accelerator_of(cfg)
+    model = build_method(cfg, accelerator)  # first: a bad backbone fails before any caching
+    data = open_data(cfg, progress=cfg.progress_bar)
+    world_size = cfg.devices  # one node; multi-node runs come through torchrun/srun
+    loader = train_loader(cfg, data, world_size)
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=accelerator,
+        devices=cfg.devices,
+        precision=precision_of(cfg, accelerator),
+        logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
+        callbacks=[
+            AtomicCheckpoint(
+                dirpath=str(run_dir), save_last=True, save_top_k=0, enable_version_counter=False
+            ),
+            # Refreshing the bar reads the loss: a host sync, so only every N steps.
+            *([TQDMProgressBar(refresh_rate=cfg.log_every_n_steps)] if cfg.progress_bar else []),
+        ],  # fmt: skip
+        log_every_n_steps=cfg.log_every_n_steps,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(run_dir),
+    )
+    if accelerator == "gpu":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # Lightning suggests more workers; the cache is memory-mapped, so reads are cheap.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # The run folder holds config.yaml and results.json already; only metrics.csv is new.
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
+        trainer.fit(model, loader)
+    pretrain_seconds = time.perf_counter() - start
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training interrupted")
+    images_seen = len(loader) * loader.batch_size * cfg.epochs  # all devices' images
+    peak_gpu = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
+    device = "cuda" if accelerator == "gpu" else "cpu"
+    metrics = evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
+    return {
+        **metrics,
+        "pretrain_seconds": pretrain_seconds,
+        "images_per_second": images_seen / pretrain_seconds,
+        "peak_gpu_memory_bytes": peak_gpu,
+        "peak_host_memory_bytes": peak_host_memory_bytes(),
+        "train_images": int(len(data.train_indices)),
+        "test_images": None if data.test_indices is None else int(len(data.test_indices)),
+    }
+
+
+def evaluate_run(run_dir: str | Path, cfg: DictConfig, random_init: bool = False) -> dict[str, Any]:
+    """Evaluate the backbone of a finished run (its ``last.ckpt``), or with
+    ``random_init`` the same backbone freshly initialised with the run's seed."""
+    run_dir = Path(run_dir)
+    pl.seed_everything(cfg.seed, verbose=False)
+    accelerator = accelerator_of(cfg)
+    device = "cuda" if accelerator == "gpu" else "cpu"
+    model = build_method(cfg, accelerator)
+    if not random_init:
+        checkpoint = run_dir / "last.ckpt"
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"no checkpoint {checkpoint}; was the run completed?")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict(state)
+    data = open_data(cfg, progress=cfg.progress_bar)
+    return evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
+
+
+def update_results(run_dir: str | Path, update: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into a run's results.json (atomically)."""
+    results = read_results(run_dir)
+    results.update(update)
+    write_results(run_dir, results)
+    return results

@@ -1,0 +1,340 @@
+"""Batched, device-agnostic augmentation ops.
+
+Every op works on a whole float32 batch ``x`` of shape (N, 3, H, W) with values in [0, 1] and
+gives each sample its own random parameters, drawn as tensors from a ``torch.Generator`` that
+lives on the batch's device. Nothing loops over samples or reads values back to the host
+(no ``.item()``), so the same code runs unchanged, and without syncs, on CPU and CUDA. An op that
+fires with probability p is computed for the whole batch and selected per sample with
+``torch.where``.
+
+Two layers:
+
+* deterministic kernels with explicit per-sample factors (``adjust_brightness(x, factor[N])``,
+  ...), which follow ``torchvision.transforms.v2.functional`` and are tested against it;
+* random ops ``op(x, gen, params)`` that draw the factors and call the kernels (``OPS``).
+
+Cropping is special: images are cached as S x S squares (the original picture squashed) plus
+their original aspect ratio, and crop boxes are sampled in normalised *original* coordinates so
+that scale and ratio mean what they mean in torchvision, then resampled with ``roi_align``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import roi_align
+
+from .params import (
+    ColorJitterParams,
+    FlipParams,
+    GaussianBlurParams,
+    GrayscaleParams,
+    NormalizeParams,
+    ResizedCropParams,
+)
+
+# ITU-R 601 luma weights; the red weight is torchvision's 0.2989 (not 0.299) so results match it.
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+def _per_sample(v: Tensor) -> Tensor:
+    """View a per-sample vector (N,) as (N, 1, 1, 1) so that it broadcasts over images."""
+    return v.to(torch.float32).view(-1, 1, 1, 1)
+
+
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device: torch.device) -> Tensor:
+    """(N,) float32 samples of U[lo, hi]."""
+    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+
+
+def _coin(n: int, p: float, gen: torch.Generator, device: torch.device) -> Tensor:
+    """(N, 1, 1, 1) bool mask, True with probability p, ready for ``torch.where``."""
+    return (torch.rand(n, generator=gen, device=device) < p).view(-1, 1, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic kernels (per-sample factors as (N,) tensors)
+# ---------------------------------------------------------------------------------------------
+
+
+def _luma(x: Tensor) -> Tensor:
+    """(N, 3, H, W) -> (N, 1, H, W) grayscale."""
+    r, g, b = x.unbind(-3)
+    return (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]).unsqueeze(-3)
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """factor * x + (1 - factor) * other, clamped to [0, 1]; factor is (N,)."""
+    f = _per_sample(factor)
+    return (x * f + other * (1.0 - f)).clamp(0.0, 1.0)
+
+
+def to_grayscale(x: Tensor) -> Tensor:
+    """Grayscale of (N, 3, H, W), repeated to 3 channels so it can replace a colour image."""
+    return _luma(x).expand_as(x).contiguous()
+
+
+def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
+    """Scale intensities by factor[N] (0 gives black, 1 the identity), clamped to [0, 1]."""
+    return (x * _per_sample(factor)).clamp(0.0, 1.0)
+
+
+def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+    """Blend each image with the mean of its own grayscale version (0 gives a flat grey)."""
+    mean = _luma(x).mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(x, mean, factor)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+    """Blend each image with its grayscale version (0 gives grayscale, 2 doubles saturation)."""
+    return _blend(x, _luma(x), factor)
+
+
+def _hue_sixths(x: Tensor, v: Tensor, delta: Tensor) -> Tensor:
+    """Hue of (..., 3, H, W) in sixths of a turn, in (-1, 5]; v, delta are max, max - min."""
+    r, g, b = x.split(1, dim=-3)
+    # Grey pixels (delta == 0) get hue 0; the safe divisor avoids 0/0 NaNs there. The hue is
+    # measured from the sector of the largest channel (red wins ties, as in torchvision).
+    d = torch.where(delta > 0, delta, torch.ones_like(delta))
+    return torch.where(
+        v == r, (g - b) / d, torch.where(v == g, (b - r) / d + 2.0, (r - g) / d + 4.0)
+    )
+
+
+def _rgb_from_hue(h6: Tensor, v: Tensor, delta: Tensor) -> Tensor:
+    """RGB (..., 3, H, W) from hue in sixths (any real), value v and chroma delta = v * s."""
+    # Closed form: channel n in (R, G, B) = (5, 3, 1) is v - delta * clamp(min(k, 4 - k), 0, 1)
+    # with k = (n + h6) mod 6; it avoids the six-way sector switch.
+    n = torch.arange(5.0, 0.0, -2.0, device=h6.device, dtype=h6.dtype).view(3, 1, 1)  # 5, 3, 1
+    k = torch.remainder(n + h6, 6.0)
+    return v - delta * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+
+
+def rgb_to_hsv(x: Tensor) -> Tensor:
+    """(..., 3, H, W) RGB in [0, 1] -> HSV: hue in turns [0, 1), saturation and value in [0, 1]."""
+    v = x.amax(dim=-3, keepdim=True)
+    delta = v - x.amin(dim=-3, keepdim=True)
+    s = delta / torch.where(delta > 0, v, torch.ones_like(v))
+    h = torch.remainder(_hue_sixths(x, v, delta) / 6.0, 1.0)
+    return torch.cat((h, s, v), dim=-3)
+
+
+def hsv_to_rgb(x: Tensor) -> Tensor:
+    """Inverse of ``rgb_to_hsv``: (..., 3, H, W) HSV -> RGB in [0, 1]."""
+    h, s, v = x.split(1, dim=-3)
+    return _rgb_from_hue(6.0 * h, v, v * s)
+
+
+def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of each image by shift[N] turns (in [-0.5, 0.5]), keeping HSV s and v.
+
+    Same result as RGB -> HSV -> shift -> RGB, but computed directly from max, chroma and hue
+    (no saturation division, no stacking), since this is the costliest colour op.
+    """
+    v = x.amax(dim=-3, keepdim=True)
+    delta = v - x.amin(dim=-3, keepdim=True)
+    h6 = _hue_sixths(x, v, delta) + 6.0 * _per_sample(shift)
+    return _rgb_from_hue(h6, v, delta).clamp(0.0, 1.0)
+
+
+def blur_kernel_size(side: int, fraction: float) -> int:
+    """Odd kernel size nearest to fraction * side, at least 3 (and < 2 * side, for reflect pad)."""
+    k = 2 * math.floor((fraction * side - 1.0) / 2.0 + 0.5) + 1
+    return min(max(3, k), 2 * side - 1)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Gaussian blur of (N, C, H, W) with per-sample sigma[N] and an odd ``kernel_size``.
+
+    Separable: reflect-pad once, then a horizontal and a vertical 1-D pass. All N*C planes go
+    through one grouped convolution (one group per plane), so each sample gets its own kernel
+    without a loop. Same result as torchvision's 2-D kernel (outer product of the 1-D ones).
+    """
+    n, c, height, width = x.shape
+    half = kernel_size // 2
+    if kernel_size % 2 != 1 or half >= min(height, width):
+        raise ValueError(f"kernel_size must be odd and < 2 * side, got {kernel_size} for {x.shape}")
+    t = torch.arange(kernel_size, device=x.device, dtype=torch.float32) - half
+    kernel = torch.exp(-0.5 * (t / sigma.to(torch.float32).view(-1, 1)) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    kernel = kernel[:, None].expand(n, c, kernel_size).reshape(n * c, kernel_size)
+    y = F.pad(x.reshape(1, n * c, height, width), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, kernel.view(n * c, 1, 1, kernel_size), groups=n * c)
+    y = F.conv2d(y, kernel.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return y.view(n, c, height, width)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random ops: op(x, gen, params) -> x
+# ---------------------------------------------------------------------------------------------
+
+
+def hflip(x: Tensor, gen: torch.Generator, params: FlipParams) -> Tensor:
+    """Mirror each sample left-right with probability ``params.p``."""
+    return torch.where(_coin(x.shape[0], params.p, gen, x.device), x.flip(-1), x)
+
+
+def color_jitter(x: Tensor, gen: torch.Generator, params: ColorJitterParams) -> Tensor:
+    """Brightness, contrast, saturation and hue jitter in a random order per sample.
+
+    With probability ``params.p`` per sample. The order is a per-sample permutation of the four
+    adjustments. Brightness, contrast and saturation are all blends ``f * x + (1 - f) * target``
+    with target 0, the grey mean or the grey image, so each of the four steps does one blend
+    with a per-sample target and factor (factor 1 for samples whose step is the hue) and one
+    hue rotation kept only where the step is the hue: no syncs, no per-sample loop.
+
+    Draws, in this order: the apply mask (N), brightness, contrast and saturation factors
+    (N each), hue shift (N), and (N, 4) uniform keys whose argsort gives each sample's order.
+    """
+    n, dev = x.shape[0], x.device
+    apply = _coin(n, params.p, gen, dev)
+    b, c, s, h = params.brightness, params.contrast, params.saturation, params.hue
+    # All factors are drawn even for zero strengths (then exactly 1, or a 0 hue shift), so the
+    # random stream consumed does not depend on the parameters.
+    factors = torch.stack(
+        [_uniform(n, max(0.0, 1.0 - v), 1.0 + v, gen, dev) for v in (b, c, s)]
+        + [torch.ones(n, device=dev)],
+        dim=1,
+    )  # (N, 4): brightness, contrast, saturation, neutral slot for the hue step
+    shift = _uniform(n, -h, h, gen, dev)
+    order = torch.rand(n, 4, generator=gen, device=dev).argsort(dim=1)  # (N, step) -> adjustment
+    out = x
+    for step in range(4):
+        pick = order[:, step]
+        picked = pick.view(-1, 1, 1, 1)
+        if b > 0 or c > 0 or s > 0:  # with all three at 0 every factor is 1: skip the blend
+            gray = _luma(out)
+            mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
+            target = torch.where(picked == 0, 0.0, torch.where(picked == 1, mean, gray))
+            out = _blend(out, target, factors.gather(1, pick[:, None])[:, 0])
+        if h > 0:  # a zero hue shift is the identity; skip the costly rotation
+            out = torch.where(picked == 3, adjust_hue(out, shift), out)
+    return torch.where(apply, out, x)
+
+
+def grayscale(x: Tensor, gen: torch.Generator, params: GrayscaleParams) -> Tensor:
+    """Convert each sample to 3-channel grayscale with probability ``params.p``."""
+    return torch.where(_coin(x.shape[0], params.p, gen, x.device), to_grayscale(x), x)
+
+
+def gaussian_blur_op(x: Tensor, gen: torch.Generator, params: GaussianBlurParams) -> Tensor:
+    """Blur each sample with probability ``params.p``, sigma ~ U[sigma], kernel ~ fraction * side.
+
+    Images whose side is <= ``params.skip_at_or_below`` are returned unchanged (SimCLR does not
+    blur CIFAR-sized images); the random numbers are drawn anyway to keep streams aligned.
+    """
+    n, dev = x.shape[0], x.device
+    apply = _coin(n, params.p, gen, dev)
+    sigma = _uniform(n, params.sigma[0], params.sigma[1], gen, dev)
+    side = min(x.shape[-2], x.shape[-1])
+    if side <= params.skip_at_or_below:
+        return x
+    blurred = gaussian_blur(x, sigma, blur_kernel_size(side, params.kernel_fraction))
+    return torch.where(apply, blurred, x)
+
+
+def normalize(x: Tensor, gen: torch.Generator | None, params: NormalizeParams) -> Tensor:
+    """(x - mean) / std per channel; deterministic (``gen`` is unused and may be None)."""
+    # Python scalars per channel rather than a tensor built from a list, which would be a
+    # blocking host-to-device copy on CUDA.
+    pairs = enumerate(zip(params.mean, params.std, strict=True))
+    return torch.cat([(x[:, i : i + 1] - m) / s for i, (m, s) in pairs], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cropping from cached squashed squares
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_crop_boxes(
+    aspect: Tensor, gen: torch.Generator, params: ResizedCropParams, attempts: int = 10
+) -> Tensor:
+    """Sample random-resized-crop boxes; returns (N, 4) float32 ``(x0, y0, x1, y1)`` in [0, 1].
+
+    Coordinates are normalised coordinates of the ORIGINAL picture, whose width / height is
+    aspect[N]. Area fraction s ~ U(scale) and log ratio ~ U(log ratio) are measured in original
+    pixels, hence w = sqrt(s r / a), h = sqrt(s a / r). Like torchvision, up to ``attempts``
+    tries (all drawn at once) for a box that fits, else the whole image cropped to the nearest
+    allowed ratio, centred. The position is uniform over the places the box fits.
+    """
+    n, dev = aspect.shape[0], aspect.device
+    a = aspect.to(torch.float32).view(-1, 1)
+    (s_lo, s_hi), (r_lo, r_hi) = params.scale, params.ratio
+    u = torch.rand(n, attempts, 2, generator=gen, device=dev)
+    area = s_lo + (s_hi - s_lo) * u[..., 0]
+    ratio = torch.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * u[..., 1])
+    w, h = torch.sqrt(area * ratio / a), torch.sqrt(area * a / ratio)
+    fits = (w <= 1.0) & (h <= 1.0)
+    # Weights attempts, attempts-1, ..., 1 on the fitting tries: the argmax is the first fitting
+    # one, with no reliance on how argmax breaks ties.
+    rank = torch.arange(attempts, 0, -1, device=dev, dtype=torch.float32)
+    first = (fits.to(torch.float32) * rank).argmax(dim=1, keepdim=True)
+    w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], fits.any(dim=1)
+    a = a[:, 0]
+    fallback_ratio = a.clamp(r_lo, r_hi)
+    w = torch.where(found, w, (fallback_ratio / a).clamp(max=1.0))
+    h = torch.where(found, h, (a / fallback_ratio).clamp(max=1.0))
+    pos = torch.where(found[:, None], torch.rand(n, 2, generator=gen, device=dev), 0.5)
+    x0, y0 = pos[:, 0] * (1.0 - w), pos[:, 1] * (1.0 - h)
+    return torch.stack((x0, y0, x0 + w, y0 + h), dim=1).clamp(0.0, 1.0)
+
+
+def center_boxes(aspect: Tensor) -> Tensor:
+    """(N, 4) boxes of the largest centred square of each original picture, normalised coords.
+
+    E.g. for aspect 4/3 the box spans the middle 3/4 of the width and the full height.
+    """
+    a = aspect.to(torch.float32)
+    w, h = (1.0 / a).clamp(max=1.0), a.clamp(max=1.0)
+    x0, y0 = (1.0 - w) / 2, (1.0 - h) / 2
+    return torch.stack((x0, y0, x0 + w, y0 + h), dim=1)
+
+
+def crop_to_boxes(images: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Resample normalised boxes[N, 4] of images[N, 3, H, W] to float32 (N, 3, size, size).
+
+    ``roi_align`` with ``aligned=True`` treats pixel i as covering [i, i + 1), so a normalised
+    box maps to pixels by multiplying by the side; ``sampling_ratio=-1`` averages
+    ceil(box side / size) points per output pixel along each axis, which antialiases when
+    shrinking. uint8 input is scaled to [0, 1].
+    """
+    x = images.to(torch.float32)
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    n, _, height, width = x.shape
+    b = boxes.to(x.device, torch.float32)
+    index = torch.arange(n, device=x.device, dtype=torch.float32)
+    rois = torch.stack(
+        (index, b[:, 0] * width, b[:, 1] * height, b[:, 2] * width, b[:, 3] * height), 1
+    )
+    out = roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return out.clamp(0.0, 1.0)
+
+
+def resized_crop(
+    images: Tensor, gen: torch.Generator, params: ResizedCropParams, *, aspect: Tensor, size: int
+) -> Tensor:
+    """Random resized crop of cached squares images[N, 3, S, S] (uint8 or float) with original
+    aspect[N] (width / height) -> float32 (N, 3, size, size) in [0, 1]."""
+    boxes = sample_crop_boxes(aspect.to(images.device), gen, params)
+    return crop_to_boxes(images, boxes, size)
+
+
+def center_view(images: Tensor, aspect: Tensor, size: int) -> Tensor:
+    """Largest centred square of each original picture, resized to float32 (N, 3, size, size)."""
+    return crop_to_boxes(images, center_boxes(aspect.to(images.device)), size)
+
+
+# Random ops by name (same names as params.OP_PARAMS); resized_crop needs aspect and size, so
+# the pipeline calls it directly.
+OPS: dict[str, Callable[..., Tensor]] = {
+    "hflip": hflip,
+    "color_jitter": color_jitter,
+    "grayscale": grayscale,
+    "gaussian_blur": gaussian_blur_op,
+    "normalize": normalize,
+}

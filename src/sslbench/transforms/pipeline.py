@@ -1,0 +1,92 @@
+"""A pipeline of batched ops built from a config mapping, and seeding of its generators.
+
+A ``Pipeline`` turns cached uint8 squares (N, 3, S, S) plus their original aspect ratios into
+augmented float32 views (N, 3, size, size): first a random resized crop (or a centre view when
+the spec has no crop), then the other ops in spec order, all on the batch's device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .ops import OPS, center_boxes, center_view, crop_to_boxes, normalize, sample_crop_boxes
+from .params import NormalizeParams, ResizedCropParams, parse_pipeline_spec
+
+
+class Pipeline:
+    """Batched augmentation pipeline, e.g.
+    ``Pipeline({"resized_crop": {"scale": [0.2, 1.0]}, "hflip": None, "normalize": None}, 32)``.
+
+    ``ops`` maps entry names to parameter mappings (see ``parse_pipeline_spec``); ``size`` is the
+    output side. ``resized_crop``, if present, must be the first entry and appear once.
+    """
+
+    def __init__(self, ops: Mapping[str, Mapping[str, Any] | None], size: int) -> None:
+        self.size = int(size)
+        self.spec = parse_pipeline_spec(ops)
+        crops = [i for i, (_, op, _) in enumerate(self.spec) if op == "resized_crop"]
+        if crops not in ([], [0]):
+            raise ValueError("op 'resized_crop' must be the first op of a transform, used once")
+        self.crop: ResizedCropParams | None = self.spec[0][2] if crops else None
+        self.steps = [
+            (entry, op, params) for entry, op, params in self.spec if op != "resized_crop"
+        ]
+        norms = [params for _, op, params in self.spec if op == "normalize"]
+        self.normalize: NormalizeParams | None = norms[-1] if norms else None
+
+    def __call__(self, images: Tensor, aspect: Tensor, gen: torch.Generator) -> Tensor:
+        """Augment images[N, 3, S, S] (uint8 or float) with original aspect[N] (width / height)
+        into float32 (N, 3, size, size). ``gen`` must be on the images' device."""
+        return self.with_boxes(images, aspect, gen)[0]
+
+    def with_boxes(
+        self, images: Tensor, aspect: Tensor, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Like ``__call__``, also returning the (N, 4) crop boxes ``(x0, y0, x1, y1)`` in
+        normalised original-image coordinates (before any flip), to map coordinates between
+        views."""
+        aspect = aspect.to(images.device, torch.float32)
+        if self.crop is not None:
+            boxes = sample_crop_boxes(aspect, gen, self.crop)
+        else:
+            boxes = center_boxes(aspect)
+        x = crop_to_boxes(images, boxes, self.size)
+        for _, op, params in self.steps:
+            x = OPS[op](x, gen, params)
+        return x, boxes
+
+    def eval_view(self, images: Tensor, aspect: Tensor) -> Tensor:
+        """Deterministic evaluation view: centre square, resized, then this pipeline's normalize
+        (if any). images[N, 3, S, S], aspect[N] -> float32 (N, 3, size, size)."""
+        x = center_view(images, aspect, self.size)
+        return x if self.normalize is None else normalize(x, None, self.normalize)
+
+    def describe(self) -> str:
+        """Multi-line summary: output size, then one line per op with its parameters."""
+        lines = [f"Pipeline(size={self.size})"]
+        if self.crop is None:
+            lines.append("  center_view (no resized_crop)")
+        for entry, op, params in self.spec:
+            name = entry if entry == op else f"{entry} ({op})"
+            lines.append(f"  {name}: {params}")
+        return "\n".join(lines)
+
+    __repr__ = describe
+
+
+def make_generator(seed: int, device: torch.device | str, *stream: int) -> torch.Generator:
+    """A generator on ``device`` seeded from (seed, *stream), e.g. (seed, rank, worker, epoch).
+
+    The integers are hashed (BLAKE2b) into a 63-bit seed, so nearby ids give unrelated streams
+    rather than overlapping ones, and (1, 2) differs from (2, 1) and from (1, 2, 0).
+    """
+    data = b"".join((int(v) % 2**64).to_bytes(8, "little") for v in (seed, *stream))
+    digest = hashlib.blake2b(data, digest_size=8, person=b"sslbench.gen").digest()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return gen
