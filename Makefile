@@ -1,0 +1,53 @@
+# `make demo` and `make test` each set everything up on a fresh machine, then run.
+# A second call finds the virtual environment in place and goes straight to work.
+
+VENV       := .venv
+PYTHON     := $(VENV)/bin/python
+STAMP      := $(VENV)/.sslbench-installed
+SYS_PYTHON ?= python3
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+# PyTorch builds that pip installs from this kind of machine's local disk (see README).
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: demo test test-fast lint data clean-venv
+
+demo: $(STAMP) data
+	$(VENV)/bin/sslbench demo
+
+test: $(STAMP) data
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/pytest -q
+
+test-fast: $(STAMP) data
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(SYS_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet $(TORCH_SPEC)
+	$(PYTHON) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# Fashion-MNIST for the demo and the real-data tests, from Debian where we may install it.
+data:
+	@if [ -d $(FMNIST_DIR) ] || [ -n "$$SSLBENCH_DATA" -a -d "$$SSLBENCH_DATA/fashion-mnist" ]; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+		echo "note: Fashion-MNIST not found in $(FMNIST_DIR); sslbench will try to download it"; \
+	fi
+
+clean-venv:
+	rm -rf $(VENV)

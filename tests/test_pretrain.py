@@ -1,0 +1,146 @@
+"""End to end: real SimCLR runs on a few hundred real Fashion-MNIST images, through the
+command line in-process, with the run contract checked field by field."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sslbench.cli import main
+from sslbench.methods import SimCLR
+from sslbench.results import CONTRACT_FIELDS
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make data)"
+)
+
+# A tiny but complete run: small timm ResNet, 2 optimiser steps, real images.
+TINY = [
+    "method=simclr", "dataset=fashion-mnist", "backbone=resnet10t", "image_size=32",
+    "dataset.max_train=128", "dataset.max_test=64", "epochs=1", "batch_size=64",
+    "eval.linear_max_iter=30", "progress_bar=false",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
+    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@needs_fmnist
+def test_tiny_simclr_run_writes_complete_results(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    assert main(["pretrain", *TINY, f"run_dir={run_dir}"]) == 0
+    assert "linear top-1" in capsys.readouterr().out
+    results = _results(run_dir)
+    assert set(CONTRACT_FIELDS) <= set(results)
+    assert results["status"] == "completed" and results["error"] is None
+    assert (results["method"], results["transform"], results["dataset"]) == (
+        "simclr", "simclr", "fashion-mnist",
+    )  # fmt: skip
+    assert (results["epochs"], results["batch_size"], results["image_size"]) == (1, 64, 32)
+    for key in ("linear_top1", "linear_top5", "knn_top1"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["linear_top5"] >= results["linear_top1"]
+    assert results["linear_top1"] > 0.3  # 10 classes: chance is 0.1, even random features do better
+    assert "linear" in results["probe"] and "k=200" in results["probe"]
+    assert results["pretrain_seconds"] > 0 and results["images_per_second"] > 0
+    assert results["peak_gpu_memory_bytes"] is None  # no GPU here
+    assert results["peak_host_memory_bytes"] > 50e6
+    assert set(results["versions"]) >= {"python", "torch", "lightly", "timm", "sslbench"}
+    assert results["train_images"] == 128 and results["test_images"] == 64
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "last.ckpt").is_file()
+    with open(run_dir / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert any(row.get("train_loss_epoch") for row in rows)
+    assert not list(run_dir.glob("*.tmp"))
+
+    # `sslbench eval` evaluates the saved checkpoint again: same features, same numbers.
+    assert main(["eval", f"run_dir={run_dir}"]) == 0
+    again = _results(run_dir)
+    assert again["linear_top1"] == pytest.approx(results["linear_top1"], abs=1e-6)
+    assert again["knn_top1"] == pytest.approx(results["knn_top1"], abs=1e-6)
+
+
+@needs_fmnist
+def test_run_repeats_from_its_saved_config(tmp_path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["pretrain", *TINY, "method.temperature=0.3", f"run_dir={first}"]) == 0
+    config = first / "config.yaml"
+    assert main(["pretrain", "--config", str(config), f"run_dir={second}"]) == 0
+    a, b = _results(first), _results(second)
+    assert b["status"] == "completed"
+    # The same config on the same machine gives the same trained backbone and numbers.
+    for key in ("linear_top1", "linear_top5", "knn_top1"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    first_state = torch.load(first / "last.ckpt", map_location="cpu", weights_only=False)
+    second_state = torch.load(second / "last.ckpt", map_location="cpu", weights_only=False)
+    weight = "backbone.conv1.0.weight"
+    assert torch.allclose(first_state["state_dict"][weight], second_state["state_dict"][weight])
+
+
+@needs_fmnist
+def test_nonfinite_loss_fails_the_run_with_its_step(tmp_path, monkeypatch, capsys) -> None:
+    def nan_loss(self: SimCLR, views: list[torch.Tensor]) -> torch.Tensor:
+        return self.backbone(views[0]).sum() * float("nan")
+
+    monkeypatch.setattr(SimCLR, "training_loss", nan_loss)
+    run_dir = tmp_path / "nan"
+    code = main(["pretrain", *TINY, "check_finite_every_n_steps=1", f"run_dir={run_dir}"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "non-finite training loss at step 0" in err
+    results = _results(run_dir)
+    assert results["status"] == "failed"
+    assert "non-finite" in results["error"]
+    assert (run_dir / "error.log").is_file()
+
+
+def test_missing_data_fails_cleanly(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "missing"
+    code = main(["pretrain", "dataset=folder", f"dataset.path={tmp_path / 'nowhere'}",
+                 "backbone=resnet10t", f"run_dir={run_dir}", "progress_bar=false"])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert "nowhere" in err and "\n" not in err
+    assert _results(run_dir)["status"] == "failed"
+
+
+def test_pretrain_on_a_flat_folder_of_unlabeled_images(tmp_path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        pixels = rng.integers(0, 256, size=(24 + i % 3 * 8, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
+    run_dir = tmp_path / "run"
+    code = main(["pretrain", "dataset=folder", f"dataset.path={folder}", "backbone=resnet10t",
+                 "image_size=16", "batch_size=16", "epochs=1", f"run_dir={run_dir}",
+                 "progress_bar=false"])  # fmt: skip
+    assert code == 0
+    results = _results(run_dir)
+    assert results["status"] == "completed"
+    assert results["linear_top1"] is None and "not evaluated" in results["probe"]
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_demo_beats_random_init(tmp_path, capsys) -> None:
+    assert main(["demo", f"runs_root={tmp_path}", "progress_bar=false"]) == 0
+    out = capsys.readouterr().out
+    assert "random init" in out and "SimCLR" in out
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    results = _results(run_dir)
+    assert results["linear_top1"] > results["random_init"]["linear_top1"]
