@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from sslbench.cli import main
-from sslbench.methods import SimCLR
+from sslbench.methods import SimCLR, Views
 from sslbench.results import CONTRACT_FIELDS
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -93,8 +93,8 @@ def test_run_repeats_from_its_saved_config(tmp_path) -> None:
 
 @needs_fmnist
 def test_nonfinite_loss_fails_the_run_with_its_step(tmp_path, monkeypatch, capsys) -> None:
-    def nan_loss(self: SimCLR, views: list[torch.Tensor]) -> torch.Tensor:
-        return self.backbone(views[0]).sum() * float("nan")
+    def nan_loss(self: SimCLR, views: Views) -> torch.Tensor:
+        return self.backbone(views.global_views[0]).sum() * float("nan")
 
     monkeypatch.setattr(SimCLR, "training_loss", nan_loss)
     run_dir = tmp_path / "nan"

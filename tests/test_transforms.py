@@ -31,8 +31,10 @@ from sslbench.transforms import (
     adjust_hue,
     adjust_saturation,
     blur_kernel_size,
+    box_coordinates,
     center_view,
     color_jitter,
+    crop_to_boxes,
     gaussian_blur,
     gaussian_blur_op,
     grayscale,
@@ -398,7 +400,7 @@ def test_pipeline_end_to_end() -> None:
     images, aspect = _uint8_batch()
     plain = Pipeline(FULL_SPEC, 24)
     normed = Pipeline({**FULL_SPEC, "normalize": None}, 24)
-    x, boxes = plain.with_boxes(images, aspect, _gen(3))
+    x, boxes, _ = plain.views(images, aspect, _gen(3))
     y = normed(images, aspect, _gen(3))
     assert x.shape == y.shape == (8, 3, 24, 24) and y.dtype == torch.float32
     assert boxes.shape == (8, 4)
@@ -440,3 +442,43 @@ def test_cuda_matches_cpu_and_never_syncs() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.shape == ev.shape == (8, 3, 24, 24) and out.device.type == "cuda"
+
+
+def test_coordinate_maps_follow_crop_and_flip_by_hand() -> None:
+    # One 2:1 picture, crop box x in [0.5, 1.0], y in [0, 0.5] (normalised), 4-px output.
+    aspect = torch.tensor([2.0])
+    boxes = torch.tensor([[0.5, 0.0, 1.0, 0.5]])
+    coords = box_coordinates(boxes, aspect, 4)
+    # Pixel centres at 1/8, 3/8, 5/8, 7/8 of the box; x in units of the height (times 2).
+    expected_x = (0.5 + 0.5 * torch.tensor([0.125, 0.375, 0.625, 0.875])) * 2.0
+    expected_y = 0.5 * torch.tensor([0.125, 0.375, 0.625, 0.875])
+    torch.testing.assert_close(coords[0, 0, 2], expected_x)
+    torch.testing.assert_close(coords[0, 1, :, 1], expected_y)
+
+
+def test_pipeline_coordinates_move_with_the_pixels() -> None:
+    images, aspect = _uint8_batch()
+    pipe = Pipeline({"resized_crop": {"scale": [0.3, 1.0]}, "hflip": {"p": 0.5}}, 16)
+    x, boxes, coords = pipe.views(images, aspect, _gen(0), coordinates=True)
+    assert coords is not None and coords.shape == (8, 2, 16, 16)
+    unflipped = box_coordinates(boxes, aspect, 16)
+    flipped = (coords[:, 0, :, 0] > coords[:, 0, :, -1]).all(dim=1)  # x decreases left to right
+    assert 0 < int(flipped.sum()) < 8  # with p=0.5 over 8 samples (seeded), both occur
+    torch.testing.assert_close(coords[~flipped], unflipped[~flipped])
+    torch.testing.assert_close(coords[flipped], unflipped[flipped].flip(-1))
+    # The pixels moved the same way: the views equal the unflipped crop, flipped where the map is.
+    plain = crop_to_boxes(images, boxes, 16)
+    torch.testing.assert_close(x[flipped], plain[flipped].flip(-1))
+    torch.testing.assert_close(x[~flipped], plain[~flipped])
+
+
+def test_with_crop_changes_only_crop_scale_and_size() -> None:
+    pipe = Pipeline(FULL_SPEC, 32)
+    local = pipe.with_crop([0.05, 0.14], 12)
+    assert local.size == 12 and local.crop is not None
+    assert list(local.crop.scale) == [0.05, 0.14]
+    assert [op for _, op, _ in local.spec] == [op for _, op, _ in pipe.spec]
+    images, aspect = _uint8_batch()
+    _, boxes, _ = local.views(images, aspect, _gen(1))
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    assert (area <= 0.14 + 1e-5).all()

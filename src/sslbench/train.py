@@ -8,7 +8,6 @@ with the error; every file is written atomically.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import traceback
@@ -46,8 +45,6 @@ from sslbench.results import (
     write_results,
 )
 from sslbench.transforms import Pipeline
-
-log = logging.getLogger("sslbench")
 
 
 class AtomicCheckpoint(ModelCheckpoint):
@@ -118,6 +115,7 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         check_finite_every_n_steps=cfg.check_finite_every_n_steps,
+        log_every_n_steps=cfg.log_every_n_steps,
         channels_last=channels_last,
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sslbench.methods.base import NonFiniteLossError, SSLMethod
+from sslbench.methods.base import NonFiniteLossError, SSLMethod, Views
 from sslbench.methods.simclr import SimCLR
 
 #: Method name (as in conf/method/NAME.yaml) → its LightningModule class.
@@ -10,4 +10,4 @@ METHODS: dict[str, type[SSLMethod]] = {
     "simclr": SimCLR,
 }
 
-__all__ = ["METHODS", "NonFiniteLossError", "SSLMethod", "SimCLR"]
+__all__ = ["METHODS", "NonFiniteLossError", "SSLMethod", "SimCLR", "Views"]

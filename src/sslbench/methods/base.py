@@ -3,19 +3,24 @@
 A batch arrives as uint8 images straight from the decode-once cache. The training step
 then reads top to bottom:
 
-1. views: the pipeline augments the batch on the module's device (GPU when there is one),
+1. views: the method's layout (two global views, optional local views, optional
+   coordinate maps) made by the pipeline on the module's device (GPU when there is one),
    in float32 outside autocast, with a generator seeded from (seed, rank, epoch, step);
-2. the subclass turns the views into a loss (backbone, heads, lightly loss in float32);
+2. the subclass turns the views into a loss (backbone, heads, lightly loss in float32) and
+   hands its embeddings to the collapse monitor;
 3. a non-finite loss sets a flag on the device, read every N steps, so no step waits for
    the host.
 
-A method subclasses :class:`SSLMethod` and implements :meth:`training_loss`.
+A method subclasses :class:`SSLMethod` and implements :meth:`training_loss`; its YAML may
+ask for local views with a ``local_views`` section (count, size_ratio, scale).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -29,6 +34,36 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+@dataclass
+class Views:
+    """The views of one batch, as the method's layout asks for them.
+
+    ``global_views``: float32 (N, 3, size, size) each, from the run's pipeline;
+    ``local_views``: smaller crops (N, 3, local_size, local_size), the same ops otherwise;
+    ``*_coords``: with ``needs_coordinates``, (N, 2, h, w) maps of original-image positions
+    (x, y in units of the original height), moved by every geometric op like the pixels.
+    """
+
+    global_views: list[Tensor]
+    local_views: list[Tensor]
+    global_coords: list[Tensor] | None = None
+    local_coords: list[Tensor] | None = None
+
+
+#: Below this, embeddings are judged to be collapsing (std of L2-normalised embeddings
+#: times sqrt(dim): about 1 when they spread over the sphere, 0 when all are equal).
+COLLAPSE_WARNING_RATIO = 0.1
+
+
+def effective_rank(embeddings: Tensor) -> Tensor:
+    """Effective rank (Roy & Vetterli 2007) of (N, D) embeddings: exp of the entropy of
+    their normalised singular values; D for isotropic embeddings, 1 for a line."""
+    centred = embeddings.float() - embeddings.float().mean(dim=0)
+    singular = torch.linalg.svdvals(centred)
+    p = singular / singular.sum().clamp_min(1e-12)
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+
+
 class SSLMethod(pl.LightningModule):
     """Backbone + method heads, trained on views of uint8 batches.
 
@@ -39,10 +74,14 @@ class SSLMethod(pl.LightningModule):
         batch_size: the global batch size (over all devices), for the lr scaling.
         seed: root of the augmentation random streams.
         check_finite_every_n_steps: how often the non-finite flag is read on the host.
+        log_every_n_steps: how often the costlier monitors (effective rank) are computed.
+        channels_last: views in channels-last memory format (faster convolutions on GPU).
     """
 
     #: Views per image that the method needs (two global views for all the study's methods).
     num_global_views = 2
+    #: Whether the method needs coordinate maps of its views (VICRegL's location grids).
+    needs_coordinates = False
 
     def __init__(
         self,
@@ -53,6 +92,7 @@ class SSLMethod(pl.LightningModule):
         batch_size: int,
         seed: int = 0,
         check_finite_every_n_steps: int = 10,
+        log_every_n_steps: int = 10,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -64,30 +104,88 @@ class SSLMethod(pl.LightningModule):
         self.check_every = max(1, check_finite_every_n_steps)
         self.channels_last = channels_last
         self.feature_dim = int(backbone.num_features)
+        self.log_every = max(1, log_every_n_steps)
+        local = dict(method.get("local_views") or {})
+        self.num_local_views = int(local.get("count", 0))
+        self.local_pipeline: Pipeline | None = None
+        if self.num_local_views > 0:
+            local_size = max(1, round(pipeline.size * float(local["size_ratio"])))
+            self.local_pipeline = pipeline.with_crop(local["scale"], local_size)
         # First step whose loss was not finite; -1 while all are. Lives on the device.
         self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
 
     # -- what a method implements -------------------------------------------------------
-    def training_loss(self, views: list[Tensor]) -> Tensor:
-        """The method's loss for one batch of views, each (N, 3, H, W)."""
+    def training_loss(self, views: Views) -> Tensor:
+        """The method's loss for one batch of views."""
         raise NotImplementedError
 
     # -- shared machinery -----------------------------------------------------------------
-    def float32_loss(self, loss_fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
-        """Call ``loss_fn`` in float32 outside autocast (bf16 overflows, e.g. in Sinkhorn)."""
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            return loss_fn(*(t.float() for t in tensors))
+    def float32_loss(self, loss_fn: Callable[..., Any], *args: Any) -> Tensor:
+        """Call ``loss_fn`` in float32 outside autocast (bf16 overflows, e.g. in Sinkhorn).
+        Tensor arguments, also inside lists and tuples, are cast to float32."""
 
-    def make_views(self, images: Tensor, aspect: Tensor) -> list[Tensor]:
-        """The global views of a uint8 batch, augmented on the module's device."""
+        def to_float(value: Any) -> Any:
+            if isinstance(value, Tensor):
+                return value.float()
+            if isinstance(value, (list, tuple)):
+                return type(value)(to_float(v) for v in value)
+            return value
+
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return loss_fn(*(to_float(a) for a in args))
+
+    def make_views(self, images: Tensor, aspect: Tensor) -> Views:
+        """The views of a uint8 batch that the method's layout asks for, on its device."""
         generator = make_generator(
             self.seed, self.device, self.global_rank, self.current_epoch, self.global_step
         )
+        coordinates = self.needs_coordinates
         with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
-            views = [self.pipeline(images, aspect, generator) for _ in range(self.num_global_views)]
-        if self.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            made = [
+                self.pipeline.views(images, aspect, generator, coordinates=coordinates)
+                for _ in range(self.num_global_views)
+            ]
+            local = [
+                self.local_pipeline.views(images, aspect, generator, coordinates=coordinates)
+                for _ in range(self.num_local_views)
+                if self.local_pipeline is not None
+            ]
+        views = Views(
+            global_views=[self._memory_format(v) for v, _, _ in made],
+            local_views=[self._memory_format(v) for v, _, _ in local],
+        )
+        if coordinates:
+            views.global_coords = [c for _, _, c in made]
+            views.local_coords = [c for _, _, c in local]
         return views
+
+    def _memory_format(self, view: Tensor) -> Tensor:
+        if self.channels_last:
+            return view.contiguous(memory_format=torch.channels_last)
+        return view
+
+    def monitor_embeddings(self, embeddings: Tensor) -> None:
+        """Log collapse indicators of (N, D) embeddings: the std of the L2-normalised
+        embeddings times sqrt(D) every step (averaged per epoch), and their effective rank
+        every ``log_every`` steps. No host sync: Lightning reduces them at epoch end."""
+        z = embeddings.detach().float()
+        std = torch.nn.functional.normalize(z, dim=1).std(dim=0).mean() * math.sqrt(z.shape[1])
+        n = z.shape[0]
+        self.log("embedding_std_ratio", std, on_step=False, on_epoch=True, batch_size=n)
+        if self.global_step % self.log_every == 0:
+            rank = effective_rank(z)
+            self.log("effective_rank", rank, on_step=False, on_epoch=True, batch_size=n)
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_if_nonfinite()
+        ratio = self.trainer.callback_metrics.get("embedding_std_ratio")
+        if ratio is not None and float(ratio) < COLLAPSE_WARNING_RATIO:
+            warnings.warn(
+                f"embeddings are collapsing at epoch {self.current_epoch}: std of the "
+                f"L2-normalised embeddings x sqrt(dim) = {float(ratio):.3f} "
+                f"(about 1 when spread, 0 when collapsed)",
+                stacklevel=1,
+            )
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, aspect, _labels = batch
@@ -95,6 +193,12 @@ class SSLMethod(pl.LightningModule):
         self._flag_nonfinite(loss)
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, batch_size=images.shape[0])
         return loss
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch (known once the Trainer is attached)."""
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return max(1, total // max(1, self.trainer.max_epochs or 1))
 
     def _flag_nonfinite(self, loss: Tensor) -> None:
         bad_now = ~torch.isfinite(loss.detach())
@@ -113,9 +217,6 @@ class SSLMethod(pl.LightningModule):
                 f"try a lower method.optimizer.lr (now {self.method_cfg['optimizer']['lr']})"
             )
 
-    def on_train_epoch_end(self) -> None:
-        self._raise_if_nonfinite()
-
     def configure_optimizers(self) -> Any:
         opt_cfg = self.method_cfg["optimizer"]
         reference = opt_cfg.get("reference_batch_size")
@@ -128,8 +229,7 @@ class SSLMethod(pl.LightningModule):
             weight_decay=opt_cfg.get("weight_decay", 0.0),
         )
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
-        warmup_steps = int(opt_cfg.get("warmup_epochs", 0.0) * steps_per_epoch)
+        warmup_steps = int(opt_cfg.get("warmup_epochs", 0.0) * self.steps_per_epoch)
         schedule = lr_schedule(opt_cfg.get("schedule", "cosine"), total_steps, warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {

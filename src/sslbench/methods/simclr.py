@@ -15,7 +15,7 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import SimCLRProjectionHead
 from torch import Tensor
 
-from sslbench.methods.base import SSLMethod
+from sslbench.methods.base import SSLMethod, Views
 
 
 class SimCLR(SSLMethod):
@@ -37,8 +37,9 @@ class SimCLR(SSLMethod):
             temperature=method["temperature"], gather_distributed=method["gather_distributed"]
         )
 
-    def training_loss(self, views: list[Tensor]) -> Tensor:
+    def training_loss(self, views: Views) -> Tensor:
         # One forward pass over both views: same result per sample, better device use.
-        embeddings = self.projection_head(self.backbone(torch.cat(views)))
+        embeddings = self.projection_head(self.backbone(torch.cat(views.global_views)))
         z0, z1 = embeddings.chunk(2)
+        self.monitor_embeddings(z0)
         return self.float32_loss(self.criterion, z0, z1)

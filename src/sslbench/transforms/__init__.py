@@ -23,12 +23,14 @@ from .params import (
 
 if TYPE_CHECKING:  # static analysers see the lazy names as ordinary imports
     from .ops import (
+        GEOMETRIC_OPS,
         OPS,
         adjust_brightness,
         adjust_contrast,
         adjust_hue,
         adjust_saturation,
         blur_kernel_size,
+        box_coordinates,
         center_boxes,
         center_view,
         color_jitter,
@@ -58,6 +60,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "GEOMETRIC_OPS",
     "OPS",
     "OP_PARAMS",
     "ColorJitterParams",
@@ -72,6 +75,7 @@ __all__ = [
     "adjust_hue",
     "adjust_saturation",
     "blur_kernel_size",
+    "box_coordinates",
     "center_boxes",
     "center_view",
     "color_jitter",

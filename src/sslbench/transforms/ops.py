@@ -331,6 +331,24 @@ def center_view(images: Tensor, aspect: Tensor, size: int) -> Tensor:
 
 # Random ops by name (same names as params.OP_PARAMS); resized_crop needs aspect and size, so
 # the pipeline calls it directly.
+def box_coordinates(boxes: Tensor, aspect: Tensor, size: int) -> Tensor:
+    """(N, 2, size, size) map of where each output pixel's centre lies in the original picture.
+
+    Channel 0 is x, channel 1 is y, both in units of the original height (x in [0, aspect],
+    y in [0, 1]) so that distances are isotropic. Geometric ops move this map exactly as they
+    move the pixels, which is how VICRegL matches locations between views.
+    """
+    steps = (torch.arange(size, device=boxes.device, dtype=torch.float32) + 0.5) / size  # (S,)
+    x0, y0, x1, y1 = boxes.to(torch.float32).unbind(1)
+    a = aspect.to(boxes.device, torch.float32)
+    xs = ((x0[:, None] + (x1 - x0)[:, None] * steps) * a[:, None])[:, None, :].expand(-1, size, -1)
+    ys = (y0[:, None] + (y1 - y0)[:, None] * steps)[:, :, None].expand(-1, -1, size)
+    return torch.stack((xs, ys), dim=1)
+
+
+#: Ops that move pixels; the pipeline applies them to the coordinate map as well.
+GEOMETRIC_OPS: frozenset[str] = frozenset({"hflip"})
+
 OPS: dict[str, Callable[..., Tensor]] = {
     "hflip": hflip,
     "color_jitter": color_jitter,

@@ -7,14 +7,24 @@ the spec has no crop), then the other ops in spec order, all on the batch's devi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .ops import OPS, center_boxes, center_view, crop_to_boxes, normalize, sample_crop_boxes
+from .ops import (
+    GEOMETRIC_OPS,
+    OPS,
+    box_coordinates,
+    center_boxes,
+    center_view,
+    crop_to_boxes,
+    normalize,
+    sample_crop_boxes,
+)
 from .params import NormalizeParams, ResizedCropParams, parse_pipeline_spec
 
 
@@ -40,25 +50,47 @@ class Pipeline:
         self.normalize: NormalizeParams | None = norms[-1] if norms else None
 
     def __call__(self, images: Tensor, aspect: Tensor, gen: torch.Generator) -> Tensor:
-        """Augment images[N, 3, S, S] (uint8 or float) with original aspect[N] (width / height)
-        into float32 (N, 3, size, size). ``gen`` must be on the images' device."""
-        return self.with_boxes(images, aspect, gen)[0]
+        """Augment images[N, 3, S, S] (uint8 or float) with original aspect[N] (width / height).
 
-    def with_boxes(
-        self, images: Tensor, aspect: Tensor, gen: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
-        """Like ``__call__``, also returning the (N, 4) crop boxes ``(x0, y0, x1, y1)`` in
-        normalised original-image coordinates (before any flip), to map coordinates between
-        views."""
+        ``gen`` must be on the images' device. Returns float32 (N, 3, size, size).
+        """
+        return self.views(images, aspect, gen)[0]
+
+    def views(
+        self, images: Tensor, aspect: Tensor, gen: torch.Generator, *, coordinates: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Views, their crop boxes and (with ``coordinates``) their coordinate maps.
+
+        Returns float32 views (N, 3, size, size); boxes (N, 4) ``(x0, y0, x1, y1)`` in
+        normalised original-image coordinates (before any flip); and coordinate maps
+        (N, 2, size, size) of original-image positions (see ``box_coordinates``), moved by
+        every geometric op exactly as the pixels are, or None.
+        """
         aspect = aspect.to(images.device, torch.float32)
         if self.crop is not None:
             boxes = sample_crop_boxes(aspect, gen, self.crop)
         else:
             boxes = center_boxes(aspect)
         x = crop_to_boxes(images, boxes, self.size)
+        coords = box_coordinates(boxes, aspect, self.size) if coordinates else None
         for _, op, params in self.steps:
-            x = OPS[op](x, gen, params)
-        return x, boxes
+            if coords is not None and op in GEOMETRIC_OPS:
+                # One call on pixels and coordinates together: the same random draw moves both.
+                moved = OPS[op](torch.cat((x, coords), dim=1), gen, params)
+                x, coords = moved[:, :3], moved[:, 3:]
+            else:
+                x = OPS[op](x, gen, params)
+        return x, boxes, coords
+
+    def with_crop(self, scale: Sequence[float], size: int) -> Pipeline:
+        """The same ops with another crop scale and output size, e.g. for multi-crop local
+        views (SwAV, VICRegL); the crop's aspect-ratio range is kept."""
+        spec = {entry: dataclasses.asdict(params) | ({"op": op} if entry != op else {})
+                for entry, op, params in self.spec}  # fmt: skip
+        ratio = list(self.crop.ratio) if self.crop is not None else [3 / 4, 4 / 3]
+        crop = {"resized_crop": {"scale": list(scale), "ratio": ratio}}
+        spec.pop("resized_crop", None)
+        return Pipeline(crop | spec, size)
 
     def eval_view(self, images: Tensor, aspect: Tensor) -> Tensor:
         """Deterministic evaluation view: centre square, resized, then this pipeline's normalize
