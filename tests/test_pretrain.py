@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from sslbench.cli import main
-from sslbench.methods import SimCLR, Views
+from sslbench.methods import Views
+from sslbench.methods.simclr import SimCLR
 from sslbench.results import CONTRACT_FIELDS
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -34,7 +34,7 @@ from sslbench.data import (
     stratified_subset,
 )
 from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
-from sslbench.methods import METHODS, SSLMethod
+from sslbench.methods import SSLMethod, method_class
 from sslbench.results import (
     SCHEMA_VERSION,
     atomic_write_text,
@@ -107,7 +107,7 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     pipeline = Pipeline(OmegaConf.to_container(cfg.transform.ops, resolve=True), cfg.image_size)
-    method_cls = METHODS[cfg.method.name]
+    method_cls = method_class(cfg.method.name)
     return method_cls(
         OmegaConf.to_container(cfg.method, resolve=True),
         backbone,

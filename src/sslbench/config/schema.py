@@ -42,6 +42,9 @@ class OptimizerConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine | constant, stepped every optimiser step
     warmup_epochs: float = 0.0  # linear warm-up from 0, in (fractional) epochs
+    # biases and normalisation weights (1-d parameters): no weight decay and, for LARS,
+    # no trust-ratio adaptation (the VICReg/Barlow Twins recipe)
+    exclude_bias_and_norm: bool = False
 
 
 @dataclass

@@ -1,13 +1,34 @@
-"""SSL methods: one module per method plus its ``conf/method/NAME.yaml``."""
+"""SSL methods: one module per method plus its ``conf/method/NAME.yaml``.
+
+The registry maps a method's name to ``module:Class`` and imports it on first use, so
+that importing this package stays light and a new method is one module, one YAML file and
+one line here.
+"""
 
 from __future__ import annotations
 
-from sslbench.methods.base import NonFiniteLossError, SSLMethod, Views
-from sslbench.methods.simclr import SimCLR
+import importlib
 
-#: Method name (as in conf/method/NAME.yaml) → its LightningModule class.
-METHODS: dict[str, type[SSLMethod]] = {
-    "simclr": SimCLR,
+from sslbench.methods.base import NonFiniteLossError, SSLMethod, Views
+
+#: Method name (as in conf/method/NAME.yaml) → "module:Class" of its LightningModule.
+METHODS: dict[str, str] = {
+    "simclr": "sslbench.methods.simclr:SimCLR",
+    "simsiam": "sslbench.methods.simsiam:SimSiam",
+    "byol": "sslbench.methods.byol:BYOL",
+    "barlowtwins": "sslbench.methods.barlowtwins:BarlowTwins",
+    "vicreg": "sslbench.methods.vicreg:VICReg",
+    "swav": "sslbench.methods.swav:SwAV",
+    "vicregl": "sslbench.methods.vicregl:VICRegL",
 }
 
-__all__ = ["METHODS", "NonFiniteLossError", "SSLMethod", "SimCLR", "Views"]
+
+def method_class(name: str) -> type[SSLMethod]:
+    """The LightningModule class of method ``name``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method '{name}'; valid: {', '.join(sorted(METHODS))}")
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = ["METHODS", "NonFiniteLossError", "SSLMethod", "Views", "method_class"]

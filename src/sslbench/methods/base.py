@@ -168,6 +168,8 @@ class SSLMethod(pl.LightningModule):
         """Log collapse indicators of (N, D) embeddings: the std of the L2-normalised
         embeddings times sqrt(D) every step (averaged per epoch), and their effective rank
         every ``log_every`` steps. No host sync: Lightning reduces them at epoch end."""
+        if self._trainer is None:  # called outside a Trainer (unit tests): nothing to log to
+            return
         z = embeddings.detach().float()
         std = torch.nn.functional.normalize(z, dim=1).std(dim=0).mean() * math.sqrt(z.shape[1])
         n = z.shape[0]
@@ -221,9 +223,19 @@ class SSLMethod(pl.LightningModule):
         opt_cfg = self.method_cfg["optimizer"]
         reference = opt_cfg.get("reference_batch_size")
         lr = opt_cfg["lr"] * (self.batch_size / reference if reference else 1.0)
+        # Frozen parts (momentum targets, ...) have requires_grad False: not optimised.
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if opt_cfg.get("exclude_bias_and_norm", False):
+            params: Any = [
+                {"params": [p for p in trainable if p.ndim > 1]},
+                # lightly's LARS skips its trust ratio where weight_decay is 0
+                {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+            ]  # fmt: skip
+        else:
+            params = trainable
         optimizer = build_optimizer(
             opt_cfg["name"],
-            self.parameters(),
+            params,
             lr=lr,
             momentum=opt_cfg.get("momentum", 0.0),
             weight_decay=opt_cfg.get("weight_decay", 0.0),

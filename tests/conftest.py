@@ -1,0 +1,41 @@
+"""Shared fixtures: a fixed batch of real Fashion-MNIST images and built methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fmnist_batch(tmp_path_factory):
+    """(images uint8 (64, 3, 28, 28), aspect float32 (64,), labels int64 (64,)): a fixed,
+    class-balanced batch of real Fashion-MNIST training images, as tensors."""
+    if not FMNIST.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make data)")
+    import torch
+
+    from sslbench.data import get_source, load_or_build, stratified_subset
+
+    cache = tmp_path_factory.mktemp("fmnist-cache")
+    split = load_or_build(get_source("fashion-mnist"), "test", 28, cache_root=cache, progress=False)
+    idx = stratified_subset(split.labels, 64, seed=0)
+    return (
+        torch.from_numpy(np.ascontiguousarray(split.images[idx])),
+        torch.from_numpy(np.ascontiguousarray(split.aspect[idx])),
+        torch.from_numpy(split.labels[idx]).long(),
+    )
+
+
+def build_method(*overrides: str):
+    """A method module built exactly as `sslbench pretrain` would, on the CPU (no Trainer).
+
+    Defaults: resnet10t at 32 px (small and fast); pass overrides like "method=byol"."""
+    from sslbench.config import compose
+    from sslbench.train import build_method as build
+
+    cfg = compose(["backbone=resnet10t", "image_size=32", "device=cpu", *overrides])
+    return build(cfg, "cpu"), cfg
