@@ -136,3 +136,28 @@ def test_validation_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+
+
+def test_every_method_yaml_is_complete_and_registered() -> None:
+    from dataclasses import fields
+
+    from omegaconf import OmegaConf
+
+    from sslbench.config import conf_dir
+    from sslbench.config.schema import OptimizerConfig
+    from sslbench.methods import METHODS
+
+    assert set(group_options("method")) == set(METHODS)
+    optimizer_keys = {f.name for f in fields(OptimizerConfig)}
+    for name in group_options("method"):
+        method = OmegaConf.load(conf_dir() / "method" / f"{name}.yaml")
+        assert method.name == name
+        # Every optimiser key is in the YAML, so each can be overridden from the command line.
+        assert set(method.optimizer) == optimizer_keys, name
+
+
+def test_unknown_method_names_all_seven(capsys) -> None:
+    assert main(["pretrain", "method=nope"]) == 2
+    err = capsys.readouterr().err
+    for name in ("simclr", "simsiam", "swav", "byol", "barlowtwins", "vicreg", "vicregl"):
+        assert name in err

@@ -1,0 +1,52 @@
+"""Barlow Twins: Zbontar et al. 2021, "Barlow Twins: Self-Supervised Learning via Redundancy
+Reduction" (https://arxiv.org/abs/2103.03230).
+
+The cross-correlation matrix C between the batch-standardised embeddings of two views is
+pushed towards the identity: its diagonal to 1 (invariance to the augmentations), its
+off-diagonal to 0, weighted by λ (redundancy reduction: every dimension carries different
+information). No negatives, predictor or momentum encoder are needed against collapse.
+Loss: Σ_i (1 − C_ii)² + λ · Σ_{i≠j} C_ij².
+Shapes: views 2 × (N, 3, H, W) → features (2N, D) → embeddings (2N, output_dim) →
+C (output_dim, output_dim).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightly.loss import BarlowTwinsLoss
+from lightly.models.modules.heads import BarlowTwinsProjectionHead
+from torch import Tensor
+
+from sslbench.methods.base import SSLMethod, Views
+
+
+class BarlowTwins(SSLMethod):
+    """Barlow Twins with lightly's projection head and BarlowTwinsLoss.
+
+    Method keys (method/barlowtwins.yaml): hidden_dim, output_dim, lambda_param,
+    gather_distributed.
+    """
+
+    def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(method, *args, **kwargs)
+        self.projection_head = BarlowTwinsProjectionHead(
+            input_dim=self.feature_dim,
+            hidden_dim=method["hidden_dim"],
+            output_dim=method["output_dim"],
+        )
+        self.criterion = BarlowTwinsLoss(
+            lambda_param=method["lambda_param"],
+            gather_distributed=method["gather_distributed"],
+        )
+
+    def training_loss(self, views: Views) -> Tensor:
+        # One pass over both views: each sample's result is the same (the projector's batch
+        # norm sees 2N samples; the loss standardises each view over its own N anyway),
+        # better device use.
+        embeddings = self.projection_head(self.backbone(torch.cat(views.global_views)))
+        z0, z1 = embeddings.chunk(2)
+        self.monitor_embeddings(z0)
+        # float32: C sums N products per entry, and the loss sums output_dim² squares.
+        return self.float32_loss(self.criterion, z0, z1)

@@ -1,0 +1,60 @@
+"""SimSiam: Chen & He 2021, "Exploring Simple Siamese Representation Learning"
+(https://arxiv.org/abs/2011.10566).
+
+Two views pass through the same backbone and projector; a predictor maps each view's
+projection to the other's, whose projection is held constant (stop-gradient). The stop-
+gradient, not negatives or a momentum encoder, is what keeps the embeddings from collapsing.
+Loss (the paper's symmetric form): 0.5 · (D(p0, sg(z1)) + D(p1, sg(z0))), D the negative
+cosine similarity.
+Shapes: views 2 × (N, 3, H, W) → features (2N, D) → projections z (2N, output_dim) →
+predictions p (2N, output_dim).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
+from torch import Tensor
+
+from sslbench.methods.base import SSLMethod, Views
+
+
+class SimSiam(SSLMethod):
+    """SimSiam with lightly's projection and prediction heads and NegativeCosineSimilarity.
+
+    Method keys (method/simsiam.yaml): hidden_dim, output_dim, predictor_hidden_dim.
+    """
+
+    def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(method, *args, **kwargs)
+        self.projection_head = SimSiamProjectionHead(
+            input_dim=self.feature_dim,
+            hidden_dim=method["hidden_dim"],
+            output_dim=method["output_dim"],
+        )
+        # The predictor is a bottleneck (2048 → 512 → 2048 in the paper) back to the
+        # projection size, since its output is compared with the other view's projection.
+        self.prediction_head = SimSiamPredictionHead(
+            input_dim=method["output_dim"],
+            hidden_dim=method["predictor_hidden_dim"],
+            output_dim=method["output_dim"],
+        )
+        self.criterion = NegativeCosineSimilarity()
+
+    def training_loss(self, views: Views) -> Tensor:
+        # One pass over both views: each sample's result is the same (batch norm sees 2N
+        # samples instead of N, which SimSiam does not depend on), better device use.
+        z = self.projection_head(self.backbone(torch.cat(views.global_views)))
+        p = self.prediction_head(z)
+        z0, z1 = z.chunk(2)
+        p0, p1 = p.chunk(2)
+        self.monitor_embeddings(z0)
+        # Stop-gradient: the projections are targets, so no gradient flows through them.
+        return self.float32_loss(self.symmetric_loss, p0, p1, z0.detach(), z1.detach())
+
+    def symmetric_loss(self, p0: Tensor, p1: Tensor, z0: Tensor, z1: Tensor) -> Tensor:
+        """0.5 · (D(p0, z1) + D(p1, z0)): each view's prediction of the other's projection."""
+        return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))

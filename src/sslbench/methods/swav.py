@@ -1,0 +1,109 @@
+"""SwAV: Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster
+Assignments" (https://arxiv.org/abs/2006.09882).
+
+Every crop is projected onto the unit sphere and scored against learnable prototypes. The
+codes of each high-resolution (global) crop, balanced over the batch by Sinkhorn-Knopp, are
+the targets that all the other crops, global and local, must predict from their own scores:
+a swapped prediction problem. Multi-crop adds cheap low-resolution local crops that only
+predict, never give, codes. An optional queue of past global projections enlarges the set
+that Sinkhorn balances when batches are small.
+
+Shapes, with G global views (N, 3, S, S) and L local views (N, 3, s, s):
+backbone features (G·N, D) and (L·N, D) → projections (G·N + L·N, output_dim), L2-normalised
+→ prototype scores (G·N + L·N, n_prototypes) → lightly's SwaVLoss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightly.loss import SwaVLoss
+from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
+from lightly.models.modules.memory_bank import MemoryBankModule
+from torch import Tensor, nn
+
+from sslbench.methods.base import SSLMethod, Views
+
+
+class SwAV(SSLMethod):
+    """SwAV with lightly's projection head, prototypes and SwaVLoss.
+
+    Method keys (method/swav.yaml): hidden_dim, output_dim, n_prototypes, temperature,
+    sinkhorn_iterations, sinkhorn_epsilon, sinkhorn_gather_distributed,
+    freeze_prototypes_epochs, queue_length, queue_start_epoch, local_views.
+    """
+
+    def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(method, *args, **kwargs)
+        output_dim = int(method["output_dim"])
+        self.projection_head = SwaVProjectionHead(
+            input_dim=self.feature_dim, hidden_dim=method["hidden_dim"], output_dim=output_dim
+        )
+        # lightly's own freezing (n_steps_frozen_prototypes) flips requires_grad, which
+        # DDP without find_unused_parameters rejects; the prototypes' gradients are
+        # dropped after backward instead (on_after_backward), as the SwAV code does.
+        self.prototypes = SwaVPrototypes(output_dim, int(method["n_prototypes"]))
+        self.criterion = SwaVLoss(
+            temperature=method["temperature"],
+            sinkhorn_iterations=method["sinkhorn_iterations"],
+            sinkhorn_epsilon=method["sinkhorn_epsilon"],
+            sinkhorn_gather_distributed=method["sinkhorn_gather_distributed"],
+        )
+        self.freeze_prototypes_epochs = float(method["freeze_prototypes_epochs"])
+        #: Optimiser steps whose prototype gradients are dropped; the epoch length is known
+        #: once a Trainer is attached (on_train_start).
+        self.frozen_prototype_steps = 0
+        queue_length = int(method["queue_length"])
+        self.queue_start_epoch = int(method["queue_start_epoch"])
+        # One queue of past normalised projections per global view (lightly's SwaV-with-
+        # queue pattern); each process keeps its own, as in the SwAV code.
+        self.queues = nn.ModuleList(
+            [
+                MemoryBankModule((queue_length, output_dim), feature_dim_first=False)
+                for _ in range(self.num_global_views if queue_length > 0 else 0)
+            ]
+        )
+
+    def on_train_start(self) -> None:
+        self.frozen_prototype_steps = round(self.freeze_prototypes_epochs * self.steps_per_epoch)
+
+    def on_after_backward(self) -> None:
+        # Gradients were computed (and reduced over devices); dropping them leaves the
+        # prototypes untouched by the optimiser, weight decay included.
+        if self.global_step < self.frozen_prototype_steps:
+            for parameter in self.prototypes.parameters():
+                parameter.grad = None
+
+    def training_loss(self, views: Views) -> Tensor:
+        # SwAV keeps the prototypes on the unit sphere: scores are cosine similarities
+        # (up to lightly's prototype bias).
+        self.prototypes.normalize()
+        n, g = views.global_views[0].shape[0], len(views.global_views)
+        # One backbone pass per resolution (local crops are smaller), one head pass over all.
+        features = [self.backbone(torch.cat(views.global_views))]
+        if views.local_views:
+            features.append(self.backbone(torch.cat(views.local_views)))
+        projections = self.projection_head(torch.cat(features))
+        # Scores in float32: Sinkhorn's exp(scores / 0.05) turns bf16's rounding of the
+        # scores into errors of several percent in the codes (and overflows in bf16).
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            z = F.normalize(projections.float(), dim=1)
+            scores = self.prototypes(z).split(n)
+            z_global = z[: g * n].split(n)
+            queue = self._queue_scores(z_global)
+        self.monitor_embeddings(z_global[0])
+        return self.float32_loss(self.criterion, list(scores[:g]), list(scores[g:]), queue)
+
+    @torch.no_grad()
+    def _queue_scores(self, z_global: tuple[Tensor, ...]) -> list[Tensor] | None:
+        """Prototype scores (queue_length, n_prototypes) of each global view's queue, or
+        None while the queue is off or still filling (before ``queue_start_epoch``)."""
+        if len(self.queues) == 0:
+            return None
+        # The bank as it was before this batch is enqueued (lightly returns a copy).
+        banks = [queue(z, update=True)[1] for queue, z in zip(self.queues, z_global, strict=True)]
+        if self.current_epoch < self.queue_start_epoch:
+            return None
+        return [self.prototypes(bank) for bank in banks]
