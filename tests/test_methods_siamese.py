@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sslbench.cli import main
 from sslbench.config import compose
 from sslbench.methods import Views
+from sslbench.methods.base import effective_rank
 from sslbench.transforms import Pipeline, make_generator
 
 METHODS = ("simsiam", "byol", "barlowtwins", "vicreg")
@@ -25,6 +27,7 @@ METHODS = ("simsiam", "byol", "barlowtwins", "vicreg")
 # Narrow heads for the unit tests: the defaults' 2048-4096-wide layers would dominate their
 # time on a CPU; the tiny runs at the end train the default sizes.
 SMALL_HEADS = {
+    "simclr": ["method.hidden_dim=256", "method.output_dim=64"],
     "simsiam": ["method.hidden_dim=256", "method.output_dim=256", "method.predictor_hidden_dim=64"],
     "byol": ["method.hidden_dim=256", "method.output_dim=64", "method.predictor_hidden_dim=256"],
     "barlowtwins": ["method.hidden_dim=256", "method.output_dim=256"],
@@ -55,7 +58,7 @@ def views(fmnist_batch) -> Views:
     return Views(global_views=made, local_views=[])
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", ["simclr", *METHODS])
 def test_steps_on_fixed_views_lower_the_loss(name: str, views: Views) -> None:
     torch.manual_seed(0)
     method, _ = build_method(f"method={name}", *SMALL_HEADS[name])
@@ -232,3 +235,24 @@ def test_tiny_pretrain_run_completes(name: str, tmp_path) -> None:
     assert results["method"] == name
     assert 0.0 <= results["linear_top1"] <= 1.0
     assert (run_dir / "last.ckpt").is_file()
+
+
+def test_effective_rank_and_collapse_warning() -> None:
+    torch.manual_seed(0)
+    spread = torch.randn(256, 16)
+    assert effective_rank(spread) > 12  # near 16 for isotropic embeddings
+    line = torch.randn(256, 1) * torch.randn(1, 16)
+    assert effective_rank(line) < 1.5
+
+    class Trainer:  # what on_train_epoch_end reads: the epoch's logged metrics
+        callback_metrics = {"embedding_std_ratio": torch.tensor(0.02)}
+        current_epoch = 3
+
+    method, _ = build_method("method=simclr", *SMALL_HEADS["simclr"])
+    method._trainer = Trainer()  # type: ignore[assignment]
+    with pytest.warns(UserWarning, match="collapsing"):
+        method.on_train_epoch_end()
+    Trainer.callback_metrics = {"embedding_std_ratio": torch.tensor(0.9)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method.on_train_epoch_end()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules.heads import BarlowTwinsProjectionHead
 from torch import Tensor
@@ -42,11 +41,7 @@ class BarlowTwins(SSLMethod):
         )
 
     def training_loss(self, views: Views) -> Tensor:
-        # One pass over both views: each sample's result is the same (the projector's batch
-        # norm sees 2N samples; the loss standardises each view over its own N anyway),
-        # better device use.
-        embeddings = self.projection_head(self.backbone(torch.cat(views.global_views)))
-        z0, z1 = embeddings.chunk(2)
-        self.monitor_embeddings(z0)
+        # The loss standardises each view over its own N, whatever batch norm saw.
+        z0, z1 = self.project_global_views(self.projection_head, views)
         # float32: C sums N products per entry, and the loss sums output_dim² squares.
         return self.float32_loss(self.criterion, z0, z1)

@@ -134,6 +134,14 @@ class SSLMethod(pl.LightningModule):
         with torch.autocast(device_type=self.device.type, enabled=False):
             return loss_fn(*(to_float(a) for a in args))
 
+    def project_global_views(self, head: nn.Module, views: Views) -> tuple[Tensor, Tensor]:
+        """Both global views through the backbone and ``head`` in one pass over 2N samples
+        (the same result per sample, better device use; batch norm sees 2N). Returns
+        (z0, z1), each (N, D), and hands z0 to the collapse monitor."""
+        z0, z1 = head(self.backbone(torch.cat(views.global_views))).chunk(2)
+        self.monitor_embeddings(z0)
+        return z0, z1
+
     def make_views(self, images: Tensor, aspect: Tensor) -> Views:
         """The views of a uint8 batch that the method's layout asks for, on its device."""
         generator = make_generator(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import SimCLRProjectionHead
 from torch import Tensor
@@ -38,8 +37,5 @@ class SimCLR(SSLMethod):
         )
 
     def training_loss(self, views: Views) -> Tensor:
-        # One forward pass over both views: same result per sample, better device use.
-        embeddings = self.projection_head(self.backbone(torch.cat(views.global_views)))
-        z0, z1 = embeddings.chunk(2)
-        self.monitor_embeddings(z0)
+        z0, z1 = self.project_global_views(self.projection_head, views)
         return self.float32_loss(self.criterion, z0, z1)

@@ -45,13 +45,8 @@ class SimSiam(SSLMethod):
         self.criterion = NegativeCosineSimilarity()
 
     def training_loss(self, views: Views) -> Tensor:
-        # One pass over both views: each sample's result is the same (batch norm sees 2N
-        # samples instead of N, which SimSiam does not depend on), better device use.
-        z = self.projection_head(self.backbone(torch.cat(views.global_views)))
-        p = self.prediction_head(z)
-        z0, z1 = z.chunk(2)
-        p0, p1 = p.chunk(2)
-        self.monitor_embeddings(z0)
+        z0, z1 = self.project_global_views(self.projection_head, views)
+        p0, p1 = self.prediction_head(torch.cat((z0, z1))).chunk(2)
         # Stop-gradient: the projections are targets, so no gradient flows through them.
         return self.float32_loss(self.symmetric_loss, p0, p1, z0.detach(), z1.detach())
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead
 from torch import Tensor
@@ -46,11 +45,7 @@ class VICReg(SSLMethod):
         )
 
     def training_loss(self, views: Views) -> Tensor:
-        # One pass over both views: each sample's result is the same (the expander's batch
-        # norm sees 2N samples; the variance and covariance terms still use each view's own
-        # N), better device use.
-        embeddings = self.projection_head(self.backbone(torch.cat(views.global_views)))
-        z0, z1 = embeddings.chunk(2)
-        self.monitor_embeddings(z0)
+        # The variance and covariance terms use each view's own N, whatever batch norm saw.
+        z0, z1 = self.project_global_views(self.projection_head, views)
         # float32: the covariance sums output_dim² squared entries.
         return self.float32_loss(self.criterion, z0, z1)
