@@ -20,7 +20,8 @@ from lightly.loss.swav_loss import sinkhorn
 from sslbench.cli import main
 from sslbench.methods.swav import SwAV
 from sslbench.methods.vicregl import VICRegL, derive_num_matches, location_grid
-from sslbench.transforms.ops import box_coordinates
+from sslbench.transforms import Rotate90Params
+from sslbench.transforms.ops import box_coordinates, rotate90
 
 needs_fmnist = pytest.mark.skipif(
     not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make data)"
@@ -227,6 +228,24 @@ def test_location_grid_of_a_flipped_crop_gives_the_cells_centres() -> None:
     ys = torch.tensor([0.0625, 0.1875, 0.3125, 0.4375])
     assert torch.allclose(grid[0, :, :, 0], xs.expand(4, 4), atol=1e-6)
     assert torch.allclose(grid[0, :, :, 1], ys[:, None].expand(4, 4), atol=1e-6)
+
+
+def test_location_grid_of_a_rotated_crop_gives_the_cells_centres() -> None:
+    # The same crop, then the pipeline's rotate90 op (p=1, one quarter turn) on pixels and
+    # coordinates together, as Pipeline.views does for every geometric op.
+    box = torch.tensor([[0.25, 0.0, 0.75, 0.5]])
+    coords = box_coordinates(box, torch.tensor([2.0]), 32)
+    pixels = torch.rand(1, 3, 32, 32)
+    moved = rotate90(torch.cat((pixels, coords), dim=1), torch.Generator(), Rotate90Params(p=1.0))
+    grid = location_grid(moved[:, 3:], (4, 4))
+    xs = torch.tensor([0.625, 0.875, 1.125, 1.375])
+    ys = torch.tensor([0.0625, 0.1875, 0.3125, 0.4375])
+    # A quarter turn counter-clockwise: the top row of cells shows the crop's right column
+    # (x = 1.375) from top to bottom, and the left column of cells its bottom row.
+    for i in range(4):
+        for j in range(4):
+            assert torch.allclose(grid[0, i, j], torch.stack((xs[3 - i], ys[j])), atol=1e-6)
+    assert torch.equal(moved[:, :3], torch.rot90(pixels, 1, dims=(-2, -1)))
 
 
 def test_vicregl_num_matches_follow_the_feature_maps() -> None:

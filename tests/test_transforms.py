@@ -26,6 +26,7 @@ from sslbench.transforms import (
     NormalizeParams,
     Pipeline,
     ResizedCropParams,
+    Rotate90Params,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
@@ -45,6 +46,7 @@ from sslbench.transforms import (
     parse_pipeline_spec,
     resized_crop,
     rgb_to_hsv,
+    rotate90,
     sample_crop_boxes,
     to_grayscale,
 )
@@ -482,3 +484,17 @@ def test_with_crop_changes_only_crop_scale_and_size() -> None:
     _, boxes, _ = local.views(images, aspect, _gen(1))
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     assert (area <= 0.14 + 1e-5).all()
+
+
+def test_rotate90_matches_torchvision_and_fires_at_its_rate() -> None:
+    x = torch.rand(64, 3, 16, 16)
+    turned = rotate90(x, _gen(0), Rotate90Params(p=1.0))
+    for i in range(4):  # torchvision rotates counter-clockwise for positive angles
+        torch.testing.assert_close(turned[i], TF.rotate(x[i], 90.0))
+    any_turn = rotate90(x, _gen(1), Rotate90Params(p=1.0, max_quarter_turns=3))
+    for i in range(8):
+        assert any(torch.equal(any_turn[i], TF.rotate(x[i], 90.0 * k)) for k in (1, 2, 3))
+    big = torch.rand(4000, 1, 2, 2)
+    fired = (rotate90(big, _gen(2), Rotate90Params(p=0.3)) != big).flatten(1).any(dim=1)
+    assert abs(fired.float().mean().item() - 0.3) < 4 * (0.3 * 0.7 / 4000) ** 0.5
+    torch.testing.assert_close(rotate90(x, _gen(3), Rotate90Params(p=0.0)), x)

@@ -18,6 +18,7 @@ from .params import (
     GrayscaleParams,
     NormalizeParams,
     ResizedCropParams,
+    Rotate90Params,
     parse_pipeline_spec,
 )
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # static analysers see the lazy names as ordinary imports
         normalize,
         resized_crop,
         rgb_to_hsv,
+        rotate90,
         sample_crop_boxes,
         to_grayscale,
     )
@@ -70,6 +72,7 @@ __all__ = [
     "NormalizeParams",
     "Pipeline",
     "ResizedCropParams",
+    "Rotate90Params",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
@@ -90,6 +93,7 @@ __all__ = [
     "parse_pipeline_spec",
     "resized_crop",
     "rgb_to_hsv",
+    "rotate90",
     "sample_crop_boxes",
     "to_grayscale",
 ]

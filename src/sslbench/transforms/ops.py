@@ -35,6 +35,7 @@ from .params import (
     GrayscaleParams,
     NormalizeParams,
     ResizedCropParams,
+    Rotate90Params,
 )
 
 # ITU-R 601 luma weights; the red weight is torchvision's 0.2989 (not 0.299) so results match it.
@@ -176,6 +177,18 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
 def hflip(x: Tensor, gen: torch.Generator, params: FlipParams) -> Tensor:
     """Mirror each sample left-right with probability ``params.p``."""
     return torch.where(_coin(x.shape[0], params.p, gen, x.device), x.flip(-1), x)
+
+
+def rotate90(x: Tensor, gen: torch.Generator, params: Rotate90Params) -> Tensor:
+    """Rotate each square sample by k quarter turns (counter-clockwise as displayed),
+    k ~ uniform{1..max_quarter_turns}, with probability ``params.p``; else unchanged."""
+    n, dev = x.shape[0], x.device
+    apply = _coin(n, params.p, gen, dev)
+    turns = torch.randint(1, params.max_quarter_turns + 1, (n,), generator=gen, device=dev)
+    out = x
+    for k in range(1, params.max_quarter_turns + 1):
+        out = torch.where((turns == k).view(-1, 1, 1, 1), torch.rot90(x, k, dims=(-2, -1)), out)
+    return torch.where(apply, out, x)
 
 
 def color_jitter(x: Tensor, gen: torch.Generator, params: ColorJitterParams) -> Tensor:
@@ -347,10 +360,11 @@ def box_coordinates(boxes: Tensor, aspect: Tensor, size: int) -> Tensor:
 
 
 #: Ops that move pixels; the pipeline applies them to the coordinate map as well.
-GEOMETRIC_OPS: frozenset[str] = frozenset({"hflip"})
+GEOMETRIC_OPS: frozenset[str] = frozenset({"hflip", "rotate90"})
 
 OPS: dict[str, Callable[..., Tensor]] = {
     "hflip": hflip,
+    "rotate90": rotate90,
     "color_jitter": color_jitter,
     "grayscale": grayscale,
     "gaussian_blur": gaussian_blur_op,

@@ -65,10 +65,21 @@ class NormalizeParams:
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # RGB std devs
 
 
+@dataclass
+class Rotate90Params:
+    """Random rotation of the whole (square) view by k quarter turns."""
+
+    p: float = 0.5  # probability of rotating each sample
+    # k ~ uniform{1, ..., max_quarter_turns}: 1 is lightly's RandomRotate (90 degrees only),
+    # 3 draws any of the three rotations
+    max_quarter_turns: int = 1
+
+
 # Registry of valid op names; the key of a spec entry (or its ``op:`` field) must be one of these.
 OP_PARAMS: dict[str, type] = {
     "resized_crop": ResizedCropParams,
     "hflip": FlipParams,
+    "rotate90": Rotate90Params,
     "color_jitter": ColorJitterParams,
     "grayscale": GrayscaleParams,
     "gaussian_blur": GaussianBlurParams,
@@ -123,6 +134,8 @@ def _check_ranges(entry: str, op: str, params: Any) -> None:
         fail("scale", "must not exceed 1")
     if hasattr(params, "kernel_fraction") and params.kernel_fraction <= 0:
         fail("kernel_fraction", "must be > 0")
+    if hasattr(params, "max_quarter_turns") and not 1 <= params.max_quarter_turns <= 3:
+        fail("max_quarter_turns", "must be 1, 2 or 3")
     if hasattr(params, "std") and min(params.std) <= 0:
         fail("std", "must be > 0")
 
