@@ -17,7 +17,7 @@ nothing else:
   same shuffled batches), and its ``evaluate_backbone`` (linear probe and kNN), untouched.
 
 Every remaining difference is listed per method in the JSON lines (``differences``) and
-under the table. Run (about 10-15 minutes on the 2-core CPU, the machine otherwise idle):
+under the table. Run (about 9 minutes on the 2-core CPU, the machine otherwise idle):
 
     python benchmarks/lightly_reference.py
     python benchmarks/lightly_reference.py --methods simclr byol --epochs 3
