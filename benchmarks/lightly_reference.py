@@ -208,6 +208,19 @@ class Recipe:
     differences: list[str] = field(default_factory=list)
 
 
+def symmetric_recipe(
+    cfg: DictConfig, backbone: nn.Module, head: nn.Module, criterion: nn.Module
+) -> Recipe:
+    """A method whose loss compares the head's embeddings of two views (SimCLR, Barlow Twins,
+    VICReg), each view through the backbone separately as lightly's benchmark does."""
+
+    def loss(views: list[Tensor], epoch: int) -> Tensor:
+        x0, x1 = views
+        return criterion(head(backbone(x0)), head(backbone(x1)))
+
+    return Recipe(nn.ModuleDict({"backbone": backbone, "head": head}), simclr_two_views(cfg), loss)
+
+
 def build_simclr(cfg: DictConfig, backbone: nn.Module) -> Recipe:
     m = cfg.method
     head = heads.SimCLRProjectionHead(
@@ -215,11 +228,7 @@ def build_simclr(cfg: DictConfig, backbone: nn.Module) -> Recipe:
     )
     criterion = NTXentLoss(temperature=m.temperature)
 
-    def loss(views: list[Tensor], epoch: int) -> Tensor:
-        x0, x1 = views
-        return criterion(head(backbone(x0)), head(backbone(x1)))
-
-    return Recipe(nn.ModuleDict({"backbone": backbone, "head": head}), simclr_two_views(cfg), loss)
+    return symmetric_recipe(cfg, backbone, head, criterion)
 
 
 def build_simsiam(cfg: DictConfig, backbone: nn.Module) -> Recipe:
@@ -276,11 +285,7 @@ def build_barlowtwins(cfg: DictConfig, backbone: nn.Module) -> Recipe:
     head = heads.BarlowTwinsProjectionHead(backbone.num_features, m.hidden_dim, m.output_dim)
     criterion = BarlowTwinsLoss(lambda_param=m.lambda_param)
 
-    def loss(views: list[Tensor], epoch: int) -> Tensor:
-        x0, x1 = views
-        return criterion(head(backbone(x0)), head(backbone(x1)))
-
-    return Recipe(nn.ModuleDict({"backbone": backbone, "head": head}), simclr_two_views(cfg), loss)
+    return symmetric_recipe(cfg, backbone, head, criterion)
 
 
 def build_vicreg(cfg: DictConfig, backbone: nn.Module) -> Recipe:
@@ -290,11 +295,7 @@ def build_vicreg(cfg: DictConfig, backbone: nn.Module) -> Recipe:
     )
     criterion = VICRegLoss(lambda_param=m.lambda_param, mu_param=m.mu_param, nu_param=m.nu_param)
 
-    def loss(views: list[Tensor], epoch: int) -> Tensor:
-        x0, x1 = views
-        return criterion(head(backbone(x0)), head(backbone(x1)))
-
-    return Recipe(nn.ModuleDict({"backbone": backbone, "head": head}), simclr_two_views(cfg), loss)
+    return symmetric_recipe(cfg, backbone, head, criterion)
 
 
 def build_swav(cfg: DictConfig, backbone: nn.Module) -> Recipe:
