@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from sslbench.transforms import (
+    LABELLED_OPS,
     OP_PARAMS,
     OPS,
     ColorJitterParams,
@@ -237,6 +238,9 @@ def test_ops_keep_shape_dtype_range() -> None:
         if name == "normalize":
             continue
         y = op(x, gen, OP_PARAMS[name]())
+        if name in LABELLED_OPS:
+            y, labels = y
+            assert labels.shape[0] == x.shape[0] and labels.dtype == torch.long
         assert y.shape == x.shape and y.dtype == torch.float32
         assert y.min() >= 0 and y.max() <= 1, name
 
@@ -402,7 +406,8 @@ def test_pipeline_end_to_end() -> None:
     images, aspect = _uint8_batch()
     plain = Pipeline(FULL_SPEC, 24)
     normed = Pipeline({**FULL_SPEC, "normalize": None}, 24)
-    x, boxes, _ = plain.views(images, aspect, _gen(3))
+    made = plain.views(images, aspect, _gen(3))
+    x, boxes = made.images, made.boxes
     y = normed(images, aspect, _gen(3))
     assert x.shape == y.shape == (8, 3, 24, 24) and y.dtype == torch.float32
     assert boxes.shape == (8, 4)
@@ -461,7 +466,8 @@ def test_coordinate_maps_follow_crop_and_flip_by_hand() -> None:
 def test_pipeline_coordinates_move_with_the_pixels() -> None:
     images, aspect = _uint8_batch()
     pipe = Pipeline({"resized_crop": {"scale": [0.3, 1.0]}, "hflip": {"p": 0.5}}, 16)
-    x, boxes, coords = pipe.views(images, aspect, _gen(0), coordinates=True)
+    made = pipe.views(images, aspect, _gen(0), coordinates=True)
+    x, boxes, coords = made.images, made.boxes, made.coords
     assert coords is not None and coords.shape == (8, 2, 16, 16)
     unflipped = box_coordinates(boxes, aspect, 16)
     flipped = (coords[:, 0, :, 0] > coords[:, 0, :, -1]).all(dim=1)  # x decreases left to right
@@ -481,7 +487,7 @@ def test_with_crop_changes_only_crop_scale_and_size() -> None:
     assert list(local.crop.scale) == [0.05, 0.14]
     assert [op for _, op, _ in local.spec] == [op for _, op, _ in pipe.spec]
     images, aspect = _uint8_batch()
-    _, boxes, _ = local.views(images, aspect, _gen(1))
+    boxes = local.views(images, aspect, _gen(1)).boxes
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     assert (area <= 0.14 + 1e-5).all()
 

@@ -44,7 +44,7 @@ from sslbench.results import (
     versions,
     write_results,
 )
-from sslbench.transforms import Pipeline
+from sslbench.transforms import Pipeline, view_pipelines
 
 
 class AtomicCheckpoint(ModelCheckpoint):
@@ -106,12 +106,12 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
     channels_last = accelerator == "gpu" and cfg.backbone.channels_last
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
-    pipeline = Pipeline(OmegaConf.to_container(cfg.transform.ops, resolve=True), cfg.image_size)
+    pipelines = view_pipelines(OmegaConf.to_container(cfg.transform, resolve=True), cfg.image_size)
     method_cls = method_class(cfg.method.name)
     return method_cls(
         OmegaConf.to_container(cfg.method, resolve=True),
         backbone,
-        pipeline,
+        pipelines,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         check_finite_every_n_steps=cfg.check_finite_every_n_steps,

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytorch_lightning as pl
@@ -41,13 +41,17 @@ class Views:
     ``global_views``: float32 (N, 3, size, size) each, from the run's pipeline;
     ``local_views``: smaller crops (N, 3, local_size, local_size), the same ops otherwise;
     ``*_coords``: with ``needs_coordinates``, (N, 2, h, w) maps of original-image positions
-    (x, y in units of the original height), moved by every geometric op like the pixels.
+    (x, y in units of the original height), moved by every geometric op like the pixels;
+    ``*_labels``: per view, the pretext-task labels of the pipeline's ops (LoRot's rotation
+    class, DCL's permutation) by op entry; empty dicts for most pipelines.
     """
 
     global_views: list[Tensor]
     local_views: list[Tensor]
     global_coords: list[Tensor] | None = None
     local_coords: list[Tensor] | None = None
+    global_labels: list[dict[str, Tensor]] = field(default_factory=list)
+    local_labels: list[dict[str, Tensor]] = field(default_factory=list)
 
 
 #: Below this, embeddings are judged to be collapsing (std of L2-normalised embeddings
@@ -70,7 +74,8 @@ class SSLMethod(pl.LightningModule):
     Args:
         method: the ``method`` section of the run config (name, optimizer, own keys).
         backbone: a feature extractor (N, 3, H, W) -> (N, D), e.g. from create_backbone.
-        pipeline: the augmentation pipeline applied to the global views.
+        pipeline: the augmentation pipeline of the global views, or one per view variant
+            (global view i uses ``pipeline[i % len(pipeline)]``); local views use the first.
         batch_size: the global batch size (over all devices), for the lr scaling.
         seed: root of the augmentation random streams.
         check_finite_every_n_steps: how often the non-finite flag is read on the host.
@@ -87,7 +92,7 @@ class SSLMethod(pl.LightningModule):
         self,
         method: Mapping[str, Any],
         backbone: nn.Module,
-        pipeline: Pipeline,
+        pipeline: Pipeline | Sequence[Pipeline],
         *,
         batch_size: int,
         seed: int = 0,
@@ -98,7 +103,8 @@ class SSLMethod(pl.LightningModule):
         super().__init__()
         self.method_cfg = dict(method)
         self.backbone = backbone
-        self.pipeline = pipeline
+        self.view_pipelines = [pipeline] if isinstance(pipeline, Pipeline) else list(pipeline)
+        self.pipeline = self.view_pipelines[0]  # also the evaluation view's normalisation
         self.batch_size = batch_size
         self.seed = seed
         self.check_every = max(1, check_finite_every_n_steps)
@@ -109,8 +115,8 @@ class SSLMethod(pl.LightningModule):
         self.num_local_views = int(local.get("count", 0))
         self.local_pipeline: Pipeline | None = None
         if self.num_local_views > 0:
-            local_size = max(1, round(pipeline.size * float(local["size_ratio"])))
-            self.local_pipeline = pipeline.with_crop(local["scale"], local_size)
+            local_size = max(1, round(self.pipeline.size * float(local["size_ratio"])))
+            self.local_pipeline = self.pipeline.with_crop(local["scale"], local_size)
         # First step whose loss was not finite; -1 while all are. Lives on the device.
         self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
 
@@ -147,24 +153,27 @@ class SSLMethod(pl.LightningModule):
         generator = make_generator(
             self.seed, self.device, self.global_rank, self.current_epoch, self.global_step
         )
-        coordinates = self.needs_coordinates
+        coords = self.needs_coordinates
+        pipelines = self.view_pipelines
         with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
             made = [
-                self.pipeline.views(images, aspect, generator, coordinates=coordinates)
-                for _ in range(self.num_global_views)
+                pipelines[i % len(pipelines)].views(images, aspect, generator, coordinates=coords)
+                for i in range(self.num_global_views)
             ]
             local = [
-                self.local_pipeline.views(images, aspect, generator, coordinates=coordinates)
+                self.local_pipeline.views(images, aspect, generator, coordinates=coords)
                 for _ in range(self.num_local_views)
                 if self.local_pipeline is not None
             ]
         views = Views(
-            global_views=[self._memory_format(v) for v, _, _ in made],
-            local_views=[self._memory_format(v) for v, _, _ in local],
+            global_views=[self._memory_format(v.images) for v in made],
+            local_views=[self._memory_format(v.images) for v in local],
+            global_labels=[v.labels for v in made],
+            local_labels=[v.labels for v in local],
         )
-        if coordinates:
-            views.global_coords = [c for _, _, c in made]
-            views.local_coords = [c for _, _, c in local]
+        if coords:
+            views.global_coords = [v.coords for v in made]
+            views.local_coords = [v.coords for v in local]
         return views
 
     def _memory_format(self, view: Tensor) -> Tensor:

@@ -29,16 +29,28 @@ from sslbench.methods.base import SSLMethod, Views
 #: lightly's VICRegLLoss defaults (VICRegL's 20 / 4 matches at 7x7 / 3x3 feature maps).
 MAX_MATCHES = (20, 4)
 
+#: Location given to feature cells that show mostly rotation fill (no place in the original
+#: picture): far from every real location, so the location-based matching never picks them.
+NOWHERE = 1.0e4
+
 
 def location_grid(coords: Tensor, map_size: Sequence[int]) -> Tensor:
     """Original-image positions (N, h, w, 2) of the centres of an (h, w) feature map's cells,
     from a view's coordinate map (N, 2, S, S).
 
     The coordinate map of a crop is affine in the pixel position, so its average over a cell
-    is its value at the cell's centre; a flip mirrors the map and so permutes the cells.
+    is its value at the cell's centre; a flip mirrors the map and so permutes the cells. After
+    LoRot or a DCL shuffle a cell may hold pixels from several places: its location is their
+    mean. Pixels that a rotation filled are NaN in the map and left out of the mean; a cell
+    that is more than half fill is put at ``NOWHERE``.
     """
     h, w = int(map_size[0]), int(map_size[1])
-    return F.adaptive_avg_pool2d(coords.float(), (h, w)).permute(0, 2, 3, 1)
+    coords = coords.float()
+    known = ~torch.isnan(coords[:, :1])
+    total = F.adaptive_avg_pool2d(torch.nan_to_num(coords, nan=0.0), (h, w))
+    share = F.adaptive_avg_pool2d(known.float(), (h, w))
+    grid = torch.where(share >= 0.5, total / share.clamp_min(1e-6), NOWHERE)
+    return grid.permute(0, 2, 3, 1)
 
 
 def derive_num_matches(

@@ -13,6 +13,11 @@ Two layers:
   ...), which follow ``torchvision.transforms.v2.functional`` and are tested against it;
 * random ops ``op(x, gen, params)`` that draw the factors and call the kernels (``OPS``).
 
+Geometric ops (flips, rotations, LoRot's region, DCL's shuffle) accept extra channels after
+the three colour channels and move them exactly as the pixels: that is how a coordinate map
+(see ``box_coordinates``) follows a view. The ops that make pretext tasks (``lorot``,
+``region_confusion``) return ``(x, labels)``.
+
 Cropping is special: images are cached as S x S squares (the original picture squashed) plus
 their original aspect ratio, and crop boxes are sampled in normalised *original* coordinates so
 that scale and ratio mean what they mean in torchvision, then resampled with ``roi_align``.
@@ -33,9 +38,13 @@ from .params import (
     FlipParams,
     GaussianBlurParams,
     GrayscaleParams,
+    LoRotParams,
     NormalizeParams,
+    RegionConfusionParams,
     ResizedCropParams,
     Rotate90Params,
+    RotateParams,
+    SolarizeParams,
 )
 
 # ITU-R 601 luma weights; the red weight is torchvision's 0.2989 (not 0.299) so results match it.
@@ -169,6 +178,97 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     return y.view(n, c, height, width)
 
 
+def solarize_image(x: Tensor, threshold: float) -> Tensor:
+    """Invert (1 - x) every value at or above ``threshold``, as torchvision's ``solarize``."""
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+def rotate_image(x: Tensor, angle: Tensor, fill: float = 0.0) -> Tensor:
+    """Rotate each sample of (N, C, H, W) by angle[N] degrees about its centre.
+
+    As ``torchvision.transforms.v2.functional.rotate(..., BILINEAR, fill=fill)``: positive
+    angles turn counter-clockwise as displayed, bilinear sampling, and uncovered corners
+    blended towards ``fill`` by the sampled coverage. Channels after the third (coordinate
+    maps) are the coverage-weighted mean of the covered neighbours, and NaN where less than
+    half of a pixel is covered: a filled corner has no place in the original picture.
+    """
+    n, c, height, width = x.shape
+    rad = angle.to(torch.float32) * (math.pi / 180.0)
+    cos, sin = torch.cos(rad).view(-1, 1, 1), torch.sin(rad).view(-1, 1, 1)
+    # Output pixel centres relative to the image centre, in pixels; their source positions
+    # are the inverse rotation, in grid_sample's normalised coordinates (align_corners=False).
+    xs = torch.arange(width, device=x.device, dtype=torch.float32) + 0.5 - width / 2
+    ys = torch.arange(height, device=x.device, dtype=torch.float32) + 0.5 - height / 2
+    ox, oy = xs.view(1, 1, -1), ys.view(1, -1, 1)
+    sx = (cos * ox - sin * oy) / (width / 2)
+    sy = (sin * ox + cos * oy) / (height / 2)
+    grid = torch.stack((sx, sy), dim=-1)  # (N, H, W, 2)
+    ones = torch.ones(n, 1, height, width, device=x.device, dtype=x.dtype)
+    sampled = F.grid_sample(
+        torch.cat((x, ones), dim=1), grid, mode="bilinear", padding_mode="zeros",
+        align_corners=False,
+    )  # fmt: skip
+    cover = sampled[:, -1:]
+    pixels = (sampled[:, :3] - fill) * cover + fill
+    if c == 3:
+        return pixels
+    extra = sampled[:, 3:c] / cover.clamp_min(1e-6)
+    extra = torch.where(cover >= 0.5, extra, torch.full_like(extra, float("nan")))
+    return torch.cat((pixels, extra), dim=1)
+
+
+def gather_pixels(x: Tensor, src_y: Tensor, src_x: Tensor) -> Tensor:
+    """out[n, :, i, j] = x[n, :, src_y[n, i, j], src_x[n, i, j]] for (N, H, W) long indices:
+    any per-sample rearrangement of pixels (LoRot, region confusion) as one gather."""
+    n, c, height, width = x.shape
+    index = (src_y * width + src_x).view(n, 1, height * width).expand(-1, c, -1)
+    return x.reshape(n, c, height * width).gather(2, index).view(n, c, height, width)
+
+
+def rotate_region(x: Tensor, top: Tensor, left: Tensor, side: Tensor, k: Tensor) -> Tensor:
+    """Rotate the square region [top, top + side) x [left, left + side) of each sample by
+    k[N] quarter turns counter-clockwise (as ``torch.rot90(region, k, dims=(-2, -1))``); the
+    rest of the image is unchanged. All arguments are (N,) long tensors."""
+    n, _, height, width = x.shape
+    rows = torch.arange(height, device=x.device).view(1, -1, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, -1)
+    top, left, side, k = (v.view(-1, 1, 1) for v in (top, left, side, k))
+    u, v = rows - top, cols - left  # position inside the region
+    inside = (u >= 0) & (u < side) & (v >= 0) & (v < side)
+    last = side - 1
+    # Source of each output position for k = 0, 1, 2, 3 quarter turns (torch.rot90's order).
+    src_u = torch.where(k == 0, u, torch.where(k == 1, v, torch.where(k == 2, last - u, last - v)))
+    src_v = torch.where(k == 0, v, torch.where(k == 1, last - u, torch.where(k == 2, last - v, u)))
+    src_y = torch.where(inside, top + src_u, rows.expand(n, -1, width))
+    src_x = torch.where(inside, left + src_v, cols.expand(n, height, -1))
+    return gather_pixels(x, src_y, src_x)
+
+
+def shuffle_patches(x: Tensor, permutation: Tensor, grid: int) -> Tensor:
+    """Rearrange a grid x grid tiling of each sample: output patch q shows source patch
+    permutation[n, q] (row-major indices). Patches are (side // grid) pixels wide; the strip
+    of ``side % grid`` pixels at the right and bottom stays in place."""
+    n, _, height, width = x.shape
+    patch_h, patch_w = height // grid, width // grid
+    rows = torch.arange(height, device=x.device).view(1, -1, 1).expand(n, -1, width)
+    cols = torch.arange(width, device=x.device).view(1, 1, -1).expand(n, height, -1)
+    tiled = (rows < grid * patch_h) & (cols < grid * patch_w)
+    cell_r, cell_c = (rows // patch_h).clamp(max=grid - 1), (cols // patch_w).clamp(max=grid - 1)
+    source = permutation.gather(1, (cell_r * grid + cell_c).view(n, -1)).view(n, height, width)
+    src_y = torch.where(tiled, (source // grid) * patch_h + rows % patch_h, rows)
+    src_x = torch.where(tiled, (source % grid) * patch_w + cols % patch_w, cols)
+    return gather_pixels(x, src_y, src_x)
+
+
+def jittered_order(keys: Tensor) -> Tensor:
+    """Stable argsort along the last dim of i + keys: DCL's local shuffle of a sequence.
+
+    With keys in [-k, k], no element moves 2k places or more; with keys 0 nothing moves.
+    """
+    position = torch.arange(keys.shape[-1], device=keys.device, dtype=keys.dtype)
+    return torch.argsort(position + keys, dim=-1, stable=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Random ops: op(x, gen, params) -> x
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +277,77 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
 def hflip(x: Tensor, gen: torch.Generator, params: FlipParams) -> Tensor:
     """Mirror each sample left-right with probability ``params.p``."""
     return torch.where(_coin(x.shape[0], params.p, gen, x.device), x.flip(-1), x)
+
+
+def vflip(x: Tensor, gen: torch.Generator, params: FlipParams) -> Tensor:
+    """Mirror each sample top-bottom with probability ``params.p``."""
+    return torch.where(_coin(x.shape[0], params.p, gen, x.device), x.flip(-2), x)
+
+
+def rotate(x: Tensor, gen: torch.Generator, params: RotateParams) -> Tensor:
+    """Rotate each sample by an angle ~ U[degrees] with probability ``params.p``; uncovered
+    corners get ``params.fill`` (see ``rotate_image``)."""
+    n, dev = x.shape[0], x.device
+    apply = _coin(n, params.p, gen, dev).view(-1)
+    angle = _uniform(n, params.degrees[0], params.degrees[1], gen, dev)
+    return rotate_image(x, torch.where(apply, angle, 0.0), params.fill)
+
+
+def solarize(x: Tensor, gen: torch.Generator, params: SolarizeParams) -> Tensor:
+    """Solarise each sample with probability ``params.p`` (see ``solarize_image``)."""
+    apply = _coin(x.shape[0], params.p, gen, x.device)
+    return torch.where(apply, solarize_image(x, params.threshold), x)
+
+
+def lorot(x: Tensor, gen: torch.Generator, params: LoRotParams) -> tuple[Tensor, Tensor]:
+    """LoRot: rotate a local square of each (square) sample by k ~ uniform{0..3} quarter turns.
+
+    LoRot-I (``variant: I``): side r ~ uniform{min_side .. max_fraction * side} at a uniform
+    position; label k. LoRot-E (``variant: E``): one of the four quadrants, q ~ uniform{0..3}
+    (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right); label 4 * q + k. With
+    ``per_sample_region: false`` the whole batch shares one region (the authors' code).
+    Returns (views, labels[N] long).
+    """
+    n, dev, side = x.shape[0], x.device, x.shape[-1]
+    regions = n if params.per_sample_region else 1
+    k = torch.randint(0, 4, (n,), generator=gen, device=dev)
+    if params.variant == "E":
+        quadrant = torch.randint(0, 4, (regions,), generator=gen, device=dev).expand(n)
+        r = torch.full((n,), side // 2, device=dev, dtype=torch.long)
+        top, left = (quadrant // 2) * (side - r), (quadrant % 2) * (side - r)
+        labels = 4 * quadrant + k
+    else:
+        largest = max(1, min(side, math.floor(params.max_fraction * side)))
+        smallest = min(params.min_side, largest)
+        r = torch.randint(smallest, largest + 1, (regions,), generator=gen, device=dev)
+        u = torch.rand(regions, 2, generator=gen, device=dev)
+        # uniform{0 .. side - r} for each corner coordinate, drawn as floor(u * (side - r + 1))
+        room = (side - r + 1).to(torch.float32)
+        top, left = (u[:, 0] * room).long(), (u[:, 1] * room).long()
+        r, top, left = r.expand(n), top.expand(n), left.expand(n)
+        labels = k
+    return rotate_region(x, top, left, r, k), labels
+
+
+def region_confusion(
+    x: Tensor, gen: torch.Generator, params: RegionConfusionParams
+) -> tuple[Tensor, Tensor]:
+    """DCL's region confusion with probability ``params.p`` per sample.
+
+    Each row of the grid x grid patches is reordered by ``jittered_order`` of U(-k, k) keys,
+    then each column likewise. Returns (views, permutation[N, grid * grid] long): output
+    patch q (row-major) shows source patch permutation[n, q]; the identity where not applied.
+    """
+    n, dev, g = x.shape[0], x.device, params.grid
+    apply = _coin(n, params.p, gen, dev).view(-1, 1)
+    keys = (2.0 * torch.rand(2, n, g, g, generator=gen, device=dev) - 1.0) * params.k
+    cols = jittered_order(keys[0])  # cols[n, i, j]: source column of (i, j) in row i
+    rows = jittered_order(keys[1]).transpose(1, 2)  # rows[n, i, j]: source row in column j
+    source_col = cols.gather(1, rows)  # the row shuffle read at each patch's source row
+    permutation = (rows * g + source_col).reshape(n, g * g)
+    identity = torch.arange(g * g, device=dev).expand(n, -1)
+    permutation = torch.where(apply, permutation, identity)
+    return shuffle_patches(x, permutation, g), permutation
 
 
 def rotate90(x: Tensor, gen: torch.Generator, params: Rotate90Params) -> Tensor:
@@ -360,13 +531,21 @@ def box_coordinates(boxes: Tensor, aspect: Tensor, size: int) -> Tensor:
 
 
 #: Ops that move pixels; the pipeline applies them to the coordinate map as well.
-GEOMETRIC_OPS: frozenset[str] = frozenset({"hflip", "rotate90"})
+GEOMETRIC_OPS: frozenset[str] = frozenset(
+    {"hflip", "vflip", "rotate90", "rotate", "lorot", "region_confusion"}
+)
 
-OPS: dict[str, Callable[..., Tensor]] = {
+#: op(x, gen, params) -> x, or (x, labels) for the ops in ``params.LABELLED_OPS``.
+OPS: dict[str, Callable[..., Tensor | tuple[Tensor, Tensor]]] = {
     "hflip": hflip,
+    "vflip": vflip,
     "rotate90": rotate90,
+    "rotate": rotate,
     "color_jitter": color_jitter,
     "grayscale": grayscale,
     "gaussian_blur": gaussian_blur_op,
+    "solarize": solarize,
     "normalize": normalize,
+    "lorot": lorot,
+    "region_confusion": region_confusion,
 }

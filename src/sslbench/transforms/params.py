@@ -24,7 +24,7 @@ class ResizedCropParams:
 
 @dataclass
 class FlipParams:
-    """Random flip (used by ``hflip``)."""
+    """Random flip (used by ``hflip`` and ``vflip``)."""
 
     p: float = 0.5  # probability of flipping each sample
 
@@ -75,16 +75,75 @@ class Rotate90Params:
     max_quarter_turns: int = 1
 
 
+@dataclass
+class RotateParams:
+    """Random rotation by an arbitrary angle about the view's centre (torchvision semantics:
+    positive angles turn counter-clockwise, bilinear interpolation, corners filled)."""
+
+    p: float = 0.5  # probability of rotating each sample
+    degrees: List[float] = field(default_factory=lambda: [-30.0, 30.0])  # angle ~ U[lo, hi]
+    fill: float = 0.0  # value of the corners that the rotation uncovers (0 black, 1 white)
+
+
+@dataclass
+class SolarizeParams:
+    """Random solarisation: pixels at or above the threshold are inverted (x -> 1 - x)."""
+
+    p: float = 0.2  # probability of solarising each sample
+    threshold: float = 0.5  # in [0, 1]; BYOL uses 0.5 (128 of 255)
+
+
+@dataclass
+class LoRotParams:
+    """LoRot (Moon et al. 2022, "Tailoring Self-Supervision for Supervised Learning"): rotate a
+    local square region of each view by k quarter turns, k ~ uniform{0..3}; returns the label.
+
+    ``variant: I`` (LoRot-I) draws a square of side r ~ uniform{min_side .. max_fraction *
+    side} at a uniform position, label k (4 classes). ``variant: E`` (LoRot-E) rotates one of
+    the four quadrants, label 4 * quadrant + k (16 classes).
+    """
+
+    variant: str = field(default="I", metadata={"choices": ("I", "E")})
+    min_side: int = 2  # LoRot-I: smallest region side in pixels (authors' code: 2)
+    max_fraction: float = 0.5  # LoRot-I: largest region side as a fraction of the view side
+    # The authors' code draws one region per mini-batch, shared by its samples; the study
+    # transformed each image on its own (lightly's per-image transforms): one per sample.
+    per_sample_region: bool = True
+
+
+@dataclass
+class RegionConfusionParams:
+    """DCL's region confusion mechanism (Chen et al. 2019, "Destruction and Construction
+    Learning for Fine-grained Image Recognition"): cut the view into grid x grid patches and
+    jitter their order within a neighbourhood of k cells, row-wise then column-wise (sort
+    i + U(-k, k)), so no patch moves 2k cells or more along either axis; returns the
+    permutation. k = 0 leaves the view unchanged.
+    """
+
+    p: float = 1.0  # probability of shuffling each sample (DCL: every "destructed" image)
+    grid: int = 7  # N of the N x N grid (DCL's code: 7 x 7 at 448 px)
+    k: int = 2  # neighbourhood (DCL: 1 <= k < N; their code's default 2)
+
+
 # Registry of valid op names; the key of a spec entry (or its ``op:`` field) must be one of these.
 OP_PARAMS: dict[str, type] = {
     "resized_crop": ResizedCropParams,
     "hflip": FlipParams,
+    "vflip": FlipParams,
     "rotate90": Rotate90Params,
+    "rotate": RotateParams,
     "color_jitter": ColorJitterParams,
     "grayscale": GrayscaleParams,
     "gaussian_blur": GaussianBlurParams,
+    "solarize": SolarizeParams,
     "normalize": NormalizeParams,
+    "lorot": LoRotParams,
+    "region_confusion": RegionConfusionParams,
 }
+
+#: Ops that return pretext-task labels beside the views (LoRot's rotation class, DCL's
+#: permutation); a pipeline may contain at most one of each.
+LABELLED_OPS: frozenset[str] = frozenset({"lorot", "region_confusion"})
 
 
 def _is_number(v: Any) -> bool:
@@ -92,9 +151,19 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _coerce(entry: str, op: str, name: str, value: Any, default: Any) -> Any:
+def _coerce(
+    entry: str, op: str, name: str, value: Any, default: Any, choices: Sequence[str] = ()
+) -> Any:
     """Check ``value`` against the type of the field's default; return it as that type."""
     where = f"parameter {name!r} of op {op!r} (entry {entry!r})"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if value not in choices:
+            raise ValueError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
+        return value
     if isinstance(default, list):
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             raise ValueError(f"{where} must be a list of {len(default)} numbers, got {value!r}")
@@ -125,6 +194,24 @@ def _check_ranges(entry: str, op: str, params: Any) -> None:
             fail(name, "must be >= 0")
     if hasattr(params, "hue") and not 0.0 <= params.hue <= 0.5:
         fail("hue", "must be in [0, 0.5]")
+    if hasattr(params, "threshold") and not 0.0 <= params.threshold <= 1.0:
+        fail("threshold", "must be in [0, 1]")
+    if hasattr(params, "fill") and not 0.0 <= params.fill <= 1.0:
+        fail("fill", "must be in [0, 1]")
+    if op == "lorot":
+        if params.min_side < 1:
+            fail("min_side", "must be >= 1")
+        if not 0.0 < params.max_fraction <= 1.0:
+            fail("max_fraction", "must be in (0, 1]")
+    if op == "region_confusion":
+        if params.grid < 1:
+            fail("grid", "must be >= 1")
+        if not 0 <= params.k < max(1, params.grid):
+            fail("k", f"must be in [0, grid) = [0, {params.grid})")
+    if hasattr(params, "degrees"):
+        lo, hi = params.degrees
+        if not -360.0 <= lo <= hi <= 360.0:
+            fail("degrees", "must be [lo, hi] with -360 <= lo <= hi <= 360")
     for name, low in (("scale", 0.0), ("ratio", 0.0), ("sigma", 0.0)):
         if hasattr(params, name):
             lo, hi = getattr(params, name)
@@ -160,6 +247,7 @@ def parse_pipeline_spec(
             raise ValueError(f"unknown op {op!r} in transform; valid ops: {valid_ops}")
         cls = OP_PARAMS[op]
         defaults = dataclasses.asdict(cls())
+        choices = {f.name: f.metadata.get("choices", ()) for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for name, value in cfg.items():
             if name == "op":
@@ -169,8 +257,45 @@ def parse_pipeline_spec(
                     f"unknown parameter {name!r} for op {op!r} (entry {entry!r}); "
                     f"valid parameters: {', '.join(sorted(defaults))}"
                 )
-            kwargs[name] = _coerce(entry, op, name, value, defaults[name])
+            kwargs[name] = _coerce(entry, op, name, value, defaults[name], choices[name])
         params = cls(**kwargs)
         _check_ranges(entry, op, params)
         parsed.append((str(entry), op, params))
+    for op in LABELLED_OPS:
+        if sum(parsed_op == op for _, parsed_op, _ in parsed) > 1:
+            raise ValueError(f"op {op!r} may appear only once in a transform (it returns labels)")
     return parsed
+
+
+def view_specs(transform: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The op spec of each global-view variant of a transform config.
+
+    ``transform["ops"]`` is the spec shared by all views; ``transform["views"]``, if given, is
+    a list with one mapping per variant, ``{entry: {param: value}}``, overriding parameters of
+    existing entries (BYOL's asymmetric blur and solarisation). Global view i uses variant
+    ``i % len(variants)``. Each variant is checked with ``parse_pipeline_spec``.
+    """
+    ops = transform.get("ops") or {}
+    if not isinstance(ops, Mapping) or not ops:
+        raise ValueError("a transform needs an 'ops' mapping of op entries to parameters")
+    overrides = transform.get("views") or [{}]
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, Sequence):
+        raise ValueError("transform 'views' must be a list of per-view overrides")
+    specs = []
+    for number, view in enumerate(overrides, start=1):
+        view = view or {}
+        if not isinstance(view, Mapping):
+            raise ValueError(f"transform view {number} must map op entries to parameters")
+        spec = {entry: dict(cfg or {}) for entry, cfg in ops.items()}
+        for entry, changes in view.items():
+            if entry not in spec:
+                raise ValueError(
+                    f"transform view {number} overrides unknown entry {entry!r}; "
+                    f"entries: {', '.join(map(str, spec))}"
+                )
+            if not isinstance(changes, Mapping):
+                raise ValueError(f"transform view {number}: {entry!r} must map parameters")
+            spec[entry].update(changes)
+        parse_pipeline_spec(spec)
+        specs.append(spec)
+    return specs

@@ -2,7 +2,9 @@
 
 A ``Pipeline`` turns cached uint8 squares (N, 3, S, S) plus their original aspect ratios into
 augmented float32 views (N, 3, size, size): first a random resized crop (or a centre view when
-the spec has no crop), then the other ops in spec order, all on the batch's device.
+the spec has no crop), then the other ops in spec order, all on the batch's device. A
+transform config may define several variants of its ops, one per global view (BYOL's
+asymmetric blur and solarisation): ``view_pipelines`` builds one ``Pipeline`` per variant.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,7 +28,30 @@ from .ops import (
     normalize,
     sample_crop_boxes,
 )
-from .params import NormalizeParams, ResizedCropParams, parse_pipeline_spec
+from .params import (
+    LABELLED_OPS,
+    NormalizeParams,
+    ResizedCropParams,
+    parse_pipeline_spec,
+    view_specs,
+)
+
+
+@dataclass
+class ViewBatch:
+    """One augmented view of each image of a batch.
+
+    ``images``: float32 (N, 3, size, size); ``boxes``: (N, 4) crop boxes ``(x0, y0, x1, y1)``
+    in normalised original-image coordinates; ``coords``: (N, 2, size, size) original-image
+    positions of the pixels, or None (NaN where a rotation filled a corner); ``labels``:
+    pretext-task labels by op entry (``lorot``: (N,) rotation class, ``region_confusion``:
+    (N, grid * grid) permutation).
+    """
+
+    images: Tensor
+    boxes: Tensor
+    coords: Tensor | None = None
+    labels: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -33,7 +59,8 @@ class Pipeline:
     ``Pipeline({"resized_crop": {"scale": [0.2, 1.0]}, "hflip": None, "normalize": None}, 32)``.
 
     ``ops`` maps entry names to parameter mappings (see ``parse_pipeline_spec``); ``size`` is the
-    output side. ``resized_crop``, if present, must be the first entry and appear once.
+    output side. ``resized_crop``, if present, must be the first entry and appear once;
+    ``normalize`` always runs last, wherever it is listed.
     """
 
     def __init__(self, ops: Mapping[str, Mapping[str, Any] | None], size: int) -> None:
@@ -43,29 +70,40 @@ class Pipeline:
         if crops not in ([], [0]):
             raise ValueError("op 'resized_crop' must be the first op of a transform, used once")
         self.crop: ResizedCropParams | None = self.spec[0][2] if crops else None
-        self.steps = [
-            (entry, op, params) for entry, op, params in self.spec if op != "resized_crop"
-        ]
+        # normalize runs last wherever it is listed: a pipeline that extends another through a
+        # YAML defaults list gets its new ops appended after the parent's normalize.
+        self.steps = [step for step in self.spec if step[1] not in ("resized_crop", "normalize")]
+        self.steps += [step for step in self.spec if step[1] == "normalize"]
         norms = [params for _, op, params in self.spec if op == "normalize"]
         self.normalize: NormalizeParams | None = norms[-1] if norms else None
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """Ops that cut a view into cells need enough pixels: fail now, not mid-run."""
+        for entry, op, params in self.steps:
+            if op == "region_confusion" and self.size < params.grid:
+                raise ValueError(
+                    f"{entry}: a {params.grid}x{params.grid} grid needs views of at least "
+                    f"{params.grid} px, these are {self.size} px; lower its grid"
+                )
+            if op == "lorot" and params.variant == "I" and params.min_side > self.size:
+                raise ValueError(
+                    f"{entry}: min_side {params.min_side} exceeds the {self.size}-px view"
+                )
 
     def __call__(self, images: Tensor, aspect: Tensor, gen: torch.Generator) -> Tensor:
         """Augment images[N, 3, S, S] (uint8 or float) with original aspect[N] (width / height).
 
         ``gen`` must be on the images' device. Returns float32 (N, 3, size, size).
         """
-        return self.views(images, aspect, gen)[0]
+        return self.views(images, aspect, gen).images
 
     def views(
         self, images: Tensor, aspect: Tensor, gen: torch.Generator, *, coordinates: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Views, their crop boxes and (with ``coordinates``) their coordinate maps.
-
-        Returns float32 views (N, 3, size, size); boxes (N, 4) ``(x0, y0, x1, y1)`` in
-        normalised original-image coordinates (before any flip); and coordinate maps
-        (N, 2, size, size) of original-image positions (see ``box_coordinates``), moved by
-        every geometric op exactly as the pixels are, or None.
-        """
+    ) -> ViewBatch:
+        """One view of each image, with its crop box, pretext labels and (with
+        ``coordinates``) its coordinate map, moved by every geometric op exactly as the
+        pixels are (see ``box_coordinates``)."""
         aspect = aspect.to(images.device, torch.float32)
         if self.crop is not None:
             boxes = sample_crop_boxes(aspect, gen, self.crop)
@@ -73,14 +111,15 @@ class Pipeline:
             boxes = center_boxes(aspect)
         x = crop_to_boxes(images, boxes, self.size)
         coords = box_coordinates(boxes, aspect, self.size) if coordinates else None
-        for _, op, params in self.steps:
-            if coords is not None and op in GEOMETRIC_OPS:
-                # One call on pixels and coordinates together: the same random draw moves both.
-                moved = OPS[op](torch.cat((x, coords), dim=1), gen, params)
-                x, coords = moved[:, :3], moved[:, 3:]
-            else:
-                x = OPS[op](x, gen, params)
-        return x, boxes, coords
+        labels: dict[str, Tensor] = {}
+        for entry, op, params in self.steps:
+            moves_coords = coords is not None and op in GEOMETRIC_OPS
+            # One call on pixels and coordinates together: the same random draw moves both.
+            out = OPS[op](torch.cat((x, coords), dim=1) if moves_coords else x, gen, params)
+            if op in LABELLED_OPS:
+                out, labels[entry] = out
+            x, coords = (out[:, :3], out[:, 3:]) if moves_coords else (out, coords)
+        return ViewBatch(x, boxes, coords, labels)
 
     def with_crop(self, scale: Sequence[float], size: int) -> Pipeline:
         """The same ops with another crop scale and output size, e.g. for multi-crop local
@@ -109,6 +148,12 @@ class Pipeline:
         return "\n".join(lines)
 
     __repr__ = describe
+
+
+def view_pipelines(transform: Mapping[str, Any], size: int) -> list[Pipeline]:
+    """One ``Pipeline`` per global-view variant of a transform config (its ``ops``, changed
+    by each entry of its optional ``views`` list); global view i uses ``[i % len]``."""
+    return [Pipeline(spec, size) for spec in view_specs(transform)]
 
 
 def make_generator(seed: int, device: torch.device | str, *stream: int) -> torch.Generator:
