@@ -68,7 +68,39 @@ def _first_line(err: BaseException) -> str:
 def _check_group_choice(group: str, choice: Any) -> None:
     options = group_options(group)
     if not isinstance(choice, str) or choice not in options:
-        raise ConfigError(f"unknown {group} '{choice}'; valid: {', '.join(options)}")
+        raise ConfigError(
+            f"unknown {group} '{choice}'; valid: {', '.join(options)}, or a YAML file path"
+        )
+
+
+def _is_file_choice(choice: Any) -> bool:
+    return isinstance(choice, str) and choice.endswith((".yaml", ".yml"))
+
+
+def _store_file_choice(group: str, choice: str) -> str:
+    """Make a user's YAML file (``transform=./my_pipeline.yaml``) a choice of ``group``.
+
+    The file is stored in Hydra's ConfigStore under a name derived from its path, so it
+    composes like a packaged option, ``defaults:`` list included (``defaults: [simclr,
+    _self_]`` extends the packaged simclr pipeline). Its ``name`` defaults to the file's stem.
+    Returns the stored option's name.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{group} file not found: {choice}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - any YAML error becomes one line
+        raise ConfigError(f"cannot read {group} file {choice}: {_first_line(err)}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{group} file {choice} must hold a mapping of keys to values")
+    if "name" not in node:
+        node.name = path.stem
+    stored = "file-" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    ConfigStore.instance().store(group=group, name=stored, node=node)
+    return stored
 
 
 def _split_overrides(overrides: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -84,6 +116,11 @@ def _split_overrides(overrides: list[Any]) -> tuple[list[Any], list[Any]]:
         key = override.key_or_group
         if key in GROUPS:
             choice = override.value()
+            if _is_file_choice(choice):
+                stored = _store_file_choice(key, choice)
+                (override,) = OverridesParser.create().parse_overrides([f"{key}={stored}"])
+                groups.append(override)
+                continue
             if key == "backbone" and choice not in group_options("backbone"):
                 (override,) = OverridesParser.create().parse_overrides([f"backbone.name={choice}"])
                 keys.append(override)
@@ -177,10 +214,18 @@ def _lookup(cfg: DictConfig, dotted: str) -> tuple[list[str], Any, bool]:
         if isinstance(node, DictConfig) and part in node:
             node = node[part]
             continue
+        if OmegaConf.is_list(node) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]  # e.g. transform.views.1.solarize.p
+            continue
         where = ".".join(path[:depth])
         is_op_param = path[:2] == ["transform", "ops"] and depth == 3 and is_last
         if is_op_param:  # an op parameter left at its default in the YAML
             return path, None, False
+        if OmegaConf.is_list(node):
+            raise ConfigError(
+                f"unknown key '{dotted}'; {where} is a list of {len(node)} entries "
+                f"(indices 0..{len(node) - 1})"
+            )
         valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
         scope = f" under {where}" if where else ""
         if where == "transform.ops":
@@ -265,6 +310,26 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+#: The keys a transform YAML may have.
+TRANSFORM_KEYS = ("name", "ops", "views")
+
+
+def _check_transform(transform: DictConfig) -> None:
+    """Every view variant of the transform must parse (ops, parameters, ranges)."""
+    from sslbench.transforms.params import view_specs
+
+    unknown = [str(k) for k in transform if k not in TRANSFORM_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"unknown key '{unknown[0]}' in transform '{transform.get('name')}'; "
+            f"valid: {', '.join(TRANSFORM_KEYS)}"
+        )
+    try:
+        view_specs(OmegaConf.to_container(transform, resolve=True))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def resolve(cfg: DictConfig) -> DictConfig:
     """Fill derived values and check the parts YAML files could still get wrong."""
     for group in REQUIRED_GROUPS:
@@ -275,12 +340,7 @@ def resolve(cfg: DictConfig) -> DictConfig:
         raise ConfigError(
             f"unknown method '{method_name}'; valid: {', '.join(group_options('method'))}"
         )
-    from sslbench.transforms.params import parse_pipeline_spec
-
-    try:
-        parse_pipeline_spec(OmegaConf.to_container(cfg.transform.get("ops") or {}, resolve=True))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    _check_transform(cfg.transform)
     if cfg.image_size is None:
         cfg.image_size = cfg.dataset.default_image_size
     for key in ("epochs", "batch_size", "image_size", "devices"):
