@@ -25,6 +25,8 @@ commands:
   eval run_dir=DIR          evaluate a finished run's backbone again
   datasets [list|prepare NAME]
                             the datasets, and building their decode-once caches
+  gallery transform=NAME [method=NAME] [out=views.png] [images=4] [views=6]
+                            a PNG grid of a pipeline's views of a few real images
 
 Override keys: method, transform, dataset, backbone, experiment (groups), epochs,
 batch_size, image_size, seed, device, devices, run_dir, dataset.max_train,
@@ -57,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     datasets.add_argument("action", nargs="?", default="list", choices=["list", "prepare"])
     datasets.add_argument("name", nargs="?")
     datasets.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    gallery = sub.add_parser(
+        "gallery", help="a PNG grid of a pipeline's views (out=views.png images=4 views=6)"
+    )
+    gallery.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     return parser
 
 
@@ -73,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pretrain": _pretrain,
             "eval": _eval,
             "datasets": _datasets,
+            "gallery": _gallery,
         }[args.command]
         return handler(args)
     except (ConfigError, UsageError) as err:
@@ -179,6 +187,46 @@ def _datasets(args: argparse.Namespace) -> int:
         print(
             f"{cfg.dataset.name}/{split}: {len(cached)} images at {cached.side} px in {cached.path}"
         )
+    return 0
+
+
+#: Keys of ``sslbench gallery`` that are not run config keys, with their defaults.
+GALLERY_KEYS = {"out": "views.png", "images": "4", "views": "6"}
+
+
+def _gallery_args(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split the gallery's own keys (out, images, views) from the run overrides."""
+    own = dict(GALLERY_KEYS)
+    rest = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key in GALLERY_KEYS:
+            own[key] = value
+        else:
+            rest.append(override)
+    for key in ("images", "views"):
+        try:
+            number = int(own[key])
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise UsageError(f"{key} must be a positive integer, got '{own[key]}'")
+    if not own["out"].lower().endswith(".png") or own["out"].lower() == ".png":
+        raise UsageError(f"out must be a .png file name, got '{own['out']}'")
+    return own, rest
+
+
+def _gallery(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    own, overrides = _gallery_args(args.overrides)
+    cfg = compose(overrides)
+    from sslbench.gallery import make_gallery  # torch and matplotlib only now
+
+    out = make_gallery(
+        cfg, Path(own["out"]).expanduser(), n_images=int(own["images"]), n_views=int(own["views"])
+    )
+    print(out)
     return 0
 
 
