@@ -8,6 +8,22 @@ import numpy as np
 import pytest
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make data)"
+)
+
+#: A tiny but complete run: small timm ResNet, 2 optimiser steps, a few hundred real images.
+TINY_RUN = [
+    "dataset=fashion-mnist", "backbone=resnet10t", "image_size=32", "dataset.max_train=128",
+    "dataset.max_test=64", "epochs=1", "batch_size=64", "eval.linear_max_iter=30",
+    "progress_bar=false",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
+    """One decode-once cache per test session, never the user's own cache folder."""
+    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(scope="session")

@@ -6,19 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_fmnist
 
 from sslbench.cli import main
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(
-    not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make data)"
-)
 SMALL = ["transform=simclr", "dataset=fashion-mnist", "image_size=32", "images=3", "views=4"]
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
-    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _pixels(path: Path) -> np.ndarray:

@@ -46,11 +46,6 @@ RUNS: dict[str, list[str]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
-    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(RUNS))
 def test_method_beats_random_init(method: str, tmp_path) -> None:

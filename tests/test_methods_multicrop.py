@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FMNIST, build_method
+from conftest import TINY_RUN, build_method, needs_fmnist
 from lightly.loss.swav_loss import sinkhorn
 
 from sslbench.cli import main
@@ -23,10 +23,6 @@ from sslbench.methods.vicregl import VICRegL, derive_num_matches, location_grid
 from sslbench.transforms import Rotate90Params
 from sslbench.transforms.ops import box_coordinates, rotate90
 
-needs_fmnist = pytest.mark.skipif(
-    not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make data)"
-)
-
 #: VICRegL small enough for CPU tests: 4x4 / 2x2 maps, one local crop, narrower heads
 #: (lightly's local loss runs many small ops per view pair: seconds per step on a CPU).
 VICREGL_SMALL = [
@@ -34,18 +30,6 @@ VICREGL_SMALL = [
     "method.hidden_dim=256", "method.output_dim=256", "method.local_hidden_dim=32",
     "method.local_output_dim=32",
 ]  # fmt: skip
-
-TINY_RUN = [
-    "dataset=fashion-mnist", "backbone=resnet10t", "image_size=32", "dataset.max_train=128",
-    "dataset.max_test=64", "epochs=1", "batch_size=64", "eval.linear_max_iter=30",
-    "progress_bar=false",
-]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
-    # One decode-once cache for the session's runs, as in test_pretrain.py.
-    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:

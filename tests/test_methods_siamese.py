@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import FMNIST, build_method
+from conftest import TINY_RUN, build_method, needs_fmnist
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -33,16 +33,6 @@ SMALL_HEADS = {
     "barlowtwins": ["method.hidden_dim=256", "method.output_dim=256"],
     "vicreg": ["method.hidden_dim=256", "method.output_dim=256"],
 }
-
-needs_fmnist = pytest.mark.skipif(
-    not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make data)"
-)
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
-    # The same folder as tests/test_pretrain.py: one decode-once cache per session.
-    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -215,21 +205,13 @@ def test_vicreg_trains_with_lars_without_decay_on_biases_and_norms() -> None:
     assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim <= 1 for p in flat["params"])
 
 
-# A tiny but complete run, as in tests/test_pretrain.py: 2 optimiser steps, real images.
-TINY = [
-    "dataset=fashion-mnist", "backbone=resnet10t", "image_size=32", "dataset.max_train=128",
-    "dataset.max_test=64", "epochs=1", "batch_size=64", "eval.linear_max_iter=30",
-    "progress_bar=false",
-]  # fmt: skip
-
-
 @needs_fmnist
 @pytest.mark.parametrize("name", METHODS)
 def test_tiny_pretrain_run_completes(name: str, tmp_path) -> None:
     run_dir = tmp_path / "run"
     # VICReg's 20 warm-up epochs would keep the lr near 0 in a 1-epoch run.
     extra = ["method.optimizer.warmup_epochs=0.0"] if name == "vicreg" else []
-    assert main(["pretrain", f"method={name}", *TINY, *extra, f"run_dir={run_dir}"]) == 0
+    assert main(["pretrain", f"method={name}", *TINY_RUN, *extra, f"run_dir={run_dir}"]) == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["error"] is None
     assert results["method"] == name

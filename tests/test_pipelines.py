@@ -8,16 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN, needs_fmnist
 from omegaconf import OmegaConf
 
 from sslbench.cli import main
 from sslbench.config import ConfigError, compose, group_options
 from sslbench.transforms import make_generator, view_pipelines
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(
-    not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make data)"
-)
 
 STUDY_PIPELINES = ["baseline", "simclr", "orthogonality", "lorot", "dcl"]
 ALL_PIPELINES = [*STUDY_PIPELINES, "baseline_lorot", "baseline_dcl", "byol"]
@@ -27,18 +23,6 @@ PRETEXT_LABELS = {
     "dcl": {"region_confusion"},
     "baseline_dcl": {"region_confusion"},
 }
-
-# A tiny but complete run: small timm ResNet, 2 optimiser steps, real images.
-TINY = [
-    "dataset=fashion-mnist", "backbone=resnet10t", "image_size=32", "dataset.max_train=128",
-    "dataset.max_test=64", "epochs=1", "batch_size=64", "eval.linear_max_iter=30",
-    "progress_bar=false",
-]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
-    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _pipelines(name: str, size: int = 32):
@@ -112,7 +96,7 @@ def test_a_bad_pipeline_yaml_fails_naming_the_choices(tmp_path, capsys) -> None:
 
 def _run(tmp_path: Path, name: str, *overrides: str) -> dict:
     run_dir = tmp_path / name
-    assert main(["pretrain", *TINY, *overrides, f"run_dir={run_dir}"]) == 0
+    assert main(["pretrain", *TINY_RUN, *overrides, f"run_dir={run_dir}"]) == 0
     return json.loads((run_dir / "results.json").read_text())
 
 
@@ -168,7 +152,9 @@ def test_a_pipeline_written_only_in_yaml_runs_and_repeats_without_its_file(tmp_p
 def test_an_impossible_pair_is_one_clear_error(tmp_path, capsys) -> None:
     # SwAV's 14-px local crops cannot hold DCL's 16x16 grid (the global 32-px views can).
     grid = "transform.ops.region_confusion.grid=16"
-    code = main(["pretrain", *TINY, "method=swav", "transform=dcl", grid, f"run_dir={tmp_path}/r"])
+    code = main(
+        ["pretrain", *TINY_RUN, "method=swav", "transform=dcl", grid, f"run_dir={tmp_path}/r"]
+    )
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert "16x16 grid needs views of at least 16 px, these are 14 px" in err

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fmnist
 from PIL import Image
 
 from sslbench.cli import main
@@ -17,22 +18,12 @@ from sslbench.methods import Views
 from sslbench.methods.simclr import SimCLR
 from sslbench.results import CONTRACT_FIELDS
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(
-    not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make data)"
-)
-
 # A tiny but complete run: small timm ResNet, 2 optimiser steps, real images.
 TINY = [
     "method=simclr", "dataset=fashion-mnist", "backbone=resnet10t", "image_size=32",
     "dataset.max_train=128", "dataset.max_test=64", "epochs=1", "batch_size=64",
     "eval.linear_max_iter=30", "progress_bar=false",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
-    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _results(run_dir: Path) -> dict:
