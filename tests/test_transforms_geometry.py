@@ -335,3 +335,28 @@ def test_pipeline_refuses_views_too_small_for_its_grid() -> None:
     local = Pipeline({"resized_crop": None, "lorot": {"min_side": 10}}, 32)
     with pytest.raises(ValueError, match="min_side 10 exceeds the 8-px view"):
         local.with_crop([0.05, 0.2], 8)
+
+
+def test_cpu_subsets_and_the_sync_free_path_give_the_same_views(monkeypatch) -> None:
+    """On the CPU ops compute only the samples they apply to; on CUDA every sample, selected
+    with torch.where (no host sync). Forcing the second path on the CPU must change nothing."""
+    from sslbench.transforms import ops
+
+    spec = {
+        "resized_crop": {"scale": [0.2, 1.0]},
+        "hflip": None,
+        "rotate": {"p": 0.5},
+        "color_jitter": {"p": 0.8, "brightness": 0.8, "contrast": 0.8, "saturation": 0.8,
+                         "hue": 0.2},
+        "grayscale": {"p": 0.3},
+        "gaussian_blur": {"p": 0.5, "skip_at_or_below": 0},
+        "solarize": {"p": 0.5},
+    }  # fmt: skip
+    images, aspect = _gradient_cache()
+    images = images ^ torch.randint(0, 256, images.shape, generator=_gen(0), dtype=torch.uint8)
+    pipe = Pipeline(spec, 24)
+    subsets = pipe.views(images, aspect, _gen(4), coordinates=True)
+    monkeypatch.setattr(ops, "SUBSET_ON_CPU", False)
+    everything = pipe.views(images, aspect, _gen(4), coordinates=True)
+    torch.testing.assert_close(subsets.images, everything.images, atol=1e-6, rtol=0)
+    torch.testing.assert_close(subsets.coords, everything.coords, equal_nan=True)

@@ -66,6 +66,43 @@ def _coin(n: int, p: float, gen: torch.Generator, device: torch.device) -> Tenso
     return (torch.rand(n, generator=gen, device=device) < p).view(-1, 1, 1, 1)
 
 
+#: Whether ops may compute only the samples an op applies to. This needs the number of such
+#: samples on the host: free on the CPU, a stall of the stream on CUDA, so there (and with
+#: False, for tests) every sample is computed and the result selected with torch.where.
+SUBSET_ON_CPU = True
+
+
+def computes_subsets(x: Tensor) -> bool:
+    """Whether ``for_samples`` computes only the selected samples of ``x`` (on the CPU)."""
+    return SUBSET_ON_CPU and x.device.type == "cpu"
+
+
+def for_samples(
+    mask: Tensor,
+    x: Tensor,
+    fn: Callable[[Tensor, Tensor | slice], Tensor],
+    *,
+    inplace: bool = False,
+) -> Tensor:
+    """``x`` with ``fn`` applied to the samples where mask[N] (bool) is true.
+
+    ``fn(x_part, sel)`` gets the selected samples and ``sel``, which indexes per-sample
+    parameters (an index tensor, or ``slice(None)`` when it gets the whole batch). On the CPU
+    only the selected samples are computed (written into ``x`` itself with ``inplace``, for a
+    caller that owns it); elsewhere all are, without a host sync. Both give the same result.
+    """
+    if computes_subsets(x):
+        index = mask.view(-1).nonzero().view(-1)
+        if index.numel() == 0:
+            return x
+        if index.numel() == x.shape[0]:
+            return fn(x, slice(None))
+        out = x if inplace else x.clone()
+        out[index] = fn(x[index], index)
+        return out
+    return torch.where(mask.view(-1, 1, 1, 1), fn(x, slice(None)), x)
+
+
 # ---------------------------------------------------------------------------------------------
 # Deterministic kernels (per-sample factors as (N,) tensors)
 # ---------------------------------------------------------------------------------------------
@@ -79,8 +116,8 @@ def _luma(x: Tensor) -> Tensor:
 
 def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
     """factor * x + (1 - factor) * other, clamped to [0, 1]; factor is (N,)."""
-    f = _per_sample(factor)
-    return (x * f + other * (1.0 - f)).clamp(0.0, 1.0)
+    # lerp: other + f * (x - other) in one pass over memory (4 passes as written above)
+    return torch.lerp(other.expand_as(x), x, _per_sample(factor)).clamp_(0.0, 1.0)
 
 
 def to_grayscale(x: Tensor) -> Tensor:
@@ -109,10 +146,13 @@ def _hue_sixths(x: Tensor, v: Tensor, delta: Tensor) -> Tensor:
     r, g, b = x.split(1, dim=-3)
     # Grey pixels (delta == 0) get hue 0; the safe divisor avoids 0/0 NaNs there. The hue is
     # measured from the sector of the largest channel (red wins ties, as in torchvision).
-    d = torch.where(delta > 0, delta, torch.ones_like(delta))
-    return torch.where(
-        v == r, (g - b) / d, torch.where(v == g, (b - r) / d + 2.0, (r - g) / d + 4.0)
-    )
+    # In-place arithmetic on fresh tensors: these images are tens of MB, and every new
+    # tensor of that size costs as much as the arithmetic on the CPU.
+    inverse = torch.where(delta > 0, delta, 1.0).reciprocal_()
+    from_red = (g - b).mul_(inverse)
+    from_green = (b - r).mul_(inverse).add_(2.0)
+    from_blue = (r - g).mul_(inverse).add_(4.0)
+    return torch.where(v == r, from_red, torch.where(v == g, from_green, from_blue))
 
 
 def _rgb_from_hue(h6: Tensor, v: Tensor, delta: Tensor) -> Tensor:
@@ -120,8 +160,8 @@ def _rgb_from_hue(h6: Tensor, v: Tensor, delta: Tensor) -> Tensor:
     # Closed form: channel n in (R, G, B) = (5, 3, 1) is v - delta * clamp(min(k, 4 - k), 0, 1)
     # with k = (n + h6) mod 6; it avoids the six-way sector switch.
     n = torch.arange(5.0, 0.0, -2.0, device=h6.device, dtype=h6.dtype).view(3, 1, 1)  # 5, 3, 1
-    k = torch.remainder(n + h6, 6.0)
-    return v - delta * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    k = (n + h6).remainder_(6.0)
+    return torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0).mul_(delta).neg_().add_(v)
 
 
 def rgb_to_hsv(x: Tensor) -> Tensor:
@@ -147,8 +187,8 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     """
     v = x.amax(dim=-3, keepdim=True)
     delta = v - x.amin(dim=-3, keepdim=True)
-    h6 = _hue_sixths(x, v, delta) + 6.0 * _per_sample(shift)
-    return _rgb_from_hue(h6, v, delta).clamp(0.0, 1.0)
+    h6 = _hue_sixths(x, v, delta).add_(6.0 * _per_sample(shift))
+    return _rgb_from_hue(h6, v, delta).clamp_(0.0, 1.0)
 
 
 def blur_kernel_size(side: int, fraction: float) -> int:
@@ -290,7 +330,7 @@ def rotate(x: Tensor, gen: torch.Generator, params: RotateParams) -> Tensor:
     n, dev = x.shape[0], x.device
     apply = _coin(n, params.p, gen, dev).view(-1)
     angle = _uniform(n, params.degrees[0], params.degrees[1], gen, dev)
-    return rotate_image(x, torch.where(apply, angle, 0.0), params.fill)
+    return for_samples(apply, x, lambda part, sel: rotate_image(part, angle[sel], params.fill))
 
 
 def solarize(x: Tensor, gen: torch.Generator, params: SolarizeParams) -> Tensor:
@@ -367,42 +407,58 @@ def color_jitter(x: Tensor, gen: torch.Generator, params: ColorJitterParams) -> 
 
     With probability ``params.p`` per sample. The order is a per-sample permutation of the four
     adjustments. Brightness, contrast and saturation are all blends ``f * x + (1 - f) * target``
-    with target 0, the grey mean or the grey image, so each of the four steps does one blend
-    with a per-sample target and factor (factor 1 for samples whose step is the hue) and one
-    hue rotation kept only where the step is the hue: no syncs, no per-sample loop.
+    with target 0, the grey mean or the grey image, so each of the four steps is one blend with
+    a per-sample target and factor (for the samples whose step is one of those three) and one
+    hue rotation (for the samples whose step is the hue): no per-sample loop, and on CUDA no
+    host sync (see ``for_samples``).
 
     Draws, in this order: the apply mask (N), brightness, contrast and saturation factors
     (N each), hue shift (N), and (N, 4) uniform keys whose argsort gives each sample's order.
     """
     n, dev = x.shape[0], x.device
-    apply = _coin(n, params.p, gen, dev)
+    apply = _coin(n, params.p, gen, dev).view(-1)
     b, c, s, h = params.brightness, params.contrast, params.saturation, params.hue
     # All factors are drawn even for zero strengths (then exactly 1, or a 0 hue shift), so the
     # random stream consumed does not depend on the parameters.
     factors = torch.stack(
-        [_uniform(n, max(0.0, 1.0 - v), 1.0 + v, gen, dev) for v in (b, c, s)]
-        + [torch.ones(n, device=dev)],
-        dim=1,
-    )  # (N, 4): brightness, contrast, saturation, neutral slot for the hue step
+        [_uniform(n, max(0.0, 1.0 - v), 1.0 + v, gen, dev) for v in (b, c, s)], dim=1
+    )  # (N, 3): brightness, contrast, saturation
     shift = _uniform(n, -h, h, gen, dev)
     order = torch.rand(n, 4, generator=gen, device=dev).argsort(dim=1)  # (N, step) -> adjustment
-    out = x
+
+    def blend_step(part: Tensor, sel: Tensor | slice, pick: Tensor) -> Tensor:
+        picked = pick[sel].clamp(max=2)  # hue-step samples (3) are masked out by the caller
+        gray = _luma(part)
+        mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
+        view = picked.view(-1, 1, 1, 1)
+        target = torch.where(view == 0, 0.0, torch.where(view == 1, mean, gray))
+        return _blend(part, target, factors[sel].gather(1, picked[:, None])[:, 0])
+
+    inplace = computes_subsets(x)
+    out = x.clone() if inplace else x  # one copy, then updated in place sample by sample
     for step in range(4):
         pick = order[:, step]
-        picked = pick.view(-1, 1, 1, 1)
         if b > 0 or c > 0 or s > 0:  # with all three at 0 every factor is 1: skip the blend
-            gray = _luma(out)
-            mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
-            target = torch.where(picked == 0, 0.0, torch.where(picked == 1, mean, gray))
-            out = _blend(out, target, factors.gather(1, pick[:, None])[:, 0])
+            out = for_samples(
+                apply & (pick != 3),
+                out,
+                lambda part, sel, pick=pick: blend_step(part, sel, pick),
+                inplace=inplace,
+            )
         if h > 0:  # a zero hue shift is the identity; skip the costly rotation
-            out = torch.where(picked == 3, adjust_hue(out, shift), out)
-    return torch.where(apply, out, x)
+            out = for_samples(
+                apply & (pick == 3),
+                out,
+                lambda part, sel: adjust_hue(part, shift[sel]),
+                inplace=inplace,
+            )
+    return out
 
 
 def grayscale(x: Tensor, gen: torch.Generator, params: GrayscaleParams) -> Tensor:
     """Convert each sample to 3-channel grayscale with probability ``params.p``."""
-    return torch.where(_coin(x.shape[0], params.p, gen, x.device), to_grayscale(x), x)
+    apply = _coin(x.shape[0], params.p, gen, x.device)
+    return for_samples(apply, x, lambda part, _: to_grayscale(part))
 
 
 def gaussian_blur_op(x: Tensor, gen: torch.Generator, params: GaussianBlurParams) -> Tensor:
@@ -417,8 +473,8 @@ def gaussian_blur_op(x: Tensor, gen: torch.Generator, params: GaussianBlurParams
     side = min(x.shape[-2], x.shape[-1])
     if side <= params.skip_at_or_below:
         return x
-    blurred = gaussian_blur(x, sigma, blur_kernel_size(side, params.kernel_fraction))
-    return torch.where(apply, blurred, x)
+    kernel_size = blur_kernel_size(side, params.kernel_fraction)
+    return for_samples(apply, x, lambda part, sel: gaussian_blur(part, sigma[sel], kernel_size))
 
 
 def normalize(x: Tensor, gen: torch.Generator | None, params: NormalizeParams) -> Tensor:
@@ -486,9 +542,7 @@ def crop_to_boxes(images: Tensor, boxes: Tensor, size: int) -> Tensor:
     ceil(box side / size) points per output pixel along each axis, which antialiases when
     shrinking. uint8 input is scaled to [0, 1].
     """
-    x = images.to(torch.float32)
-    if images.dtype == torch.uint8:
-        x = x / 255.0
+    x = images.to(torch.float32)  # uint8 is scaled after resampling: a smaller tensor
     n, _, height, width = x.shape
     b = boxes.to(x.device, torch.float32)
     index = torch.arange(n, device=x.device, dtype=torch.float32)
@@ -496,7 +550,9 @@ def crop_to_boxes(images: Tensor, boxes: Tensor, size: int) -> Tensor:
         (index, b[:, 0] * width, b[:, 1] * height, b[:, 2] * width, b[:, 3] * height), 1
     )
     out = roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    return out.clamp(0.0, 1.0)
+    if images.dtype == torch.uint8:
+        out.mul_(1.0 / 255.0)
+    return out.clamp_(0.0, 1.0)
 
 
 def resized_crop(
