@@ -257,14 +257,6 @@ def rotate_image(x: Tensor, angle: Tensor, fill: float = 0.0) -> Tensor:
     return torch.cat((pixels, extra), dim=1)
 
 
-def gather_pixels(x: Tensor, src_y: Tensor, src_x: Tensor) -> Tensor:
-    """out[n, :, i, j] = x[n, :, src_y[n, i, j], src_x[n, i, j]] for (N, H, W) long indices:
-    any per-sample rearrangement of pixels (LoRot, region confusion) as one gather."""
-    n, c, height, width = x.shape
-    index = (src_y * width + src_x).view(n, 1, height * width).expand(-1, c, -1)
-    return x.reshape(n, c, height * width).gather(2, index).view(n, c, height, width)
-
-
 def rotate_region(x: Tensor, top: Tensor, left: Tensor, side: Tensor, k: Tensor) -> Tensor:
     """Rotate the square region [top, top + side) x [left, left + side) of each sample by
     k[N] quarter turns counter-clockwise (as ``torch.rot90(region, k, dims=(-2, -1))``); the
@@ -273,31 +265,50 @@ def rotate_region(x: Tensor, top: Tensor, left: Tensor, side: Tensor, k: Tensor)
     rows = torch.arange(height, device=x.device).view(1, -1, 1)
     cols = torch.arange(width, device=x.device).view(1, 1, -1)
     top, left, side, k = (v.view(-1, 1, 1) for v in (top, left, side, k))
-    u, v = rows - top, cols - left  # position inside the region
-    inside = (u >= 0) & (u < side) & (v >= 0) & (v < side)
+    u, v = rows - top, cols - left  # (N, H, 1), (N, 1, W): position inside the region
     last = side - 1
-    # Source of each output position for k = 0, 1, 2, 3 quarter turns (torch.rot90's order).
-    src_u = torch.where(k == 0, u, torch.where(k == 1, v, torch.where(k == 2, last - u, last - v)))
-    src_v = torch.where(k == 0, v, torch.where(k == 1, last - u, torch.where(k == 2, last - v, u)))
-    src_y = torch.where(inside, top + src_u, rows.expand(n, -1, width))
-    src_x = torch.where(inside, left + src_v, cols.expand(n, height, -1))
-    return gather_pixels(x, src_y, src_x)
+    # The source of region position (u, v) after k quarter turns (torch.rot90's direction) is
+    # (u, v), (v, last - u), (last - u, last - v) or (last - v, u). Its flat offset
+    # src_u * W + src_v is always a term of the row plus a term of the column, so the index
+    # map costs one broadcast add instead of arithmetic on whole (N, H, W) tensors.
+    row_term = torch.where(
+        k == 0, u * width, torch.where(k == 1, last - u, torch.where(k == 2, (last - u) * width, u))
+    )
+    col_term = torch.where(
+        k == 0, v, torch.where(k == 1, v * width, torch.where(k == 2, last - v, (last - v) * width))
+    )
+    inside = ((u >= 0) & (u < side)) & ((v >= 0) & (v < side))
+    source = torch.where(inside, (row_term + top * width + left) + col_term, rows * width + cols)
+    index = source.view(n, 1, height * width).expand(-1, x.shape[1], -1)
+    return x.reshape(n, x.shape[1], height * width).gather(2, index).view_as(x)
 
 
 def shuffle_patches(x: Tensor, permutation: Tensor, grid: int) -> Tensor:
     """Rearrange a grid x grid tiling of each sample: output patch q shows source patch
     permutation[n, q] (row-major indices). Patches are (side // grid) pixels wide; the strip
     of ``side % grid`` pixels at the right and bottom stays in place."""
-    n, _, height, width = x.shape
+    n, c, height, width = x.shape
     patch_h, patch_w = height // grid, width // grid
-    rows = torch.arange(height, device=x.device).view(1, -1, 1).expand(n, -1, width)
-    cols = torch.arange(width, device=x.device).view(1, 1, -1).expand(n, height, -1)
-    tiled = (rows < grid * patch_h) & (cols < grid * patch_w)
-    cell_r, cell_c = (rows // patch_h).clamp(max=grid - 1), (cols // patch_w).clamp(max=grid - 1)
-    source = permutation.gather(1, (cell_r * grid + cell_c).view(n, -1)).view(n, height, width)
-    src_y = torch.where(tiled, (source // grid) * patch_h + rows % patch_h, rows)
-    src_x = torch.where(tiled, (source % grid) * patch_w + cols % patch_w, cols)
-    return gather_pixels(x, src_y, src_x)
+    tiled_h, tiled_w = grid * patch_h, grid * patch_w
+    # (N, C, H, W) -> (N, grid * grid, C, ph, pw): one gather of whole patches.
+    patches = (
+        x[:, :, :tiled_h, :tiled_w]
+        .reshape(n, c, grid, patch_h, grid, patch_w)
+        .permute(0, 2, 4, 1, 3, 5)
+        .reshape(n, grid * grid, c, patch_h, patch_w)
+    )
+    index = permutation.view(n, grid * grid, 1, 1, 1).expand(-1, -1, c, patch_h, patch_w)
+    moved = (
+        patches.gather(1, index)
+        .view(n, grid, grid, c, patch_h, patch_w)
+        .permute(0, 3, 1, 4, 2, 5)
+        .reshape(n, c, tiled_h, tiled_w)
+    )
+    if (tiled_h, tiled_w) == (height, width):
+        return moved
+    out = x.clone()
+    out[:, :, :tiled_h, :tiled_w] = moved
+    return out
 
 
 def jittered_order(keys: Tensor) -> Tensor:
