@@ -32,6 +32,7 @@ from sslbench.transforms import (
     solarize_image,
     vflip,
 )
+from sslbench.transforms import pipeline as pipeline_module
 
 ATOL = 1e-5
 
@@ -299,12 +300,18 @@ GEOMETRIC_SPEC = {
 }
 
 
+@pytest.mark.parametrize("chunk_views", [None, 5])
 @pytest.mark.parametrize("extra", [{}, {"rotate": {"p": 1.0, "degrees": [-40.0, 40.0]}}])
-def test_coordinates_follow_the_pixels_through_every_geometric_op(extra: dict) -> None:
+def test_coordinates_follow_the_pixels_through_every_geometric_op(
+    extra: dict, chunk_views: int | None, monkeypatch
+) -> None:
+    if chunk_views is not None:  # the CPU's chunked path: 16 images in chunks of 5 views
+        monkeypatch.setattr(pipeline_module, "CPU_CHUNK_ELEMENTS", chunk_views * 3 * 32 * 32)
     images, aspect = _gradient_cache()
     pipe = Pipeline(GEOMETRIC_SPEC | extra, 32)
     made = pipe.views(images, aspect, _gen(5), coordinates=True)
     assert made.coords is not None and set(made.labels) == {"lorot", "region_confusion"}
+    assert made.images.shape[0] == made.boxes.shape[0] == made.labels["lorot"].shape[0] == 16
     seen_x, seen_y = made.images[:, 0], made.images[:, 1]
     where_x = made.coords[:, 0] / aspect.view(-1, 1, 1)  # back to fractions of the width
     where_y = made.coords[:, 1]

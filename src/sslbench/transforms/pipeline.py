@@ -36,6 +36,10 @@ from .params import (
     view_specs,
 )
 
+#: Output values (3 * size * size per view) augmented at a time on the CPU: about 12 MB of
+#: float32, which the ops pass back and forth while it is still in cache.
+CPU_CHUNK_ELEMENTS = 3 * 2**20
+
 
 @dataclass
 class ViewBatch:
@@ -103,7 +107,32 @@ class Pipeline:
     ) -> ViewBatch:
         """One view of each image, with its crop box, pretext labels and (with
         ``coordinates``) its coordinate map, moved by every geometric op exactly as the
-        pixels are (see ``box_coordinates``)."""
+        pixels are (see ``box_coordinates``).
+
+        On the CPU the batch goes through in chunks of about ``CPU_CHUNK_ELEMENTS`` output
+        values, which stay in the processor's cache from op to op (1.4-1.8x faster measured
+        at 128 and 224 px, benchmarks/augment_throughput.py); the chunks draw from ``gen`` in
+        turn, so a batch's views depend only on the seed.
+        """
+        chunk = max(1, CPU_CHUNK_ELEMENTS // (3 * self.size * self.size))
+        if images.device.type != "cpu" or images.shape[0] <= chunk:
+            return self._views(images, aspect, gen, coordinates)
+        parts = [
+            self._views(images[i : i + chunk], aspect[i : i + chunk], gen, coordinates)
+            for i in range(0, images.shape[0], chunk)
+        ]
+        return ViewBatch(
+            images=torch.cat([part.images for part in parts]),
+            boxes=torch.cat([part.boxes for part in parts]),
+            coords=torch.cat([p.coords for p in parts if p.coords is not None])
+            if coordinates
+            else None,
+            labels={key: torch.cat([p.labels[key] for p in parts]) for key in parts[0].labels},
+        )
+
+    def _views(
+        self, images: Tensor, aspect: Tensor, gen: torch.Generator, coordinates: bool
+    ) -> ViewBatch:
         aspect = aspect.to(images.device, torch.float32)
         if self.crop is not None:
             boxes = sample_crop_boxes(aspect, gen, self.crop)
