@@ -20,6 +20,27 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
+def make_tar(
+    files: dict[str, bytes], mode: str = "w:gz", links: dict[str, str] | None = None
+) -> bytes:
+    """A tar archive (compression from ``mode``) of ``files`` (name -> content), plus symbolic
+    ``links`` (name -> target), built in memory for the download and dataset tests."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        for name, target in (links or {}).items():
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
+    return buf.getvalue()
+
+
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
     """One decode-once cache per test session, never the user's own cache folder."""

@@ -1,0 +1,611 @@
+"""Download dataset archives (resumable, verified) and unpack them safely.
+
+:func:`download` fetches one :class:`Archive` into a folder with ``urllib`` only::
+
+    <dest_dir>/<filename>.part           bytes received so far; a later call resumes it (Range)
+    <dest_dir>/<filename>                only ever appears complete and verified
+    <dest_dir>/.sslbench-checksums.json  filename -> {size, sha256, md5, url, first_downloaded,
+                                         mtime_ns}, replaced atomically
+
+Each finished file is checked against the size, sha256 and md5 the :class:`Archive` pins, and
+its sha256 is recorded. A file is trusted again without hashing while its size and mtime match
+the record; a file put there by hand is verified once, then recorded. Without a pinned sha256,
+the first recorded one is the reference: a later copy with other bytes (an upstream file that
+changed) is refused. Downloads of the same file by concurrent processes are not supported.
+
+:func:`extract` unpacks .tar/.tgz/.tar.gz/.tar.bz2/.tar.xz/.zip into a ``.partial-<pid>-<rand>``
+sibling that is renamed into place only when complete, refusing any member that would land
+outside it (absolute paths, ``..``, links pointing outside, device files and fifos).
+:func:`fetch_and_extract` does both, once: a marker written last makes later calls no-ops.
+
+Where archives come from: ``dataset.url=...`` (the ``url`` argument) wins; else
+``$SSLBENCH_MIRROR`` (a URL or folder serving the archives under their file names); else the
+archive's canonical URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import lzma
+import os
+import posixpath
+import secrets
+import shutil
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
+
+from tqdm.auto import tqdm
+
+from .. import __version__
+from .folders import partial_dir, publish, remove_stale
+
+__all__ = [
+    "Archive",
+    "DownloadError",
+    "data_root",
+    "download",
+    "extract",
+    "fetch_and_extract",
+    "resolve_url",
+]
+
+CHUNK = 1 << 20  # bytes read and hashed at a time
+RECORD = ".sslbench-checksums.json"  # per-folder record of verified files
+MARKER = ".sslbench-extracted.json"  # written last into a folder fetch_and_extract unpacked
+USER_AGENT = f"sslbench/{__version__} (+python-urllib)"
+#: Archive suffixes, longest first: the name without one is the extraction folder's name.
+SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip")
+
+
+class DownloadError(RuntimeError):
+    """A download or extraction failed; str(err) is one line naming the URL (or file) and
+    where to put the archive by hand."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One downloadable file and what is known about its content."""
+
+    name: str  # dataset name, e.g. "imagenette2-160" (for messages)
+    url: str  # canonical URL
+    filename: str  # file name on disk, e.g. "imagenette2-160.tgz"
+    size: int | None = None  # bytes, when known
+    sha256: str | None = None  # when known
+    md5: str | None = None  # a published md5 (CIFAR, STL-10) when that is what is known
+
+
+def data_root() -> Path:
+    """``$SSLBENCH_DATA``, else ``~/.cache/sslbench/data``."""
+    return Path(os.environ.get("SSLBENCH_DATA") or "~/.cache/sslbench/data").expanduser()
+
+
+def resolve_url(url: str, override: str | None = None) -> str:
+    """The URL to fetch ``url`` from.
+
+    ``override`` (``dataset.url=...``) wins; else, when ``$SSLBENCH_MIRROR`` is set (a URL such
+    as ``http://127.0.0.1:8000/mirror``, a ``file://`` folder URL or a plain local folder), the
+    file name (last path component of ``url``) is fetched from there:
+    ``mirror.rstrip('/') + '/' + basename(url)``; else ``url`` itself.
+    """
+    if override:
+        return override
+    mirror = os.environ.get("SSLBENCH_MIRROR", "").strip()
+    if not mirror:
+        return url
+    if not urlsplit(mirror).scheme:  # a local folder: serve it as file://
+        mirror = Path(mirror).expanduser().resolve().as_uri()
+    return mirror.rstrip("/") + "/" + posixpath.basename(urlsplit(url).path)
+
+
+def download(
+    archive: Archive,
+    dest_dir: Path,
+    *,
+    url: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Return ``dest_dir / archive.filename``, downloading and verifying it first if needed.
+
+    ``url`` overrides where the file is fetched from (see :func:`resolve_url`); ``timeout`` is
+    in seconds, per network operation. Raises :class:`DownloadError` (one line) when the file
+    cannot be fetched (the partial download is kept and resumed next time) or does not match
+    what is known of it (nothing is kept).
+    """
+    return _download(archive, Path(dest_dir), url, progress, timeout)[0]
+
+
+def extract(archive_path: Path, dest: Path, *, progress: bool = True) -> Path:
+    """Unpack ``archive_path`` into the folder ``dest`` and return ``dest``.
+
+    The archive's members are extracted as they are, so an archive holding ``NAME/...`` gives
+    ``dest/NAME/...``. Members are written into a sibling ``dest.partial-<pid>-<rand>`` that
+    is renamed to ``dest`` only once everything is extracted; an existing ``dest`` is then
+    replaced (moved aside, the new folder renamed in, the old one deleted). A member that would
+    land outside ``dest`` (absolute path, ``..``, link pointing outside, device file, fifo) or
+    a corrupt archive raises :class:`DownloadError` and leaves nothing behind.
+    """
+    archive_path, dest = Path(archive_path), Path(dest)
+    name = archive_path.name.lower()
+    if not name.endswith(SUFFIXES):
+        raise DownloadError(
+            f"cannot extract {archive_path}: unsupported archive type "
+            f"(supported: {', '.join(SUFFIXES)})"
+        )
+    if not archive_path.is_file():
+        raise DownloadError(f"cannot extract {archive_path}: no such file")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(dest)
+    partial = partial_dir(dest)
+    partial.mkdir()
+    try:
+        if name.endswith(".zip"):
+            _extract_zip(archive_path, partial, progress)
+        else:
+            _extract_tar(archive_path, partial, progress)
+        publish(partial, dest)
+    except _UnsafeMember as err:
+        raise DownloadError(
+            f"refusing to extract {archive_path}: member {err.member!r} {err.reason}"
+        ) from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as err:
+        raise DownloadError(_corrupt(archive_path, err)) from None
+    except OSError as err:
+        if err.errno is None:  # bz2/gzip data errors: the archive, not the disk
+            raise DownloadError(_corrupt(archive_path, err)) from None
+        raise DownloadError(
+            f"cannot extract {archive_path} into {dest}: {_one_line(err)}"
+        ) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # no-op after a successful publish
+    return dest
+
+
+def fetch_and_extract(
+    archive: Archive, root: Path, *, url: str | None = None, progress: bool = True
+) -> Path:
+    """:func:`download` ``archive`` into ``root``, then :func:`extract` it into
+    ``root / <archive stem>`` (the file name without its archive suffix) and return that folder.
+
+    A marker file written last into the folder records the archive's sha256; while it matches,
+    later calls neither touch the network nor extract again.
+    """
+    root = Path(root)
+    path, sha256 = _download(archive, root, url, progress, 60.0)
+    dest = root / _stem(archive.filename)
+    marker = dest / MARKER
+    try:
+        done = json.loads(marker.read_text()).get("sha256") == sha256
+    except (OSError, ValueError, AttributeError):
+        done = False
+    if not done:
+        extract(path, dest, progress=progress)
+        info = {
+            "archive": archive.filename,
+            "sha256": sha256,
+            "extracted": datetime.now(timezone.utc).isoformat(),
+        }
+        _write_json(marker, info)
+    return dest
+
+
+# --- downloading ---------------------------------------------------------------------------
+
+
+class _Hashes:
+    """Running sha256 (and md5 when wanted) of the bytes seen so far."""
+
+    def __init__(self, md5: bool):
+        self.want_md5 = md5
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False) if self.want_md5 else None
+
+    def update(self, data: bytes) -> None:
+        self.size += len(data)
+        self.sha256.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
+
+    def update_from(self, path: Path, bar: tqdm | None = None) -> None:
+        with open(path, "rb") as f:
+            while data := f.read(CHUNK):
+                self.update(data)
+                if bar is not None:
+                    bar.update(len(data))
+
+
+class _NetworkError(Exception):
+    """Fetching failed for a reason on the network's side; ``str`` is the reason."""
+
+
+class _RangeNotSatisfiable(Exception):
+    """The server answered 416 to a resumed download that is not already complete."""
+
+
+def _download(
+    archive: Archive, dest_dir: Path, override: str | None, progress: bool, timeout: float
+) -> tuple[Path, str]:
+    """:func:`download`, also returning the file's sha256."""
+    source = resolve_url(archive.url, override)
+    final = dest_dir / archive.filename
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    entry = _read_record(dest_dir).get(archive.filename)
+    if final.is_file():
+        return final, _verify_existing(archive, final, entry, source, progress)
+
+    part = final.with_name(final.name + ".part")
+    hashes = _Hashes(md5=archive.md5 is not None)
+    try:
+        _fetch(archive, source, part, hashes, progress, timeout)
+    except _NetworkError as err:
+        raise DownloadError(
+            f"cannot download {archive.name} from {source}: {err}; download it by hand and put "
+            f"it at {final} (or set SSLBENCH_MIRROR / dataset.url)"
+        ) from None
+    problem = _mismatch(archive, hashes, entry)
+    if problem:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{archive.name} from {source} is not the expected file: {problem}; nothing was "
+            f"kept (check the URL, or put a correct copy at {final})"
+        )
+    os.replace(part, final)
+    sha256 = hashes.sha256.hexdigest()
+    _record(dest_dir, archive.filename, final, hashes, source, entry)
+    return final, sha256
+
+
+def _verify_existing(
+    archive: Archive, final: Path, entry: dict[str, Any] | None, source: str, progress: bool
+) -> str:
+    """The sha256 of the file already at ``final``, verifying (and recording) it if needed."""
+    stat = final.stat()
+    if (
+        entry is not None
+        and entry.get("sha256")
+        and entry.get("size") == stat.st_size
+        and entry.get("mtime_ns") == stat.st_mtime_ns
+        and archive.size in (None, stat.st_size)
+        and archive.sha256 in (None, entry.get("sha256"))
+        and archive.md5 in (None, entry.get("md5"))
+    ):
+        return str(entry["sha256"])  # verified before and unchanged since
+
+    hashes = _Hashes(md5=archive.md5 is not None)
+    bar = tqdm(
+        total=stat.st_size,
+        desc=f"verifying {final.name}",
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not progress,
+    )
+    with bar:
+        hashes.update_from(final, bar)
+    problem = _mismatch(archive, hashes, entry)
+    if problem:
+        raise DownloadError(
+            f"{final} is not the expected {archive.name} file: {problem}; delete it and run "
+            f"again to download it from {source}"
+        )
+    _record(
+        final.parent, archive.filename, final, hashes, entry.get("url") if entry else None, entry
+    )
+    return hashes.sha256.hexdigest()
+
+
+def _fetch(
+    archive: Archive, source: str, part: Path, hashes: _Hashes, progress: bool, timeout: float
+) -> None:
+    """Complete ``part`` from ``source``, resuming what it holds; ``hashes`` covers all of it.
+
+    Raises :class:`_NetworkError` on any network failure, keeping what was received.
+    """
+    offset = part.stat().st_size if part.is_file() else 0
+    if archive.size is not None and offset > archive.size:
+        part.unlink()  # longer than the whole file: cannot be a prefix of it
+        offset = 0
+    if offset:
+        hashes.update_from(part)
+        if archive.size is not None and offset == archive.size:
+            return  # already complete; verified by the caller
+
+    try:
+        response = _open(source, offset, timeout)
+    except _RangeNotSatisfiable:  # cannot be a prefix of the server's file: start again
+        part.unlink()
+        hashes.reset()
+        offset = 0
+        response = _open(source, 0, timeout)
+    if response is None:  # 416: the part already holds the whole file
+        return
+    start, total = _content_range(response, offset)
+    if start != offset:  # 200 (Range ignored) or an unexpected 206: start again from zero
+        hashes.reset()
+        offset = 0
+        if start != 0:
+            response.close()
+            response = _open(source, 0, timeout)
+            assert response is not None  # a request without Range never gets None (416)
+            start, total = _content_range(response, 0)
+    with response:
+        bar = tqdm(
+            total=total,
+            initial=offset,
+            desc=archive.name,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=not progress,
+        )
+        with bar, open(part, "ab" if offset else "wb") as out:
+            while True:
+                try:
+                    data = response.read(CHUNK)
+                except (OSError, http.client.HTTPException) as err:
+                    raise _NetworkError(_reason(err)) from None
+                if not data:
+                    break
+                out.write(data)
+                hashes.update(data)
+                bar.update(len(data))
+    if total is not None and hashes.size < total:
+        raise _NetworkError(f"connection closed after {hashes.size} of {total} bytes")
+
+
+def _open(source: str, offset: int, timeout: float) -> Any | None:
+    """The response to a GET of ``source`` from byte ``offset`` on; None for a 416 at EOF."""
+    headers = {"User-Agent": USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        return urlopen(Request(source, headers=headers), timeout=timeout)
+    except HTTPError as err:
+        if err.code == 416 and offset:
+            unit_total = (err.headers.get("Content-Range") or "").rpartition("/")[2]
+            err.close()
+            if unit_total.strip() == str(offset):
+                return None
+            raise _RangeNotSatisfiable from None  # the part is longer than the server's file
+        err.close()
+        raise _NetworkError(f"HTTP {err.code} {err.reason}") from None
+    except ValueError as err:  # malformed URL
+        raise _NetworkError(_one_line(err)) from None
+    except (OSError, http.client.HTTPException) as err:
+        raise _NetworkError(_reason(err)) from None
+
+
+def _content_range(response: Any, offset: int) -> tuple[int, int | None]:
+    """(first byte, total bytes or None) of what ``response`` sends."""
+    length = response.headers.get("Content-Length")
+    length = int(length) if length and length.strip().isdigit() else None
+    status = getattr(response, "status", None)
+    if status == 206:
+        spec = (response.headers.get("Content-Range") or "").strip()
+        # "bytes START-END/TOTAL" (TOTAL may be "*")
+        try:
+            unit, _, rest = spec.partition(" ")
+            span, _, total_text = rest.partition("/")
+            start = int(span.partition("-")[0])
+            total = int(total_text) if total_text.strip().isdigit() else None
+        except ValueError:
+            return -1, None  # unintelligible: start again
+        if unit != "bytes":
+            return -1, None
+        if total is None and length is not None:
+            total = start + length
+        return start, total
+    return 0, length  # 200 (or a file:// URL): the whole file
+
+
+def _mismatch(archive: Archive, hashes: _Hashes, entry: dict[str, Any] | None) -> str | None:
+    """Why the bytes behind ``hashes`` are not ``archive``'s, or None when they match."""
+    sha256 = hashes.sha256.hexdigest()
+    if archive.size is not None and hashes.size != archive.size:
+        return f"size expected {archive.size} bytes, got {hashes.size}"
+    if archive.sha256 is not None and sha256 != archive.sha256.lower():
+        return f"sha256 expected {archive.sha256.lower()}, got {sha256}"
+    if archive.md5 is not None and hashes.md5 is not None:
+        md5 = hashes.md5.hexdigest()
+        if md5 != archive.md5.lower():
+            return f"md5 expected {archive.md5.lower()}, got {md5}"
+    if archive.sha256 is None and entry is not None and entry.get("sha256") not in (None, sha256):
+        return (
+            f"checksum changed since first download: recorded {entry['sha256']}, got {sha256} "
+            f"(if the new file is right, remove its entry from {RECORD})"
+        )
+    return None
+
+
+def _read_record(dest_dir: Path) -> dict[str, dict[str, Any]]:
+    """The folder's record of verified files (empty when missing or unreadable)."""
+    try:
+        record = json.loads((dest_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _record(
+    dest_dir: Path,
+    filename: str,
+    final: Path,
+    hashes: _Hashes,
+    url: str | None,
+    entry: dict[str, Any] | None,
+) -> None:
+    """Record ``final`` as verified, keeping the date it was first recorded."""
+    record = _read_record(dest_dir)
+    stat = final.stat()
+    record[filename] = {
+        "size": stat.st_size,
+        "sha256": hashes.sha256.hexdigest(),
+        "md5": hashes.md5.hexdigest() if hashes.md5 is not None else (entry or {}).get("md5"),
+        "url": url,
+        "first_downloaded": (entry or {}).get("first_downloaded")
+        or datetime.now(timezone.utc).isoformat(),
+        "mtime_ns": stat.st_mtime_ns,
+    }
+    _write_json(dest_dir / RECORD, record)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file, then os.replace)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _reason(err: BaseException) -> str:
+    """One-line reason of a network failure."""
+    if isinstance(err, URLError) and not isinstance(err, HTTPError):
+        reason = err.reason
+        if isinstance(reason, TimeoutError):
+            return "timed out"
+        return _one_line(reason) if isinstance(reason, BaseException) else _one_line(str(reason))
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    return _one_line(err)
+
+
+def _one_line(err: BaseException | str) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+# --- extracting ----------------------------------------------------------------------------
+
+
+class _UnsafeMember(Exception):
+    """An archive member that must not be extracted."""
+
+    def __init__(self, member: str, reason: str):
+        super().__init__(member, reason)
+        self.member, self.reason = member, reason
+
+
+def _stem(filename: str) -> str:
+    """``filename`` without its archive suffix (``imagenette2-160.tgz`` -> ``imagenette2-160``)."""
+    lower = filename.lower()
+    for suffix in SUFFIXES:
+        if lower.endswith(suffix) and len(filename) > len(suffix):
+            return filename[: -len(suffix)]
+    return filename + ".d"
+
+
+def _corrupt(archive_path: Path, err: BaseException) -> str:
+    return (
+        f"cannot extract {archive_path}: the archive is corrupt or truncated ({_one_line(err)}); "
+        f"delete it and download it again"
+    )
+
+
+def _inside(path: str) -> bool:
+    """Whether the relative POSIX path ``path`` stays inside the folder it is relative to."""
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 0 if part in ("", ".") else 1
+        if depth < 0:
+            return False
+    return True
+
+
+def _drive(path: str) -> bool:
+    """Whether ``path`` starts with a Windows drive (``C:``)."""
+    return len(path) > 1 and path[0].isalpha() and path[1] == ":"
+
+
+def _check_name(name: str) -> None:
+    """Refuse absolute member names and names with ``..`` components."""
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or _drive(posix):
+        raise _UnsafeMember(name, "has an absolute path")
+    if ".." in posix.split("/"):
+        raise _UnsafeMember(name, "has a '..' component")
+
+
+def _check_tar_member(member: tarfile.TarInfo) -> None:
+    """Refuse tar members that could write outside the destination or are special files."""
+    _check_name(member.name)
+    if member.ischr() or member.isblk() or member.isfifo():
+        raise _UnsafeMember(member.name, "is a device file or fifo")
+    if member.issym() or member.islnk():
+        target = member.linkname
+        if target.startswith("/") or _drive(target):
+            raise _UnsafeMember(member.name, f"is a link to an absolute path ({target})")
+        # A symlink's target is relative to its folder; a hard link's to the archive's root.
+        base = posixpath.dirname(member.name) if member.issym() else ""
+        if not _inside(posixpath.join(base, target)):
+            raise _UnsafeMember(member.name, f"is a link pointing outside ({target})")
+    elif not (member.isfile() or member.isdir()):
+        raise _UnsafeMember(member.name, "is of an unsupported type")
+
+
+def _extract_tar(archive_path: Path, out: Path, progress: bool) -> None:
+    """Extract a (possibly compressed) tar archive into ``out``, member by member."""
+    has_filter = hasattr(tarfile, "data_filter")
+    with open(archive_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
+        bar = tqdm(
+            total=archive_path.stat().st_size,
+            desc=f"extracting {archive_path.name}",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=not progress,
+        )
+
+        def members() -> Iterator[tarfile.TarInfo]:
+            for member in tar:  # read lazily: one pass over the (compressed) stream
+                _check_tar_member(member)
+                yield member
+                bar.update(raw.tell() - bar.n)
+
+        with bar:
+            if has_filter:
+                try:
+                    tar.extractall(out, members=members(), filter="data")
+                except tarfile.FilterError as err:  # anything our own checks let through
+                    member = getattr(err, "tarinfo", None)
+                    raise _UnsafeMember(
+                        member.name if member is not None else "?", _one_line(err)
+                    ) from None
+            else:  # Python < 3.10.12 / 3.11.4: our own checks above are all there is
+                tar.extractall(out, members=members())
+            # Read to the end, so a truncated or damaged compressed stream shows (gzip's CRC).
+            while tar.fileobj.read(CHUNK):
+                pass
+            bar.update(bar.total - bar.n)
+
+
+def _extract_zip(archive_path: Path, out: Path, progress: bool) -> None:
+    """Extract a zip archive into ``out``, checking every member's path first."""
+    root = os.path.realpath(out)
+    with zipfile.ZipFile(archive_path) as archive:
+        infos = archive.infolist()
+        for info in infos:
+            _check_name(info.filename)
+            target = os.path.realpath(os.path.join(root, info.filename))
+            if os.path.commonpath([root, target]) != root:
+                raise _UnsafeMember(info.filename, "lands outside the destination")
+        bar = tqdm(infos, desc=f"extracting {archive_path.name}", unit="file", disable=not progress)
+        for info in bar:
+            archive.extract(info, out)

@@ -1,0 +1,62 @@
+"""Folders that appear whole or not at all: a cache build or an archive extraction is written
+into a sibling ``NAME.partial-<pid>-<random>`` and renamed into place only when complete.
+
+Leftovers of killed processes (``.partial-*``, ``.old-*``) are removed by the next writer
+once their process id is dead (checked on this host only).
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+__all__ = ["partial_dir", "publish", "remove_stale"]
+
+
+def partial_dir(target: Path) -> Path:
+    """A fresh sibling name to build ``target`` in (not created)."""
+    return target.with_name(f"{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale(target: Path) -> None:
+    """Delete leftovers (``.partial-*``, ``.old-*``) beside ``target`` whose process is gone."""
+    for leftover in target.parent.glob(f"{glob.escape(target.name)}.*-*-*"):
+        kind, _, rest = leftover.name[len(target.name) + 1 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("partial", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def publish(partial: Path, target: Path) -> None:
+    """Move a finished folder into place, replacing (then deleting) an older one.
+
+    rename() cannot replace a non-empty directory, so an old one is moved aside first.
+    Readers that still map the old files keep working: unlinked files stay valid while mapped.
+    """
+    try:
+        os.rename(partial, target)
+        return
+    except OSError as err:
+        if not target.exists() or err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise
+    old = target.with_name(f"{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+    os.rename(target, old)
+    os.rename(partial, target)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
