@@ -89,7 +89,7 @@ def test_read_idx_errors(tmp_path):
 
 
 def test_get_source_errors(tmp_path):
-    with pytest.raises(ValueError, match="fashion-mnist.*folder"):
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet-9000'.*fashion-mnist"):
         get_source("imagenet-9000")
     with pytest.raises(FileNotFoundError, match="nope"):
         get_source("folder", tmp_path / "nope")

@@ -6,22 +6,36 @@ once into ``<cache_root>/<source.cache_key()>/<split>-<S>/``::
     images.npy  uint8 (N, 3, S, S), C-contiguous, opened memory-mapped
     labels.npy  int64 (N,), -1 for unlabeled images
     sizes.npy   int32 (N, 2), original (width, height) of each image
-    meta.json   source, split, count, S, fingerprint, classes, format version, skipped files
+    meta.json   source, split, count, stored side ``size`` and ``requested_size``, fingerprint,
+                classes, format version, skipped files (``skipped``, ``skipped_reasons``)
 
-Images are squashed to S x S (aspect ratio kept in ``sizes`` for aspect-aware crops). A build
-writes into ``<dir>.partial-<pid>-<random>`` and is renamed into place only when complete, so a
-killed build never leaves a directory that looks like a finished cache. Leftovers are removed
-by the next build once their process id is dead (checked on this host only, so concurrent
-builders on several hosts sharing one cache directory are not supported).
+Images are squashed to S x S (aspect ratio kept in ``sizes`` for aspect-aware crops), with S the
+requested size but never more than :meth:`Source.max_side` (no upsampling past the source). A
+build writes into ``<dir>.partial-<pid>-<random>`` and is renamed into place only when complete,
+so a killed build never leaves a directory that looks like a finished cache, and readers of a
+finished cache need no lock. Builders take an exclusive ``flock`` on ``<dir>.lock`` (kept
+forever), so two runs of a grid never build the same cache at once: the second waits, then
+loads what the first built. Leftovers of killed builds are removed by the next build once their
+process id is dead (checked on this host only, so concurrent builders on several hosts sharing
+one cache directory are not supported).
+
+Sources that list their items (:meth:`Source.items`) are decoded by several processes when the
+split is large: each worker decodes contiguous chunks and writes the pixels straight into the
+``images.npy`` being built, returning only per-image flags, sizes and errors, so RAM stays
+bounded whatever the dataset's size. Parallel and sequential builds give byte-identical files.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import secrets
 import shutil
+import sys
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,12 +45,24 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .folders import partial_dir, publish, remove_stale
 from .sources import Source
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): builds are not serialised between processes
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["FORMAT_VERSION", "CachedSplit", "cache_dir", "default_cache_root", "load_or_build"]
 
 #: Bump when the on-disk layout or the decoding changes; older caches are then rebuilt.
 FORMAT_VERSION = 1
+
+#: Splits with more items than this are decoded by several processes (when workers > 1).
+PARALLEL_MIN_ITEMS = 256
+
+#: RAM budget of one streamed copy step when skipped rows are removed from images.npy.
+_COPY_BYTES = 64 << 20
 
 
 @dataclass
@@ -83,15 +109,18 @@ def default_cache_root() -> Path:
 
 
 def stored_side(source: Source, size: int | None) -> int:
-    """Side S stored in the cache: never larger than a fixed-size source's images."""
-    natural = source.natural_size()
+    """Side S stored in the cache: ``size``, but never more than ``source.max_side()``.
+
+    ``size`` None stores the source's own side (sources of fixed-size images only).
+    """
+    cap = source.max_side()
     if size is None:
-        if natural is None:
+        if cap is None:
             raise ValueError(f"{source.name}: images vary in size, so a cache size is required")
-        return natural
+        return cap
     if size < 1:
         raise ValueError(f"cache size must be positive, got {size}")
-    return min(size, natural) if natural else size
+    return min(size, cap) if cap else size
 
 
 def cache_dir(source: Source, split: str, size: int | None, cache_root: Path | None = None) -> Path:
@@ -107,13 +136,18 @@ def load_or_build(
     cache_root: Path | None = None,
     progress: bool = True,
     strict: bool = False,
+    workers: int | None = None,
 ) -> CachedSplit:
     """Return the cached ``split`` of ``source``, decoding it first if needed.
 
     The cache is reused when its fingerprint, stored side and format version match; otherwise
-    it is rebuilt. Unreadable images are skipped with a warning and listed in ``meta["skipped"]``
-    (``strict=True`` raises instead).
+    it is rebuilt, by one process at a time (others wait for it, then load its result).
+    Unreadable images are skipped with one warning and listed in ``meta["skipped"]`` (reasons
+    in ``meta["skipped_reasons"]``); ``strict=True`` raises at the first instead. ``workers``:
+    decoding processes for sources with :meth:`Source.items` (None: ``min(CPUs, 8)``; 1: in
+    this process). ``progress`` shows a progress bar and the waiting message.
     """
+    n_workers = _worker_count(workers)
     side = stored_side(source, size)
     target = cache_dir(source, split, size, cache_root)
     fingerprint = source.fingerprint(split)
@@ -122,18 +156,51 @@ def load_or_build(
         return cached
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(target)
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-    partial.mkdir()
-    try:
-        _build(source, split, side, fingerprint, partial, progress, strict)
-        _publish(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)  # no-op after a successful publish
-    cached = _load(target, fingerprint, side)
+    with _build_lock(target, progress):
+        cached = _load(target, fingerprint, side)  # built by the process we waited for?
+        if cached is not None:
+            return cached
+        remove_stale(target)
+        partial = partial_dir(target)
+        partial.mkdir()
+        try:
+            _build(source, split, side, size, fingerprint, partial, progress, strict, n_workers)
+            publish(partial, target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)  # no-op after a successful publish
+        cached = _load(target, fingerprint, side)
     if cached is None:
         raise RuntimeError(f"cache at {target} was replaced while being built; run again")
     return cached
+
+
+def _worker_count(workers: int | None) -> int:
+    if workers is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use
+        except AttributeError:  # not Linux
+            cpus = os.cpu_count() or 1
+        return max(1, min(cpus, 8))
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 or None, got {workers}")
+    return workers
+
+
+@contextmanager
+def _build_lock(target: Path, progress: bool) -> Iterator[None]:
+    """Hold an exclusive lock on ``<target>.lock`` (created if missing, never deleted)."""
+    fd = os.open(target.with_name(f"{target.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if progress:
+                    print(f"waiting for another process building {target}", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _load(path: Path, fingerprint: str, side: int) -> CachedSplit | None:
@@ -155,41 +222,6 @@ def _load(path: Path, fingerprint: str, side: int) -> CachedSplit | None:
     if images.shape != (n, 3, side, side) or labels.shape != (n,) or sizes.shape != (n, 2):
         return None
     return CachedSplit(images, labels, sizes, meta, list(meta.get("classes", [])), path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. EPERM: exists but belongs to someone else
-        return True
-    return True
-
-
-def _remove_stale(target: Path) -> None:
-    """Delete leftovers (``.partial-*``, ``.old-*``) of builds whose process is gone."""
-    for leftover in target.parent.glob(f"{target.name}.*-*-*"):
-        kind, _, rest = leftover.name[len(target.name) + 1 :].partition("-")
-        pid = rest.split("-")[0]
-        if kind in ("partial", "old") and pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _publish(partial: Path, target: Path) -> None:
-    """Move a finished build into place, replacing (then deleting) any previous cache."""
-    try:
-        os.rename(partial, target)
-        return
-    except OSError:
-        if not target.exists():
-            raise
-    # rename() cannot replace a non-empty directory: move the old one aside first. Readers that
-    # still map the old files keep working, as unlinked files stay valid while mapped.
-    old = target.with_name(f"{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-    os.rename(target, old)
-    os.rename(partial, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _to_chw(image: np.ndarray | Image.Image, side: int) -> tuple[np.ndarray, int, int]:
@@ -217,55 +249,59 @@ def _to_chw(image: np.ndarray | Image.Image, side: int) -> tuple[np.ndarray, int
     return chw, width, height
 
 
+def _reason(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def _build(
     source: Source,
     split: str,
     side: int,
+    requested: int | None,
     fingerprint: str,
     out: Path,
     progress: bool,
     strict: bool,
+    workers: int,
 ) -> None:
-    """Decode ``split`` into ``out`` one image at a time; meta.json is written last."""
-    capacity = source.count(split)
+    """Decode ``split`` into ``out``; meta.json is written last."""
+    items = source.items(split)
+    capacity = len(items) if items is not None else source.count(split)
     # Images go straight to a disk-backed memmap so RAM use does not grow with the dataset.
     images = np.lib.format.open_memmap(
         out / "images.npy", mode="w+", dtype=np.uint8, shape=(capacity, 3, side, side)
     )
-    labels = np.empty(capacity, dtype=np.int64)
-    sizes = np.empty((capacity, 2), dtype=np.int32)
-    skipped: list[str] = []
-
-    def on_error(name: str, error: Exception) -> None:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        if strict:
-            raise ValueError(f"unreadable image {name}: {reason}") from None
-        warnings.warn(f"skipping unreadable image {name}: {reason}", stacklevel=2)
-        skipped.append(name)
-
-    n = 0
+    labels = np.full(capacity, -1, dtype=np.int64)
+    sizes = np.zeros((capacity, 2), dtype=np.int32)
     bar = tqdm(
         total=capacity, desc=f"caching {source.name}/{split}", unit="img", disable=not progress
     )
     with bar:
-        for image, label in source.iter_images(split, on_error=on_error):
-            if n == capacity:
-                raise RuntimeError(f"{source!r} split {split!r} grew while being cached")
-            chw, width, height = _to_chw(image, side)
-            images[n] = chw  # greyscale (1, S, S) broadcasts to 3 identical channels
-            labels[n], sizes[n] = label, (width, height)
-            n += 1
-            bar.update(1)
-        bar.update(capacity - n)  # skipped files
+        if items is not None and workers > 1 and len(items) > PARALLEL_MIN_ITEMS:
+            del images  # the workers map the file themselves
+            keep, skipped = _decode_parallel(
+                source, items, out / "images.npy", side, labels, sizes, workers, bar, strict
+            )
+        else:
+            keep, skipped = _decode_sequential(source, split, images, labels, sizes, bar, strict)
+            images.flush()
+            del images
+    n = int(keep.sum())
     if n == 0:
         raise ValueError(f"{source!r} split {split!r}: no readable images")
-    images.flush()
-    del images
-    if n < capacity:  # files were skipped: copy the filled prefix into a file of the right size
-        _truncate_npy(out / "images.npy", n)
+    if n < capacity:  # files were skipped: copy the kept rows into a file of the right size
+        _compact_npy(out / "images.npy", keep)
+    if skipped:
+        shown = "; ".join(f"{name} ({reason})" for name, reason in skipped[:3])
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        warnings.warn(
+            f"{source.name}/{split}: skipped {len(skipped)} unreadable image(s), listed in the "
+            f"cache's meta.json: {shown}{more}",
+            stacklevel=3,
+        )
 
-    np.save(out / "labels.npy", labels[:n])
-    np.save(out / "sizes.npy", sizes[:n])
+    np.save(out / "labels.npy", labels[keep])
+    np.save(out / "sizes.npy", sizes[keep])
     meta = {
         "format_version": FORMAT_VERSION,
         "source": source.name,
@@ -273,21 +309,170 @@ def _build(
         "split": split,
         "count": n,
         "size": side,
+        "requested_size": requested,
         "fingerprint": fingerprint,
         "classes": list(source.classes),
         "created": datetime.now(timezone.utc).isoformat(),
-        "skipped": skipped,
+        "skipped": [name for name, _ in skipped],
+        "skipped_reasons": dict(skipped),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
-def _truncate_npy(path: Path, n: int, chunk: int = 4096) -> None:
-    """Shrink an .npy array to its first ``n`` rows, streaming in chunks (bounded RAM)."""
+def _decode_sequential(
+    source: Source,
+    split: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    sizes: np.ndarray,
+    bar: tqdm,
+    strict: bool,
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode with ``iter_images`` in this process, filling rows from the top.
+
+    Returns the mask of filled rows and the skipped ``(name, reason)`` pairs."""
+    capacity = len(labels)
+    skipped: list[tuple[str, str]] = []
+
+    def on_error(name: str, error: Exception) -> None:
+        if strict:
+            raise ValueError(f"unreadable image {name}: {_reason(error)}") from None
+        skipped.append((name, _reason(error)))
+        bar.update(1)
+
+    n = 0
+    for image, label in source.iter_images(split, on_error=on_error):
+        if n == capacity:
+            raise RuntimeError(f"{source!r} split {split!r} grew while being cached")
+        chw, width, height = _to_chw(image, images.shape[-1])
+        images[n] = chw  # greyscale (1, S, S) broadcasts to 3 identical channels
+        labels[n], sizes[n] = label, (width, height)
+        n += 1
+        bar.update(1)
+    bar.update(capacity - n - len(skipped))  # count() was an upper bound
+    return np.arange(capacity) < n, skipped
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """``fork`` on Linux (cheap, nothing to pickle); ``spawn`` elsewhere."""
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _decode_parallel(
+    source: Source,
+    items: list[tuple[str, int]],
+    path: Path,
+    side: int,
+    labels: np.ndarray,
+    sizes: np.ndarray,
+    workers: int,
+    bar: tqdm,
+    strict: bool,
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode ``items`` in worker processes, each writing its rows into the .npy at ``path``.
+
+    Row i holds item i (or stays empty if it is unreadable). Returns the mask of decoded rows
+    and the skipped ``(name, reason)`` pairs in item order."""
+    n = len(items)
+    chunk = max(16, min(256, -(-n // (workers * 8))))  # ~8 chunks per worker, for the bar
+    starts = range(0, n, chunk)
+    labels[:] = [label for _, label in items]
+    ok = np.zeros(n, dtype=bool)
+    errors: list[tuple[int, str, str]] = []
+    executor = ProcessPoolExecutor(
+        max_workers=min(workers, len(starts)),
+        mp_context=_mp_context(),
+        initializer=_init_worker,
+        initargs=(source,),
+    )
+    try:
+        futures = {
+            executor.submit(
+                _decode_rows, [item for item, _ in items[s : s + chunk]], s, str(path), side, strict
+            ): s
+            for s in starts
+        }
+        for future in as_completed(futures):
+            s = futures.pop(future)
+            chunk_ok, chunk_sizes, chunk_errors = future.result()
+            ok[s : s + len(chunk_ok)] = chunk_ok
+            sizes[s : s + len(chunk_ok)] = chunk_sizes
+            errors += chunk_errors
+            bar.update(len(chunk_ok))
+            if strict and chunk_errors:
+                break
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    if strict and errors:
+        # Workers take chunks in order, so every chunk before the failing one has run by now
+        # (cancelled ones all come after it): the smallest row is the split's first bad item.
+        errors += [e for f in futures if not f.cancelled() for e in f.result()[2]]
+        _, name, reason = min(errors)
+        raise ValueError(f"unreadable image {name}: {reason}")
+    return ok, [(name, reason) for _, name, reason in sorted(errors)]
+
+
+_worker_source: Source | None = None
+
+
+def _init_worker(source: Source) -> None:
+    global _worker_source
+    _worker_source = source
+
+
+def _decode_rows(
+    items: list[str], start: int, path: str, side: int, strict: bool
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]:
+    """Worker: decode ``items`` into rows ``start, start + 1, ...`` of the .npy at ``path``.
+
+    Only small per-image results travel back: ok flags (k,), original sizes (k, 2) and
+    ``(row, name, reason)`` of unreadable items; the pixels go through the file. The mapping
+    is opened per chunk and closed after, so a worker's memory does not grow with the split.
+    """
+    assert _worker_source is not None, "worker not initialised"
+    images = np.load(path, mmap_mode="r+")
+    ok = np.zeros(len(items), dtype=bool)
+    sizes = np.zeros((len(items), 2), dtype=np.int32)
+    errors: list[tuple[int, str, str]] = []
+    try:
+        for k, item in enumerate(items):
+            try:
+                image = _worker_source.decode(item)
+            except Exception as e:  # PIL raises many types for corrupt files
+                errors.append((start + k, str(item), _reason(e)))
+                if strict:
+                    break
+                continue
+            chw, width, height = _to_chw(image, side)
+            images[start + k] = chw
+            ok[k], sizes[k] = True, (width, height)
+        images.flush()
+    finally:
+        del images
+    return ok, sizes, errors
+
+
+def _compact_npy(path: Path, keep: np.ndarray) -> None:
+    """Keep only the rows of an .npy array where ``keep`` is True, in order.
+
+    Streams in steps of about ``_COPY_BYTES`` (bounded RAM) into a new file that replaces it.
+    """
     src = np.load(path, mmap_mode="r")
+    rows = np.flatnonzero(keep)
     tmp = path.with_suffix(".tmp.npy")
-    dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(n, *src.shape[1:]))
-    for start in range(0, n, chunk):
-        dst[start : start + chunk] = src[start : min(n, start + chunk)]
+    dst = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=src.dtype, shape=(len(rows), *src.shape[1:])
+    )
+    step = max(1, _COPY_BYTES // max(1, src[:1].nbytes))
+    for start in range(0, len(rows), step):
+        picked = rows[start : start + step]
+        first, last = int(picked[0]), int(picked[-1])
+        if last - first + 1 == len(picked):  # a contiguous run: one slice, no fancy index
+            dst[start : start + len(picked)] = src[first : last + 1]
+        else:
+            dst[start : start + len(picked)] = src[picked]
     dst.flush()
     del src, dst
     os.replace(tmp, path)

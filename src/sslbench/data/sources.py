@@ -1,8 +1,11 @@
 """Image sources: where the pixels of a dataset come from, one image at a time.
 
 A :class:`Source` knows a dataset's splits, classes and content fingerprint, and can iterate
-over the decoded images of a split without holding them all in memory. Sources are only read
-when the decode-once cache (:mod:`sslbench.data.cache`) is (re)built; training reads the cache.
+over the decoded images of a split without holding them all in memory; sources of separate files
+also list a split's items and decode any one of them (:meth:`Source.items`,
+:meth:`Source.decode`), so that the cache builder can decode them in parallel. Sources are only
+read when the decode-once cache (:mod:`sslbench.data.cache`) is (re)built; training reads the
+cache.
 """
 
 from __future__ import annotations
@@ -20,11 +23,9 @@ from PIL import Image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "SOURCES",
     "FashionMNIST",
     "ImageFolder",
     "Source",
-    "get_source",
     "read_idx",
 ]
 
@@ -70,6 +71,18 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="))  # native byte order, writable copy
 
 
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image file fully into an RGB or L (greyscale) PIL image.
+
+    We own the file handle, so it is closed even for multi-frame formats; ``load()`` decodes
+    here, so a broken file fails in this call rather than later.
+    """
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        image.load()
+    return image if image.mode in ("RGB", "L") else image.convert("RGB")
+
+
 def _sha256_files(paths: list[Path]) -> str:
     """Content hash of files, in the given order."""
     h = hashlib.sha256()
@@ -105,7 +118,6 @@ class Source(ABC):
     def fingerprint(self, split: str) -> str:
         """sha256 hex digest identifying the split's content; the cache rebuilds when it changes."""
 
-    @abstractmethod
     def iter_images(
         self, split: str, on_error: ErrorHandler | None = None
     ) -> Iterator[tuple[np.ndarray | Image.Image, int]]:
@@ -113,12 +125,59 @@ class Source(ABC):
 
         Images are HxWx3 uint8 RGB or HxW greyscale arrays, or decoded RGB/L PIL images.
         Unreadable files are passed to ``on_error`` (and skipped if it returns); without a
-        handler the decoding error propagates.
+        handler the decoding error propagates. The default decodes :meth:`items` one by one;
+        sources without items (arrays in a few files) override it.
         """
+        items = self.items(split)
+        if items is None:
+            raise NotImplementedError(f"{type(self).__name__} has neither items nor iter_images")
+        for item, label in items:
+            try:
+                image = self.decode(item)
+            except Exception as err:  # PIL raises many types for corrupt files
+                if on_error is None:
+                    raise
+                on_error(item, err)
+                continue
+            yield image, label
 
     def natural_size(self) -> int | None:
         """Side of the images if they are all square of one size (28 for Fashion-MNIST)."""
         return None
+
+    def pretrain_split(self) -> str:
+        """The split a method pretrains on: ``train``, or a larger unlabeled split where the
+        dataset has one (STL-10's 100k). The linear probe always trains on ``train``."""
+        return "train"
+
+    def max_side(self) -> int | None:
+        """Largest side worth storing in the cache, which never upsamples beyond it.
+
+        None: no limit (the requested size is stored). Default :meth:`natural_size`; copies
+        resized to a shortest side of 160 px, say, return 160, so a 224 px run caches them at
+        160 (crops are taken in original-image coordinates and resized later, so nothing is lost).
+        """
+        return self.natural_size()
+
+    def items(self, split: str) -> list[tuple[str, int]] | None:
+        """The split's ``(item, label)`` pairs in cache order, for random-access decoding.
+
+        A source whose images can be decoded one by one (files, say) returns them here and
+        implements :meth:`decode`; the cache builder then decodes large splits in several
+        processes. They must be the images :meth:`iter_images` yields, in the same order, so
+        parallel and sequential builds give the same cache. Items travel to worker processes,
+        so keep them small (paths, not pixels). Default None: the split is read sequentially
+        with :meth:`iter_images`.
+        """
+        return None
+
+    def decode(self, item: str) -> np.ndarray | Image.Image:
+        """Decode one item of :meth:`items` (image types as in :meth:`iter_images`).
+
+        Raises on unreadable input; the builder skips the item (or fails in strict mode),
+        naming ``item``. The source is pickled to worker processes where ``fork`` is not used.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no random access (items() is None)")
 
     def cache_key(self) -> str:
         """Relative cache directory of this source (unique per source content location)."""
@@ -322,34 +381,9 @@ class ImageFolder(Source):
         digest = hashlib.sha256(str(self.path).encode()).hexdigest()[:10]
         return f"{self.name}/{self.path.name or 'root'}-{digest}"
 
-    def iter_images(
-        self, split: str, on_error: ErrorHandler | None = None
-    ) -> Iterator[tuple[np.ndarray | Image.Image, int]]:
-        for p, label in self.files(split):
-            try:
-                # We own the file handle, so it is closed even for multi-frame formats; load()
-                # decodes fully here, so broken files fail inside the try.
-                with open(p, "rb") as f:
-                    im = Image.open(f)
-                    im.load()
-                image = im if im.mode in ("RGB", "L") else im.convert("RGB")
-            except Exception as e:  # PIL raises many types for corrupt files
-                if on_error is None:
-                    raise
-                on_error(str(p), e)
-                continue
-            yield image, label
+    def items(self, split: str) -> list[tuple[str, int]]:
+        """:meth:`files` as ``(path string, label)`` pairs."""
+        return [(str(p), label) for p, label in self.files(split)]
 
-
-SOURCES: dict[str, type[Source]] = {"fashion-mnist": FashionMNIST, "folder": ImageFolder}
-
-
-def get_source(name: str, path: str | os.PathLike[str] | None = None) -> Source:
-    """Instantiate the source registered as ``name`` (``path`` is required for ``folder``)."""
-    if name not in SOURCES:
-        raise ValueError(f"unknown data source {name!r}; valid: {', '.join(sorted(SOURCES))}")
-    if name == "folder":
-        if path is None:
-            raise ValueError("the 'folder' source needs a path")
-        return ImageFolder(path)
-    return SOURCES[name](path) if path is not None else SOURCES[name]()
+    def decode(self, item: str) -> Image.Image:
+        return open_image(item)
