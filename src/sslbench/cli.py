@@ -172,20 +172,32 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    from sslbench.data import SOURCES, get_source, load_or_build
+    from sslbench.data.catalog import CATALOG, catalog_table
 
     if args.action == "list":
-        for name in sorted(SOURCES):
-            print(f"{name:<16}{SOURCES[name].__doc__.strip().splitlines()[0]}")
+        rows = catalog_table()
+        columns = list(rows[0])
+        widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns[:-1]}
+        print("  ".join(c.ljust(widths.get(c, 0)) for c in columns).rstrip())
+        for row in rows:
+            print("  ".join(row[c].ljust(widths.get(c, 0)) for c in columns).rstrip())
         return 0
     if not args.name:
-        raise UsageError(f"datasets prepare NAME; valid: {', '.join(sorted(SOURCES))}")
+        raise UsageError(f"datasets prepare NAME; valid: {', '.join(sorted(CATALOG))}")
+    if args.name not in CATALOG:
+        raise UsageError(f"unknown dataset '{args.name}'; valid: {', '.join(sorted(CATALOG))}")
     cfg = compose([f"dataset={args.name}", *args.overrides])
-    source = get_source(cfg.dataset.name, cfg.dataset.path)
+    from sslbench.data import get_source, load_or_build
+
+    source = get_source(cfg.dataset.name, cfg.dataset.path, cfg.dataset.url)
     for split in source.splits():
-        cached = load_or_build(source, split, cfg.dataset.cache_size or cfg.image_size)
+        cached = load_or_build(source, split, cfg.dataset.cache_size or cfg.image_size,
+                               strict=cfg.dataset.strict)  # fmt: skip
+        skipped = len(cached.meta.get("skipped", []))
+        note = f", {skipped} unreadable skipped" if skipped else ""
         print(
-            f"{cfg.dataset.name}/{split}: {len(cached)} images at {cached.side} px in {cached.path}"
+            f"{cfg.dataset.name}/{split}: {len(cached)} images at {cached.side} px"
+            f"{note} in {cached.path}"
         )
     return 0
 

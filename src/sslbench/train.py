@@ -67,6 +67,8 @@ class RunData:
     test: CachedSplit | None
     train_indices: np.ndarray
     test_indices: np.ndarray | None
+    pretrain: CachedSplit  # what the method trains on (``train``, or STL-10's unlabeled)
+    pretrain_indices: np.ndarray
 
     @property
     def num_classes(self) -> int:
@@ -74,16 +76,29 @@ class RunData:
 
 
 def open_data(cfg: DictConfig, progress: bool = True) -> RunData:
-    """Build (once) or open the decode-once caches of the run's dataset."""
-    source = get_source(cfg.dataset.name, cfg.dataset.path)
+    """Fetch the run's dataset if needed, then build (once) or open its decode-once caches.
+
+    ``pretrain`` is what the method trains on: the ``train`` split, or a larger unlabeled
+    split where the dataset has one (STL-10); the probe always trains on ``train``.
+    """
+    source = get_source(cfg.dataset.name, cfg.dataset.path, cfg.dataset.get("url"),
+                        progress=progress)  # fmt: skip
     side = cfg.dataset.cache_size or cfg.image_size
-    train = load_or_build(source, "train", side, progress=progress, strict=cfg.dataset.strict)
+
+    def cached(split: str) -> CachedSplit:
+        return load_or_build(source, split, side, progress=progress, strict=cfg.dataset.strict)
+
+    train = cached("train")
     train_idx = stratified_subset(train.labels, cfg.dataset.max_train, cfg.seed)
+    pretrain, pretrain_idx = train, train_idx
+    if source.pretrain_split() != "train":
+        pretrain = cached(source.pretrain_split())
+        pretrain_idx = stratified_subset(pretrain.labels, cfg.dataset.max_train, cfg.seed)
     test = test_idx = None
     if "test" in source.splits() and source.classes:
-        test = load_or_build(source, "test", side, progress=progress, strict=cfg.dataset.strict)
+        test = cached("test")
         test_idx = stratified_subset(test.labels, cfg.dataset.max_test, cfg.seed)
-    return RunData(train, test, train_idx, test_idx)
+    return RunData(train, test, train_idx, test_idx, pretrain, pretrain_idx)
 
 
 def accelerator_of(cfg: DictConfig) -> str:
@@ -123,13 +138,13 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
 def train_loader(cfg: DictConfig, data: RunData, world_size: int) -> DataLoader:
     """Shuffled batches of uint8 images from the memory-mapped cache."""
     per_device = cfg.batch_size // world_size
-    if per_device < 2 or len(data.train_indices) < cfg.batch_size:
+    if per_device < 2 or len(data.pretrain_indices) < cfg.batch_size:
         raise ValueError(
             f"batch_size={cfg.batch_size} needs at least that many training images "
-            f"(have {len(data.train_indices)}) and 2 per device; lower batch_size"
+            f"(have {len(data.pretrain_indices)}) and 2 per device; lower batch_size"
         )
     return DataLoader(
-        IndexedImages(data.train, data.train_indices),
+        IndexedImages(data.pretrain, data.pretrain_indices),
         batch_size=per_device,
         shuffle=True,
         drop_last=True,  # a contrastive batch of 1 has no negatives, BatchNorm fails on it
@@ -279,7 +294,7 @@ def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "images_per_second": images_seen / pretrain_seconds,
         "peak_gpu_memory_bytes": peak_gpu,
         "peak_host_memory_bytes": peak_host_memory_bytes(),
-        "train_images": int(len(data.train_indices)),
+        "train_images": int(len(data.pretrain_indices)),
         "test_images": None if data.test_indices is None else int(len(data.test_indices)),
     }
 

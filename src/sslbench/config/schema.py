@@ -51,8 +51,9 @@ class OptimizerConfig:
 class DatasetConfig:
     """Which images a run trains and evaluates on."""
 
-    name: str = "fashion-mnist"  # a source of sslbench.data.SOURCES
+    name: str = "fashion-mnist"  # a dataset of sslbench.data.CATALOG
     path: str | None = None  # local folder or archive, for sources that take one
+    url: str | None = None  # download from here instead of the catalogue's URL (a mirror)
     path_required: bool = False  # the source has no default location: dataset.path is needed
     max_train: int | None = None  # seeded, class-stratified subset of the train split
     max_test: int | None = None  # same for the test split

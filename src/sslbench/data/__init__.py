@@ -1,12 +1,13 @@
 """Data pipeline front half: sources -> decode-once uint8 cache -> indexed torch datasets."""
 
 from .cache import CachedSplit, cache_dir, default_cache_root, load_or_build
+from .catalog import CATALOG, get_source
 from .dataset import IndexedImages, collate_batch
-from .sources import SOURCES, FashionMNIST, ImageFolder, Source, get_source, read_idx
+from .sources import FashionMNIST, ImageFolder, Source, read_idx
 from .subset import stratified_subset
 
 __all__ = [
-    "SOURCES",
+    "CATALOG",
     "CachedSplit",
     "FashionMNIST",
     "ImageFolder",

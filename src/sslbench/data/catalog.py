@@ -1,0 +1,500 @@
+"""The datasets sslbench knows: where each comes from, its size, splits, classes and terms.
+
+``CATALOG`` holds one :class:`DatasetInfo` per dataset name (the ``dataset=`` choices);
+:func:`get_source` turns a name into a :class:`~sslbench.data.sources.Source`, fetching and
+unpacking its archive first when it is not on disk yet (verified, resumable, see
+:mod:`sslbench.data.download`). Data lives under ``$SSLBENCH_DATA`` (default
+``~/.cache/sslbench/data``); ``dataset.path=`` points at a folder or archive of your own
+copy, ``dataset.url=`` (one dataset) or ``$SSLBENCH_MIRROR`` (all) replace the host.
+
+Sources here:
+
+* :class:`ArchiveFolder`: Imagenette and Imagewoof, ``NAME/{train,val}/<wnid>/*.JPEG``;
+* :class:`CIFAR`: CIFAR-10/100 from the authors' python pickles;
+* :class:`STL10`: STL-10's binary files, with the 100k unlabeled images for pretraining;
+* :class:`NABirds`: a copy the user downloaded after accepting its terms, official split.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .download import Archive, DownloadError, data_root, extract, fetch_and_extract
+from .sources import (
+    ErrorHandler,
+    FashionMNIST,
+    ImageFolder,
+    Source,
+    _sha256_files,
+    open_image,
+)
+
+__all__ = [
+    "CATALOG",
+    "CIFAR",
+    "STL10",
+    "ArchiveFolder",
+    "DatasetInfo",
+    "NABirds",
+    "get_source",
+    "locate",
+]
+
+FASTAI = "https://s3.amazonaws.com/fast-ai-imageclas/"
+FASTAI_TERMS = (
+    "subset of ImageNet packaged by fastai (repository Apache-2.0); the images keep "
+    "ImageNet's terms: non-commercial research and education"
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What ``sslbench datasets list`` says about a dataset, and where its files come from.
+
+    Counts are of the published splits (None where they are only known once downloaded);
+    ``archive`` is None for data that cannot be downloaded by sslbench (NABirds' terms must
+    be accepted by hand) or that comes another way (Fashion-MNIST, your own folder).
+    """
+
+    name: str
+    title: str
+    train: int | None
+    test: int | None
+    classes: int | None
+    archive: Archive | None
+    terms: str
+    homepage: str
+    default_image_size: int = 224
+    max_side: int | None = None  # largest useful cache side (the -160 sizes: 160)
+    unlabeled: int | None = None  # extra pretraining images (STL-10)
+    marker: str = "train"  # a file or folder that the dataset's own folder contains
+    approx_bytes: int | None = None  # download size to show when the archive pins none
+
+
+def _fastai(name: str, size: int | None, train: int | None, test: int | None, classes: int,
+            title: str) -> DatasetInfo:  # fmt: skip
+    short = {"160": 160, "320": 320}.get(name.rsplit("-", 1)[-1])
+    return DatasetInfo(
+        name=name,
+        title=title,
+        train=train,
+        test=test,
+        classes=classes,
+        archive=Archive(name, f"{FASTAI}{name}.tgz", f"{name}.tgz", size=size),
+        terms=FASTAI_TERMS,
+        homepage="https://github.com/fastai/imagenette",
+        # the lightly benchmark trains imagenette2-160 at 128 px; the full sizes at 224
+        default_image_size=128 if short == 160 else 224,
+        max_side=short,  # shortest side of the -160 / -320 copies: no upsampling past it
+    )
+
+
+def _cifar(classes: int, md5: str, marker: str, approx_bytes: int) -> DatasetInfo:
+    """CIFAR-10 or -100, python version; md5 as published (and pinned by torchvision)."""
+    name = f"cifar{classes}"
+    filename = f"cifar-{classes}-python.tar.gz"
+    return DatasetInfo(
+        name, f"CIFAR-{classes}: 32x32 colour, {classes} classes", 50_000, 10_000, classes,
+        Archive(name, f"https://www.cs.toronto.edu/~kriz/{filename}", filename, md5=md5),
+        terms="free for research (Krizhevsky 2009); no licence stated",
+        homepage="https://www.cs.toronto.edu/~kriz/cifar.html", default_image_size=32,
+        marker=marker, approx_bytes=approx_bytes,
+    )  # fmt: skip
+
+
+_V2 = {  # DESIGN.md §5: bytes, train / val
+    "imagenette2": 1_557_161_267, "imagenette2-320": 341_663_724, "imagenette2-160": 99_003_388,
+    "imagewoof2": 1_343_482_285, "imagewoof2-320": 328_288_506, "imagewoof2-160": 92_560_471,
+}  # fmt: skip
+
+CATALOG: dict[str, DatasetInfo] = {}
+for _family, _counts, _what in (
+    ("imagenette", (9_469, 3_925), "10 easy ImageNet classes"),
+    ("imagewoof", (9_025, 3_929), "10 ImageNet dog breeds"),
+):
+    for _suffix, _label in (("", "full size"), ("-320", "shortest side 320"),
+                            ("-160", "shortest side 160")):  # fmt: skip
+        _v2 = f"{_family}2{_suffix}"
+        CATALOG[_v2] = _fastai(_v2, _V2[_v2], *_counts, 10, f"{_what}, v2 split, {_label}")
+        _v1 = f"{_family}{_suffix}"
+        # v1 (2019, ~96/4 train/val split): sizes and counts are recorded at first download
+        CATALOG[_v1] = _fastai(_v1, None, None, None, 10, f"{_what}, v1 split, {_label}")
+
+CATALOG.update({
+    "nabirds": DatasetInfo(
+        "nabirds", "North American birds, 555 visual categories, official split",
+        train=23_929, test=24_633, classes=555, archive=None,
+        terms="Cornell Lab of Ornithology: non-commercial research and education; accept the "
+        "terms at https://dl.allaboutbirds.org/nabirds and download by hand",
+        homepage="https://dl.allaboutbirds.org/nabirds", marker="images.txt",
+    ),
+    "cifar10": _cifar(10, "c58f30108f718f92721af3b95e74349a", "batches.meta", 170_000_000),
+    "cifar100": _cifar(100, "eb9058c3a382ffc7106e4002c42a8d85", "meta", 169_000_000),
+    "stl10": DatasetInfo(
+        "stl10", "STL-10: 96x96 colour, 10 classes, 100k unlabeled for pretraining",
+        5_000, 8_000, 10,
+        Archive("stl10", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+                "stl10_binary.tar.gz", md5="91f7769df0f17e558f3565bffb0c7dfb"),
+        terms="images from ImageNet (Coates et al. 2011): non-commercial research",
+        homepage="https://cs.stanford.edu/~acoates/stl10/", default_image_size=96,
+        unlabeled=100_000, marker="train_X.bin", approx_bytes=2_640_000_000,
+    ),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist", "Fashion-MNIST: 28x28 greyscale, 10 classes", 60_000, 10_000, 10,
+        archive=None, terms="MIT licence (Zalando Research)",
+        homepage="https://github.com/zalandoresearch/fashion-mnist", default_image_size=32,
+    ),
+    "folder": DatasetInfo(
+        "folder", "your own images: dataset.path=DIR (DIR/class/*.jpg, or a flat folder)",
+        None, None, None, archive=None, terms="yours", homepage="",
+    ),
+})  # fmt: skip
+
+
+def _dataset_dir(folder: Path, info: DatasetInfo) -> Path | None:
+    """The folder that holds the dataset's files inside ``folder``: itself or a subfolder
+    up to two levels down (archives nest differently) that contains ``info.marker``."""
+    if not folder.is_dir():
+        return None
+    level = [folder]
+    for _ in range(3):
+        for candidate in level:
+            if (candidate / info.marker).exists():
+                return candidate
+        level = [d for parent in level for d in sorted(parent.iterdir())
+                 if d.is_dir() and not d.name.startswith(".")]  # fmt: skip
+    return None
+
+
+def _homes(info: DatasetInfo) -> list[Path]:
+    """Where a dataset's files may be under ``$SSLBENCH_DATA``: its name, and the folder its
+    archive unpacks to (``cifar-10-python`` for ``cifar10``)."""
+    homes = [data_root() / info.name]
+    if info.archive is not None:
+        stem = info.archive.filename.split(".")[0]
+        homes.append(data_root() / stem)
+    return homes
+
+
+def _nabirds_help(where: Path) -> str:
+    return (
+        f"NABirds must be downloaded by hand after accepting its terms at "
+        f"{CATALOG['nabirds'].homepage}: put nabirds.tar.gz (or its extracted nabirds/ folder) "
+        f"at {where} or pass dataset.path=FILE_OR_FOLDER"
+    )
+
+
+def locate(
+    name: str,
+    path: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    *,
+    download: bool = True,
+    progress: bool = True,
+) -> Path | None:
+    """The folder of dataset ``name``'s files, fetching and unpacking them if needed.
+
+    ``path`` may be the dataset's folder or an archive of it (unpacked under
+    ``$SSLBENCH_DATA/NAME``). Without ``path``, ``$SSLBENCH_DATA/NAME`` is used, downloaded
+    from the catalogue's URL (or ``url``, or ``$SSLBENCH_MIRROR``) when ``download`` allows.
+    Returns None when the data is not on disk and ``download`` is False.
+    """
+    info = CATALOG[name]
+    home = data_root() / name
+    on_disk = next((d for h in _homes(info) if (d := _dataset_dir(h, info))), None)
+    if path is not None:
+        given = Path(path).expanduser()
+        if given.is_file():  # an archive the user downloaded (NABirds, or offline copies)
+            if on_disk is not None or not download:
+                return on_disk
+            unpacked = _dataset_dir(extract(given, home, progress=progress), info)
+            if unpacked is None:
+                raise FileNotFoundError(f"{name}: {given} holds no {info.marker}")
+            return unpacked
+        if given.is_dir():
+            found = _dataset_dir(given, info)
+            if found is None:
+                raise FileNotFoundError(f"{name}: no {info.marker} in {given} or below")
+            return found
+        raise FileNotFoundError(f"{name}: dataset.path={given} does not exist")
+    if on_disk is not None or not download:
+        return on_disk
+    if info.archive is None:
+        if name == "nabirds":
+            raise FileNotFoundError(_nabirds_help(home))
+        raise FileNotFoundError(f"{name}: no files at {home} and nothing to download")
+    extracted = fetch_and_extract(info.archive, data_root(), url=url, progress=progress)
+    found = _dataset_dir(extracted, info)
+    if found is None:
+        raise DownloadError(f"{info.archive.filename} unpacked without {info.marker}")
+    return found
+
+
+class ArchiveFolder(ImageFolder):
+    """Imagenette / Imagewoof: ``NAME/{train,val}/<wnid>/*.JPEG``; ``val`` is the test split
+    and class ids are the sorted WordNet ids (the same for every size of a family)."""
+
+    def __init__(self, info: DatasetInfo, folder: Path) -> None:
+        super().__init__(folder)
+        self.name = info.name
+        self.info = info
+
+    def max_side(self) -> int | None:
+        return self.info.max_side
+
+
+class CIFAR(Source):
+    """CIFAR-10 / CIFAR-100 from the authors' python version (pickled numpy batches).
+
+    The pickles are read only from the verified archive's folder or a folder you chose."""
+
+    def __init__(self, info: DatasetInfo, folder: Path) -> None:
+        self.name, self.info, self.path = info.name, info, folder
+        fine = info.name == "cifar100"
+        self._files = {
+            "train": ["train"] if fine else [f"data_batch_{i}" for i in range(1, 6)],
+            "test": ["test"] if fine else ["test_batch"],
+        }
+        self._label_key = "fine_labels" if fine else "labels"
+        meta = self._unpickle(folder / ("meta" if fine else "batches.meta"))
+        self.classes = list(meta["fine_label_names" if fine else "label_names"])
+
+    @staticmethod
+    def _unpickle(file: Path) -> dict:
+        if not file.is_file():
+            raise FileNotFoundError(f"CIFAR file missing: {file}")
+        with open(file, "rb") as handle:
+            return pickle.load(handle, encoding="latin1")
+
+    def splits(self) -> list[str]:
+        return ["train", "test"]
+
+    def _batches(self, split: str) -> list[Path]:
+        if split not in self._files:
+            raise ValueError(f"{self.name} has no split {split!r}; valid: train, test")
+        return [self.path / f for f in self._files[split]]
+
+    def count(self, split: str) -> int:
+        return {"train": 50_000, "test": 10_000}[split] if split in self._files else 0
+
+    def natural_size(self) -> int | None:
+        return 32
+
+    def fingerprint(self, split: str) -> str:
+        return _sha256_files(self._batches(split))
+
+    def iter_images(
+        self, split: str, on_error: ErrorHandler | None = None
+    ) -> Iterator[tuple[np.ndarray | Image.Image, int]]:
+        for batch in self._batches(split):
+            content = self._unpickle(batch)
+            images = np.asarray(content["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            for image, label in zip(images, content[self._label_key], strict=True):
+                yield image.transpose(1, 2, 0), int(label)
+
+
+class STL10(Source):
+    """STL-10's binary version: ``train`` (5k labeled), ``test`` (8k), ``unlabeled`` (100k).
+
+    Pretraining uses ``unlabeled`` plus ``train`` (``pretrain_split``); the probe trains on
+    ``train`` and is scored on ``test``. Images are stored column-major (3, 96, 96)."""
+
+    _FILES = {
+        "train": ("train_X.bin", "train_y.bin"),
+        "test": ("test_X.bin", "test_y.bin"),
+        "unlabeled": ("unlabeled_X.bin", None),
+    }
+    _PIXELS = 3 * 96 * 96
+
+    def __init__(self, info: DatasetInfo, folder: Path) -> None:
+        self.name, self.info, self.path = info.name, info, folder
+        names = folder / "class_names.txt"
+        self.classes = names.read_text().split() if names.is_file() else [str(i) for i in range(10)]
+
+    def splits(self) -> list[str]:
+        return [s for s, (x, _) in self._FILES.items() if (self.path / x).is_file()]
+
+    def pretrain_split(self) -> str:
+        return "unlabeled" if "unlabeled" in self.splits() else "train"
+
+    def _pair(self, split: str) -> tuple[Path, Path | None]:
+        if split not in self.splits():
+            raise ValueError(f"stl10 has no split {split!r}; valid: {', '.join(self.splits())}")
+        images, labels = self._FILES[split]
+        return self.path / images, None if labels is None else self.path / labels
+
+    def count(self, split: str) -> int:
+        return self._pair(split)[0].stat().st_size // self._PIXELS
+
+    def natural_size(self) -> int | None:
+        return 96
+
+    def fingerprint(self, split: str) -> str:
+        # Size and mtime, not content: hashing the 2.6 GB unlabeled file on every run costs
+        # seconds; the archive itself was verified when downloaded.
+        parts = [p for p in self._pair(split) if p is not None]
+        stats = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts]
+        return ";".join(stats)
+
+    def iter_images(
+        self, split: str, on_error: ErrorHandler | None = None
+    ) -> Iterator[tuple[np.ndarray | Image.Image, int]]:
+        images_file, labels_file = self._pair(split)
+        n = self.count(split)
+        labels = (
+            np.fromfile(labels_file, dtype=np.uint8).astype(np.int64) - 1  # stored 1..10
+            if labels_file is not None
+            else np.full(n, -1, dtype=np.int64)
+        )
+        pixels = np.memmap(images_file, dtype=np.uint8, mode="r", shape=(n, 3, 96, 96))
+        for i in range(n):
+            yield pixels[i].transpose(2, 1, 0), int(labels[i])  # column-major -> H, W, C
+
+
+class NABirds(Source):
+    """NABirds (Van Horn et al. 2015): ``images/<class>/<file>.jpg`` listed in ``images.txt``,
+    labels in ``image_class_labels.txt``, the official split in ``train_test_split.txt``
+    (1 = train), names in ``classes.txt``. The 555 classes are the categories that have
+    images (the hierarchy's leaves); ids are their sorted class numbers."""
+
+    def __init__(self, info: DatasetInfo, folder: Path) -> None:
+        self.name, self.info, self.path = info.name, info, folder
+        images = self._table("images.txt")
+        labels = self._table("image_class_labels.txt")
+        is_train = self._table("train_test_split.txt")
+        names = {}
+        for line in (folder / "classes.txt").read_text().splitlines():
+            number, _, title = line.strip().partition(" ")
+            if number:
+                names[number] = title
+        used = sorted({labels[i] for i in images}, key=int)
+        ids = {c: k for k, c in enumerate(used)}
+        self.classes = [names.get(c, c) for c in used]
+        self._items: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+        for image_id, relative in images.items():
+            split = "train" if is_train.get(image_id) == "1" else "test"
+            self._items[split].append((str(folder / "images" / relative), ids[labels[image_id]]))
+
+    def _table(self, file: str) -> dict[str, str]:
+        path = self.path / file
+        if not path.is_file():
+            raise FileNotFoundError(f"NABirds file missing: {path}; {_nabirds_help(self.path)}")
+        table = {}
+        for line in path.read_text().splitlines():
+            key, _, value = line.strip().partition(" ")
+            if key:
+                table[key] = value.strip()
+        return table
+
+    def splits(self) -> list[str]:
+        return ["train", "test"]
+
+    def items(self, split: str) -> list[tuple[str, int]]:
+        if split not in self._items:
+            raise ValueError(f"nabirds has no split {split!r}; valid: train, test")
+        return self._items[split]
+
+    def decode(self, item: str) -> Image.Image:
+        return open_image(item)
+
+    def count(self, split: str) -> int:
+        return len(self.items(split))
+
+    def fingerprint(self, split: str) -> str:
+        # The split's file list and the annotation files' content (small text files).
+        meta = [self.path / f for f in ("images.txt", "image_class_labels.txt",
+                                        "train_test_split.txt")]  # fmt: skip
+        return f"{_sha256_files(meta)}:{split}:{len(self.items(split))}"
+
+
+def get_source(
+    name: str,
+    path: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    *,
+    progress: bool = True,
+) -> Source:
+    """The source of dataset ``name`` (see ``CATALOG``), fetched first if needed."""
+    if name not in CATALOG:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(CATALOG))}")
+    if name == "folder":
+        if path is None:
+            raise ValueError("the 'folder' dataset needs dataset.path=DIR")
+        return ImageFolder(path)
+    if name == "fashion-mnist":  # its own lookup: $SSLBENCH_DATA, Debian's copy, torchvision
+        return FashionMNIST(path) if path is not None else FashionMNIST()
+    info = CATALOG[name]
+    folder = locate(name, path, url, progress=progress)
+    assert folder is not None  # download=True: found, fetched, or an error was raised
+    if name in ("cifar10", "cifar100"):
+        return CIFAR(info, folder)
+    if name == "stl10":
+        return STL10(info, folder)
+    if name == "nabirds":
+        return NABirds(info, folder)
+    return ArchiveFolder(info, folder)
+
+
+def _human_bytes(size: int | None) -> str:
+    if size is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000  # type: ignore[assignment]
+    return f"{size} B"
+
+
+def status(name: str) -> str:
+    """Whether dataset ``name`` is on disk and which cache sides are built, without
+    downloading anything: ``cached 128, 160 px``, ``downloaded``, ``here`` or ``-``."""
+    from .cache import default_cache_root
+
+    try:
+        if name == "folder":
+            return "-"
+        if name == "fashion-mnist":
+            source: Source = FashionMNIST()  # finds the Debian copy or $SSLBENCH_DATA
+        else:
+            folder = locate(name, download=False)
+            if folder is None:
+                return "-"
+            source = get_source(name, folder, progress=False)
+    except (OSError, ValueError, DownloadError):
+        return "-"
+    cache = default_cache_root() / source.cache_key()
+    sides = sorted({int(m.parent.name.rsplit("-", 1)[1]) for m in cache.glob("*-*/meta.json")
+                    if m.parent.name.rsplit("-", 1)[1].isdigit()})  # fmt: skip
+    if sides:
+        return "cached " + ", ".join(map(str, sides)) + " px"
+    return "downloaded" if name != "fashion-mnist" else "on disk"
+
+
+def catalog_table() -> list[dict[str, str]]:
+    """One row per dataset for ``sslbench datasets list``."""
+    rows = []
+    for name, info in CATALOG.items():
+
+        def count(n: int | None) -> str:
+            return "?" if n is None else f"{n:,}"
+
+        splits = f"{count(info.train)} / {count(info.test)}"
+        if info.unlabeled:
+            splits += f" + {info.unlabeled:,} unlabeled"
+        rows.append({
+            "name": name,
+            "download": _human_bytes(info.archive.size or info.approx_bytes) if info.archive
+            else ("by hand" if name == "nabirds" else "-"),
+            "train / test": splits if info.train is not None else "?",
+            "classes": count(info.classes),
+            "status": status(name),
+            "about": info.title,
+        })  # fmt: skip
+    return rows
