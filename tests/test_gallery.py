@@ -94,3 +94,16 @@ def test_gallery_captions_pretext_labels(tmp_path) -> None:
     out = make_gallery(cfg, tmp_path / "lorot.png", n_images=2, n_views=2)
     plain = make_gallery(compose(["image_size=32"]), tmp_path / "plain.png", 2, 2)
     assert _pixels(out).shape[0] > _pixels(plain).shape[0]  # room for the captions
+
+
+@needs_fmnist
+@pytest.mark.parametrize(
+    "transform",
+    ["baseline", "simclr", "orthogonality", "lorot", "dcl", "baseline_lorot", "baseline_dcl",
+     "byol"],
+)  # fmt: skip
+def test_gallery_draws_every_packaged_pipeline(transform: str, tmp_path) -> None:
+    out = tmp_path / f"{transform}.png"
+    args = ["dataset=fashion-mnist", "image_size=32", "images=2", "views=2"]
+    assert main(["gallery", f"transform={transform}", *args, f"out={out}"]) == 0
+    assert _pixels(out).std() > 20
