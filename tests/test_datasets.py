@@ -260,3 +260,29 @@ def test_fetch_once_for_a_grid(monkeypatch, tmp_path) -> None:
     finally:
         server.stop()
     assert first.path == second.path and len(server.requests) == 1
+
+
+def _fetch_in_child(barrier, results) -> None:
+    barrier.wait()  # both processes ask at the same moment
+    results.put(str(get_source("imagenette2-160", progress=False).path))
+
+
+def test_two_processes_fetch_a_dataset_once(monkeypatch) -> None:
+    """The runs of a grid starting together on a missing dataset download it once."""
+    import multiprocessing
+
+    data = _mini_imagenette("imagenette2-160", per_class=2)
+    _pin_miniature(monkeypatch, "imagenette2-160", data)
+    context = multiprocessing.get_context("fork")  # children inherit the pinned catalogue
+    with serve({"/m/imagenette2-160.tgz": data}) as server:
+        monkeypatch.setenv("SSLBENCH_MIRROR", server.url("/m"))
+        barrier, results = context.Barrier(2), context.Queue()
+        children = [context.Process(target=_fetch_in_child, args=(barrier, results))
+                    for _ in range(2)]  # fmt: skip
+        for child in children:
+            child.start()
+        paths = {results.get(timeout=60) for _ in children}
+        for child in children:
+            child.join(timeout=60)
+    assert [child.exitcode for child in children] == [0, 0]
+    assert len(paths) == 1 and len(server.requests) == 1

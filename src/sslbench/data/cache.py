@@ -33,9 +33,7 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,13 +43,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .folders import partial_dir, publish, remove_stale
+from .folders import exclusive, partial_dir, publish, remove_stale
 from .sources import Source
-
-try:
-    import fcntl
-except ImportError:  # not POSIX (Windows): builds are not serialised between processes
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["FORMAT_VERSION", "CachedSplit", "cache_dir", "default_cache_root", "load_or_build"]
 
@@ -156,7 +149,7 @@ def load_or_build(
         return cached
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target, progress):
+    with exclusive(target, f"another process building {target}", progress):
         cached = _load(target, fingerprint, side)  # built by the process we waited for?
         if cached is not None:
             return cached
@@ -184,23 +177,6 @@ def _worker_count(workers: int | None) -> int:
     if workers < 1:
         raise ValueError(f"workers must be >= 1 or None, got {workers}")
     return workers
-
-
-@contextmanager
-def _build_lock(target: Path, progress: bool) -> Iterator[None]:
-    """Hold an exclusive lock on ``<target>.lock`` (created if missing, never deleted)."""
-    fd = os.open(target.with_name(f"{target.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if progress:
-                    print(f"waiting for another process building {target}", file=sys.stderr)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _load(path: Path, fingerprint: str, side: int) -> CachedSplit | None:

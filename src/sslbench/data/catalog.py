@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .download import Archive, DownloadError, data_root, extract, fetch_and_extract
+from .folders import exclusive
 from .sources import (
     ErrorHandler,
     FashionMNIST,
@@ -230,7 +231,10 @@ def locate(
         if name == "nabirds":
             raise FileNotFoundError(_nabirds_help(home))
         raise FileNotFoundError(f"{name}: no files at {home} and nothing to download")
-    extracted = fetch_and_extract(info.archive, data_root(), url=url, progress=progress)
+    # The runs of a grid may all start on a dataset that is not here yet: one downloads and
+    # unpacks it, the others wait and then find it (fetch_and_extract is then a no-op).
+    with exclusive(home, f"another process fetching {name}", progress):
+        extracted = fetch_and_extract(info.archive, data_root(), url=url, progress=progress)
     found = _dataset_dir(extracted, info)
     if found is None:
         raise DownloadError(f"{info.archive.filename} unpacked without {info.marker}")

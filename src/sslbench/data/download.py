@@ -11,7 +11,9 @@ Each finished file is checked against the size, sha256 and md5 the :class:`Archi
 its sha256 is recorded. A file is trusted again without hashing while its size and mtime match
 the record; a file put there by hand is verified once, then recorded. Without a pinned sha256,
 the first recorded one is the reference: a later copy with other bytes (an upstream file that
-changed) is refused. Downloads of the same file by concurrent processes are not supported.
+changed) is refused. Concurrent processes fetching the same dataset are serialised by a lock in
+:func:`sslbench.data.catalog.locate`; calling :func:`download` directly from several at once is
+not supported.
 
 :func:`extract` unpacks .tar/.tgz/.tar.gz/.tar.bz2/.tar.xz/.zip into a ``.partial-<pid>-<rand>``
 sibling that is renamed into place only when complete, refusing any member that would land

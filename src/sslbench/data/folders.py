@@ -12,9 +12,37 @@ import glob
 import os
 import secrets
 import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["partial_dir", "publish", "remove_stale"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, one process at a time is then the user's care
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["exclusive", "partial_dir", "publish", "remove_stale"]
+
+
+@contextmanager
+def exclusive(target: Path, waiting_for: str, progress: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``<target>.lock`` (created if missing, never deleted), so
+    that of several processes (the runs of a grid) one builds ``target`` and the others
+    wait, then find it built. Says once that it waits (``waiting for <waiting_for>``)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target.with_name(f"{target.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if progress:
+                    print(f"waiting for {waiting_for}", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def partial_dir(target: Path) -> Path:
