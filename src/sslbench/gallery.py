@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from sslbench.transforms import Pipeline, center_view, make_generator
-from sslbench.transforms.pipeline import view_pipelines
+from sslbench.transforms.pipeline import local_view_pipeline, view_pipelines
 
 #: Images drawn from when the config sets no ``dataset.max_train``: enough for every class.
 POOL_SIZE = 1000
@@ -113,8 +113,7 @@ def make_gallery(cfg: DictConfig, out: Path, n_images: int = 4, n_views: int = 6
 
     transform: dict[str, Any] = OmegaConf.to_container(cfg.transform, resolve=True)
     pipelines = view_pipelines(transform, size)
-    local_cfg = dict(cfg.method.get("local_views") or {})
-    n_local = int(local_cfg.get("count", 0) or 0)
+    n_local, local = local_view_pipeline(pipelines[0], cfg.method.get("local_views"))
 
     gen = make_generator(int(cfg.seed), "cpu", GALLERY_STREAM)
     columns: list[tuple[str, np.ndarray, list[str]]] = []
@@ -126,9 +125,7 @@ def make_gallery(cfg: DictConfig, out: Path, n_images: int = 4, n_views: int = 6
             batch = pipeline.views(images, aspect, gen)
             notes = [_captions(pipeline, batch.labels, r) for r in range(len(idx))]
             columns.append((f"view {i + 1}", for_display(batch.images, pipeline), notes))
-        if n_local > 0:
-            local_size = max(1, round(size * float(local_cfg["size_ratio"])))
-            local = pipelines[0].with_crop(local_cfg["scale"], local_size)
+        if local is not None:
             for i in range(n_local):
                 batch = local.views(images, aspect, gen)
                 notes = [_captions(local, batch.labels, r) for r in range(len(idx))]

@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from sslbench.transforms import Pipeline, make_generator
+from sslbench.transforms import Pipeline, local_view_pipeline, make_generator
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,12 +111,9 @@ class SSLMethod(pl.LightningModule):
         self.channels_last = channels_last
         self.feature_dim = int(backbone.num_features)
         self.log_every = max(1, log_every_n_steps)
-        local = dict(method.get("local_views") or {})
-        self.num_local_views = int(local.get("count", 0))
-        self.local_pipeline: Pipeline | None = None
-        if self.num_local_views > 0:
-            local_size = max(1, round(self.pipeline.size * float(local["size_ratio"])))
-            self.local_pipeline = self.pipeline.with_crop(local["scale"], local_size)
+        self.num_local_views, self.local_pipeline = local_view_pipeline(
+            self.pipeline, method.get("local_views")
+        )
         # First step whose loss was not finite; -1 while all are. Lives on the device.
         self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
 
@@ -265,6 +262,14 @@ class SSLMethod(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def symmetric_loss(
+    criterion: Callable[[Tensor, Tensor], Tensor], p0: Tensor, p1: Tensor, t0: Tensor, t1: Tensor
+) -> Tensor:
+    """0.5 · (D(p0, t1) + D(p1, t0)): each view's prediction of the other view's target, the
+    symmetric loss of SimSiam and BYOL (``criterion`` D: lightly's negative cosine)."""
+    return 0.5 * (criterion(p0, t1) + criterion(p1, t0))
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")

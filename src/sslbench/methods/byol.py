@@ -24,7 +24,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor
 
-from sslbench.methods.base import SSLMethod, Views
+from sslbench.methods.base import SSLMethod, Views, symmetric_loss
 
 
 class BYOL(SSLMethod):
@@ -113,8 +113,4 @@ class BYOL(SSLMethod):
         p0, p1 = p.chunk(2)
         t0, t1 = t.chunk(2)
         self.monitor_embeddings(z.chunk(2)[0])
-        return self.float32_loss(self.symmetric_loss, p0, p1, t0, t1)
-
-    def symmetric_loss(self, p0: Tensor, p1: Tensor, t0: Tensor, t1: Tensor) -> Tensor:
-        """0.5 · (D(p0, t1) + D(p1, t0)): each view's prediction of the other's target."""
-        return 0.5 * (self.criterion(p0, t1) + self.criterion(p1, t0))
+        return self.float32_loss(symmetric_loss, self.criterion, p0, p1, t0, t1)

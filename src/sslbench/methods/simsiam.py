@@ -19,7 +19,7 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
 from torch import Tensor
 
-from sslbench.methods.base import SSLMethod, Views
+from sslbench.methods.base import SSLMethod, Views, symmetric_loss
 
 
 class SimSiam(SSLMethod):
@@ -48,8 +48,4 @@ class SimSiam(SSLMethod):
         z0, z1 = self.project_global_views(self.projection_head, views)
         p0, p1 = self.prediction_head(torch.cat((z0, z1))).chunk(2)
         # Stop-gradient: the projections are targets, so no gradient flows through them.
-        return self.float32_loss(self.symmetric_loss, p0, p1, z0.detach(), z1.detach())
-
-    def symmetric_loss(self, p0: Tensor, p1: Tensor, z0: Tensor, z1: Tensor) -> Tensor:
-        """0.5 · (D(p0, z1) + D(p1, z0)): each view's prediction of the other's projection."""
-        return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+        return self.float32_loss(symmetric_loss, self.criterion, p0, p1, z0.detach(), z1.detach())

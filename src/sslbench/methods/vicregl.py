@@ -167,22 +167,23 @@ class VICRegL(SSLMethod):
         z_local = self.local_projection_head(fmap.permute(0, 2, 3, 1))
         return list(zip(z.split(n), z_local.split(n), strict=True))
 
+    @staticmethod
+    @torch.no_grad()
+    def grids(coords: list[Tensor], features: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """Each view's location grid, at the cells of its local projection's (h, w) map."""
+        return [
+            location_grid(c, z_local.shape[1:3])
+            for c, (_, z_local) in zip(coords, features, strict=True)
+        ]
+
     def training_loss(self, views: Views) -> Tensor:
         assert views.global_coords is not None and views.local_coords is not None
         global_features = self.encode(views.global_views)
-        with torch.no_grad():
-            global_grids = [
-                location_grid(coords, z_local.shape[1:3])
-                for coords, (_, z_local) in zip(views.global_coords, global_features, strict=True)
-            ]
+        global_grids = self.grids(views.global_coords, global_features)
         local_features = local_grids = None
         if views.local_views:
             local_features = self.encode(views.local_views)
-            with torch.no_grad():
-                local_grids = [
-                    location_grid(coords, z_local.shape[1:3])
-                    for coords, (_, z_local) in zip(views.local_coords, local_features, strict=True)
-                ]
+            local_grids = self.grids(views.local_coords, local_features)
         self.monitor_embeddings(global_features[0][0])
         # VICReg's variance and covariance terms are not bf16-safe: the loss runs in float32.
         return self.float32_loss(

@@ -64,7 +64,13 @@ if TYPE_CHECKING:  # static analysers see the lazy names as ordinary imports
         to_grayscale,
         vflip,
     )
-    from .pipeline import Pipeline, ViewBatch, make_generator, view_pipelines
+    from .pipeline import (
+        Pipeline,
+        ViewBatch,
+        local_view_pipeline,
+        make_generator,
+        view_pipelines,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -77,7 +83,13 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-_PIPELINE_NAMES = ("Pipeline", "ViewBatch", "make_generator", "view_pipelines")
+_PIPELINE_NAMES = (
+    "Pipeline",
+    "ViewBatch",
+    "local_view_pipeline",
+    "make_generator",
+    "view_pipelines",
+)
 
 __all__ = [
     "ColorJitterParams",
@@ -113,6 +125,7 @@ __all__ = [
     "hflip",
     "hsv_to_rgb",
     "jittered_order",
+    "local_view_pipeline",
     "lorot",
     "make_generator",
     "normalize",

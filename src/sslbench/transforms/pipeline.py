@@ -179,6 +179,20 @@ class Pipeline:
     __repr__ = describe
 
 
+def local_view_pipeline(
+    pipeline: Pipeline, local_views: Mapping[str, Any] | None
+) -> tuple[int, Pipeline | None]:
+    """A method's local views (its YAML's ``local_views``: count, size_ratio, scale): how many,
+    and the pipeline that makes them, the global ``pipeline``'s ops with a smaller crop of
+    side ``size_ratio * pipeline.size``. (0, None) when the method has none."""
+    local = dict(local_views or {})
+    count = int(local.get("count", 0) or 0)
+    if count <= 0:
+        return 0, None
+    size = max(1, round(pipeline.size * float(local["size_ratio"])))
+    return count, pipeline.with_crop(local["scale"], size)
+
+
 def view_pipelines(transform: Mapping[str, Any], size: int) -> list[Pipeline]:
     """One ``Pipeline`` per global-view variant of a transform config (its ``ops``, changed
     by each entry of its optional ``views`` list); global view i uses ``[i % len]``."""
