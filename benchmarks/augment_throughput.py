@@ -73,6 +73,7 @@ from torchvision.transforms import v2
 from sslbench.config import compose
 from sslbench.config.schema import group_options
 from sslbench.results import git_sha, versions
+from sslbench.transforms import pipeline as pipeline_module
 from sslbench.transforms.pipeline import Pipeline, make_generator, view_pipelines
 
 #: Table order; any other transform config follows, sorted.
@@ -539,8 +540,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-per-image", action="store_true", help="sslbench's side only")
+    parser.add_argument("--cpu-chunk-elements", type=int, default=None,
+                        help="views' values per CPU chunk (0: whole batch at once; "
+                        "default: sslbench's CPU_CHUNK_ELEMENTS)")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/augment_throughput.jsonl")
     args = parser.parse_args()
+    if args.cpu_chunk_elements is not None:  # 0: one chunk, i.e. no chunking
+        pipeline_module.CPU_CHUNK_ELEMENTS = args.cpu_chunk_elements or 2**62
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -558,6 +564,7 @@ def main() -> None:
         "versions": versions() | {"torchvision": torchvision.__version__},
         "git_sha": git_sha(),
         "threads": args.threads,
+        "cpu_chunk_elements": pipeline_module.CPU_CHUNK_ELEMENTS,
         "cache_side": args.cache_side,
         "size": args.size,
         "batch_size": args.batch_size,

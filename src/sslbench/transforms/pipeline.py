@@ -110,9 +110,10 @@ class Pipeline:
         pixels are (see ``box_coordinates``).
 
         On the CPU the batch goes through in chunks of about ``CPU_CHUNK_ELEMENTS`` output
-        values, which stay in the processor's cache from op to op (1.4-1.8x faster measured
-        at 128 and 224 px, benchmarks/augment_throughput.py); the chunks draw from ``gen`` in
-        turn, so a batch's views depend only on the seed.
+        values, which stay in the processor's cache from op to op (SimCLR's pipeline 2x
+        faster at 224 px, the same at 128 px: benchmarks/augment_throughput.py
+        --cpu-chunk-elements, docs/benchmarks.md); the chunks draw from ``gen`` in turn, so a
+        batch's views depend only on the seed.
         """
         chunk = max(1, CPU_CHUNK_ELEMENTS // (3 * self.size * self.size))
         if images.device.type != "cpu" or images.shape[0] <= chunk:
