@@ -84,6 +84,29 @@ def test_run_repeats_from_its_saved_config(tmp_path) -> None:
 
 
 @needs_fmnist
+def test_runs_of_different_seeds_are_scored_on_the_same_test_images(tmp_path) -> None:
+    fingerprints = []
+    for seed in (0, 1):
+        run_dir = tmp_path / f"seed{seed}"
+        assert main(["pretrain", *TINY, f"seed={seed}", f"run_dir={run_dir}"]) == 0
+        fingerprints.append(_results(run_dir)["test_subset"])
+    assert fingerprints[0] == fingerprints[1]
+    assert fingerprints[0]["count"] == 64 and fingerprints[0]["split_size"] == 10_000
+    assert len(fingerprints[0]["sha256"]) == 64
+
+    # The training subset still follows the run's seed; eval.subset_seed picks another test set.
+    from sslbench.config import compose
+    from sslbench.train import open_data
+
+    runs = [compose([*TINY, f"seed={seed}"]) for seed in (0, 1)]
+    runs.append(compose([*TINY, "eval.subset_seed=1"]))
+    data = [open_data(cfg, progress=False) for cfg in runs]
+    assert not np.array_equal(data[0].train_indices, data[1].train_indices)
+    np.testing.assert_array_equal(data[0].test_indices, data[1].test_indices)
+    assert not np.array_equal(data[0].test_indices, data[2].test_indices)
+
+
+@needs_fmnist
 def test_nonfinite_loss_fails_the_run_with_its_step(tmp_path, monkeypatch, capsys) -> None:
     def nan_loss(self: SimCLR, views: Views) -> torch.Tensor:
         return self.backbone(views.global_views[0]).sum() * float("nan")

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 #: Bump when a field of results.json changes meaning or is removed.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the test subset no longer depends on the run's seed (test_subset)
 
 #: The fields every results.json has (DESIGN.md §4); absent values are null.
 CONTRACT_FIELDS: tuple[str, ...] = (
     "schema_version", "status", "error", "method", "transform", "dataset", "backbone",
     "epochs", "batch_size", "image_size", "linear_top1", "linear_top5", "knn_top1", "probe",
     "pretrain_seconds", "images_per_second", "peak_gpu_memory_bytes",
-    "peak_host_memory_bytes", "seed", "versions", "git_sha",
+    "peak_host_memory_bytes", "seed", "versions", "git_sha", "test_subset",
 )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ from sslbench.data import (
     get_source,
     load_or_build,
     stratified_subset,
+    subset_fingerprint,
 )
 from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
 from sslbench.methods import SSLMethod, method_class
@@ -78,8 +79,11 @@ class RunData:
 def open_data(cfg: DictConfig, progress: bool = True) -> RunData:
     """Fetch the run's dataset if needed, then build (once) or open its decode-once caches.
 
-    ``pretrain`` is what the method trains on: the ``train`` split, or a larger unlabeled
-    split where the dataset has one (STL-10); the probe always trains on ``train``.
+    ``pretrain`` is what the method trains on: the ``train`` split, or a larger split with
+    unlabeled images where the dataset has one (STL-10); the probe always trains on
+    ``train``. The training subsets (``dataset.max_train``) are drawn with the run's seed; the
+    test subset (``dataset.max_test``) with ``eval.subset_seed``, so every run of a dataset,
+    whatever its seed, is scored on the same images.
     """
     source = get_source(cfg.dataset.name, cfg.dataset.path, cfg.dataset.get("url"),
                         progress=progress)  # fmt: skip
@@ -97,7 +101,7 @@ def open_data(cfg: DictConfig, progress: bool = True) -> RunData:
     test = test_idx = None
     if "test" in source.splits() and source.classes:
         test = cached("test")
-        test_idx = stratified_subset(test.labels, cfg.dataset.max_test, cfg.seed)
+        test_idx = stratified_subset(test.labels, cfg.dataset.max_test, cfg.eval.subset_seed)
     return RunData(train, test, train_idx, test_idx, pretrain, pretrain_idx)
 
 
@@ -117,7 +121,11 @@ def precision_of(cfg: DictConfig, accelerator: str) -> str:
 
 def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
     """The method's LightningModule around a freshly initialised backbone."""
-    backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem)
+    backbone = create_backbone(
+        cfg.backbone.name,
+        small_stem=cfg.backbone.small_stem,
+        zero_init_last=cfg.backbone.zero_init_last,
+    )
     channels_last = accelerator == "gpu" and cfg.backbone.channels_last
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
@@ -162,7 +170,7 @@ def evaluate_backbone(
     if not cfg.eval.enabled or data.test is None or data.test_indices is None:
         reason = "disabled" if not cfg.eval.enabled else "the dataset has no labelled test split"
         return {"linear_top1": None, "linear_top5": None, "knn_top1": None,
-                "probe": f"not evaluated: {reason}"}  # fmt: skip
+                "probe": f"not evaluated: {reason}", "test_subset": None}  # fmt: skip
     features = {}
     for name, split, idx in (
         ("train", data.train, data.train_indices),
@@ -188,7 +196,8 @@ def evaluate_backbone(
         f"cosine-weighted votes on the same features"
     )
     return {"linear_top1": probe.top1, "linear_top5": probe.top5, "knn_top1": knn,
-            "probe": description}  # fmt: skip
+            "probe": description,
+            "test_subset": subset_fingerprint(data.test_indices, len(data.test))}  # fmt: skip
 
 
 def _base_results(cfg: DictConfig) -> dict[str, Any]:

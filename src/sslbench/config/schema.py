@@ -56,7 +56,7 @@ class DatasetConfig:
     url: str | None = None  # download from here instead of the catalogue's URL (a mirror)
     path_required: bool = False  # the source has no default location: dataset.path is needed
     max_train: int | None = None  # seeded, class-stratified subset of the train split
-    max_test: int | None = None  # same for the test split
+    max_test: int | None = None  # same for the test split, drawn with eval.subset_seed
     cache_size: int | None = None  # stored side S of the decode-once cache; null: image_size
     default_image_size: int = 224  # global crop side when the run does not set image_size
     strict: bool = False  # unreadable images: an error instead of a warning
@@ -68,6 +68,9 @@ class BackboneConfig:
 
     name: str = "resnet18"  # any timm model name
     small_stem: bool = False  # ResNets: 3x3 stride-1 first conv, no max-pool (images <= 64 px)
+    # Residual CNNs: the last batch norm of each block starts at 0 (timm's default) or at 1
+    # (false: torchvision's resnet18(), which the study and lightly's benchmark used)
+    zero_init_last: bool = False
     channels_last: bool = True  # memory format on the GPU
 
 
@@ -81,6 +84,9 @@ class EvalConfig:
     linear_max_iter: int = 200  # L-BFGS iterations of the logistic-regression probe
     linear_val_fraction: float = 0.2  # train features held out to choose the L2 strength
     batch_size: int = 512  # feature-extraction batch
+    # seed of the test subset (dataset.max_test): not the run's seed, so that every run of a
+    # dataset is scored on the same images (results.json: test_subset)
+    subset_seed: int = 0
 
 
 @dataclass

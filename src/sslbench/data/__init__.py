@@ -4,7 +4,7 @@ from .cache import CachedSplit, cache_dir, default_cache_root, load_or_build
 from .catalog import CATALOG, get_source
 from .dataset import IndexedImages, collate_batch
 from .sources import FashionMNIST, ImageFolder, Source, read_idx
-from .subset import stratified_subset
+from .subset import stratified_subset, subset_fingerprint
 
 __all__ = [
     "CATALOG",
@@ -20,4 +20,5 @@ __all__ = [
     "load_or_build",
     "read_idx",
     "stratified_subset",
+    "subset_fingerprint",
 ]

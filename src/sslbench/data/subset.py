@@ -6,9 +6,11 @@ stratified subset keeps the class proportions of the full split.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
-__all__ = ["stratified_subset"]
+__all__ = ["stratified_subset", "subset_fingerprint"]
 
 
 def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -38,3 +40,15 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
     grouped = np.split(np.argsort(labels, kind="stable"), np.cumsum(counts)[:-1])
     picked = [rng.choice(g, size=k, replace=False) for g, k in zip(grouped, share, strict=True)]
     return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def subset_fingerprint(indices: np.ndarray, split_size: int) -> dict[str, int | str]:
+    """What identifies a subset of a split: ``count``, the SHA-256 of its sorted indices (as
+    little-endian int64) and the size of the split it was drawn from. Two runs scored on the
+    same images of a dataset show the same fingerprint, whatever their seeds."""
+    ordered = np.sort(np.asarray(indices, dtype="<i8").reshape(-1))
+    return {
+        "count": int(len(ordered)),
+        "sha256": hashlib.sha256(ordered.tobytes()).hexdigest(),
+        "split_size": int(split_size),
+    }
