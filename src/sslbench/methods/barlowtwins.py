@@ -6,7 +6,7 @@ pushed towards the identity: its diagonal to 1 (invariance to the augmentations)
 off-diagonal to 0, weighted by λ (redundancy reduction: every dimension carries different
 information). No negatives, predictor or momentum encoder are needed against collapse.
 Loss: Σ_i (1 − C_ii)² + λ · Σ_{i≠j} C_ij².
-Shapes: views 2 × (N, 3, H, W) → features (2N, D) → embeddings (2N, output_dim) →
+Shapes: views 2 × (N, 3, H, W) → features 2 × (N, D) → embeddings 2 × (N, output_dim) →
 C (output_dim, output_dim).
 """
 
@@ -41,7 +41,6 @@ class BarlowTwins(SSLMethod):
         )
 
     def training_loss(self, views: Views) -> Tensor:
-        # The loss standardises each view over its own N, whatever batch norm saw.
         z0, z1 = self.project_global_views(self.projection_head, views)
         # float32: C sums N products per entry, and the loss sums output_dim² squares.
         return self.float32_loss(self.criterion, z0, z1)

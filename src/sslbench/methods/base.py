@@ -12,7 +12,9 @@ then reads top to bottom:
    the host.
 
 A method subclasses :class:`SSLMethod` and implements :meth:`training_loss`; its YAML may
-ask for local views with a ``local_views`` section (count, size_ratio, scale).
+ask for local views with a ``local_views`` section (count, size_ratio, scale). Views go
+through the networks one at a time, as in lightly's benchmark (``method.joint_forward``
+concatenates same-sized views instead; see :meth:`SSLMethod.forward_views`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class SSLMethod(pl.LightningModule):
         self.check_every = max(1, check_finite_every_n_steps)
         self.channels_last = channels_last
         self.feature_dim = int(backbone.num_features)
+        self.joint_forward = bool(method.get("joint_forward", False))
         self.log_every = max(1, log_every_n_steps)
         self.num_local_views, self.local_pipeline = local_view_pipeline(
             self.pipeline, method.get("local_views")
@@ -137,11 +140,34 @@ class SSLMethod(pl.LightningModule):
         with torch.autocast(device_type=self.device.type, enabled=False):
             return loss_fn(*(to_float(a) for a in args))
 
+    def forward_views(
+        self, fn: Callable[[Tensor], Tensor], views: Sequence[Tensor]
+    ) -> list[Tensor]:
+        """``fn`` applied to each view: one call per view (the reference: lightly's benchmark,
+        and the official BYOL, SimSiam, Barlow Twins, VICReg and VICRegL code), or with
+        ``method.joint_forward`` one call on each group of same-sized views concatenated
+        (SimCLR's TF code and SwAV's; fewer, larger kernels on a GPU).
+
+        The two are not the same computation: batch norm in training mode normalises over
+        the samples of one call, N per view or 2N (or more) for the views together.
+        """
+        if not self.joint_forward:
+            return [fn(view) for view in views]
+        out: list[Tensor] = []
+        start = 0
+        while start < len(views):
+            end = start + 1
+            while end < len(views) and views[end].shape == views[start].shape:
+                end += 1
+            sizes = [view.shape[0] for view in views[start:end]]
+            out += list(fn(torch.cat(list(views[start:end]))).split(sizes))
+            start = end
+        return out
+
     def project_global_views(self, head: nn.Module, views: Views) -> tuple[Tensor, Tensor]:
-        """Both global views through the backbone and ``head`` in one pass over 2N samples
-        (the same result per sample, better device use; batch norm sees 2N). Returns
-        (z0, z1), each (N, D), and hands z0 to the collapse monitor."""
-        z0, z1 = head(self.backbone(torch.cat(views.global_views))).chunk(2)
+        """Both global views through the backbone and ``head`` (see :meth:`forward_views`).
+        Returns (z0, z1), each (N, D), and hands z0 to the collapse monitor."""
+        z0, z1 = self.forward_views(lambda x: head(self.backbone(x)), views.global_views)
         self.monitor_embeddings(z0)
         return z0, z1
 

@@ -8,8 +8,8 @@ training step before the forward pass (lightly's order; the paper updates after 
 optimiser step, the same sequence shifted by one step).
 Loss: 0.5 · (D(p0, t1) + D(p1, t0)), D the negative cosine similarity (equal to the paper's
 normalised squared error 2 − 2·cos up to an affine map), t the target projections.
-Shapes: views 2 × (N, 3, H, W) → features (2N, D) → projections z, t (2N, output_dim) →
-predictions p (2N, output_dim).
+Shapes: views 2 × (N, 3, H, W) → features 2 × (N, D) → projections z, t 2 × (N, output_dim)
+→ predictions p 2 × (N, output_dim).
 """
 
 from __future__ import annotations
@@ -103,14 +103,15 @@ class BYOL(SSLMethod):
         return super().training_step(batch, batch_idx)
 
     def training_loss(self, views: Views) -> Tensor:
-        # One pass over both views for each network: each sample's result is the same
-        # (batch norm sees 2N samples instead of N), better device use.
-        x = torch.cat(views.global_views)
-        z = self.projection_head(self.backbone(x))
-        p = self.prediction_head(z)
+        # Each view through each network on its own (lightly's benchmark, the BYOL code):
+        # batch norm normalises over one view's N samples (method.joint_forward: both views).
+        z0, z1 = self.forward_views(
+            lambda x: self.projection_head(self.backbone(x)), views.global_views
+        )
+        p0, p1 = self.forward_views(self.prediction_head, [z0, z1])
         with torch.no_grad():  # the target gets no gradient: no graph to keep
-            t = self.projection_head_target(self.backbone_target(x))
-        p0, p1 = p.chunk(2)
-        t0, t1 = t.chunk(2)
-        self.monitor_embeddings(z.chunk(2)[0])
+            t0, t1 = self.forward_views(
+                lambda x: self.projection_head_target(self.backbone_target(x)), views.global_views
+            )
+        self.monitor_embeddings(z0)
         return self.float32_loss(symmetric_loss, self.criterion, p0, p1, t0, t1)

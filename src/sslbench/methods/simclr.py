@@ -3,7 +3,7 @@ Representations" (https://arxiv.org/abs/2002.05709).
 
 Two views of each image pass through the backbone and a projection head; lightly's
 NT-Xent loss pulls each pair together and pushes the other 2N − 2 embeddings away.
-Shapes: views 2 × (N, 3, H, W) → features (2N, D) → embeddings (2N, output_dim).
+Shapes: views 2 × (N, 3, H, W) → features 2 × (N, D) → embeddings 2 × (N, output_dim).
 """
 
 from __future__ import annotations

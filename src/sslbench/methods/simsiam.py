@@ -6,15 +6,15 @@ projection to the other's, whose projection is held constant (stop-gradient). Th
 gradient, not negatives or a momentum encoder, is what keeps the embeddings from collapsing.
 Loss (the paper's symmetric form): 0.5 · (D(p0, sg(z1)) + D(p1, sg(z0))), D the negative
 cosine similarity.
-Shapes: views 2 × (N, 3, H, W) → features (2N, D) → projections z (2N, output_dim) →
-predictions p (2N, output_dim).
+Shapes: views 2 × (N, 3, H, W) → features 2 × (N, D) → projections z 2 × (N, output_dim) →
+predictions p 2 × (N, output_dim), each view through the networks on its own (lightly's
+benchmark, the paper's code).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
 from torch import Tensor
@@ -46,6 +46,6 @@ class SimSiam(SSLMethod):
 
     def training_loss(self, views: Views) -> Tensor:
         z0, z1 = self.project_global_views(self.projection_head, views)
-        p0, p1 = self.prediction_head(torch.cat((z0, z1))).chunk(2)
+        p0, p1 = self.forward_views(self.prediction_head, [z0, z1])
         # Stop-gradient: the projections are targets, so no gradient flows through them.
         return self.float32_loss(symmetric_loss, self.criterion, p0, p1, z0.detach(), z1.detach())

@@ -8,9 +8,11 @@ a swapped prediction problem. Multi-crop adds cheap low-resolution local crops t
 predict, never give, codes. An optional queue of past global projections enlarges the set
 that Sinkhorn balances when batches are small.
 
-Shapes, with G global views (N, 3, S, S) and L local views (N, 3, s, s):
-backbone features (G·N, D) and (L·N, D) → projections (G·N + L·N, output_dim), L2-normalised
-→ prototype scores (G·N + L·N, n_prototypes) → lightly's SwaVLoss.
+Shapes, with G global views (N, 3, S, S) and L local views (N, 3, s, s): backbone features
+(N, D) per crop → projections (N, output_dim) per crop, L2-normalised → prototype scores
+(G·N + L·N, n_prototypes) → lightly's SwaVLoss. Each crop passes through the backbone and the
+head on its own (lightly's benchmark); with ``method.joint_forward`` the crops of one
+resolution share a backbone pass and all share one head pass (SwAV's code).
 """
 
 from __future__ import annotations
@@ -81,11 +83,13 @@ class SwAV(SSLMethod):
         # (up to lightly's prototype bias).
         self.prototypes.normalize()
         n, g = views.global_views[0].shape[0], len(views.global_views)
-        # One backbone pass per resolution (local crops are smaller), one head pass over all.
-        features = [self.backbone(torch.cat(views.global_views))]
-        if views.local_views:
-            features.append(self.backbone(torch.cat(views.local_views)))
-        projections = self.projection_head(torch.cat(features))
+        crops = [*views.global_views, *views.local_views]
+        if self.joint_forward:
+            # SwAV's code: the backbone once per resolution, the head once over all crops.
+            projections = self.projection_head(torch.cat(self.forward_views(self.backbone, crops)))
+        else:
+            # lightly's benchmark: every crop through backbone and head on its own.
+            projections = torch.cat([self.projection_head(self.backbone(crop)) for crop in crops])
         # Scores in float32: Sinkhorn's exp(scores / 0.05) turns bf16's rounding of the
         # scores into errors of several percent in the codes (and overflows in bf16).
         with torch.autocast(device_type=self.device.type, enabled=False):

@@ -5,7 +5,7 @@ The embeddings ("expander" outputs) of two views are pulled together by a mean-s
 error (invariance, weight λ); collapse is prevented by two terms on each view separately:
 a hinge keeping every dimension's standard deviation above 1 (variance, weight μ) and the
 squared off-diagonal covariances (covariance, weight ν), which decorrelate the dimensions.
-Shapes: views 2 × (N, 3, H, W) → features (2N, D) → embeddings (2N, output_dim).
+Shapes: views 2 × (N, 3, H, W) → features 2 × (N, D) → embeddings 2 × (N, output_dim).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ class VICReg(SSLMethod):
         )
 
     def training_loss(self, views: Views) -> Tensor:
-        # The variance and covariance terms use each view's own N, whatever batch norm saw.
         z0, z1 = self.project_global_views(self.projection_head, views)
         # float32: the covariance sums output_dim² squared entries.
         return self.float32_loss(self.criterion, z0, z1)

@@ -158,11 +158,14 @@ class VICRegL(SSLMethod):
     # -- training ---------------------------------------------------------------------------
     def encode(self, views: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """(projection (N, output_dim), local projection (N, h, w, local_output_dim)) per
-        view; views of one size share a backbone pass."""
+        view, each view on its own (lightly's benchmark, VICRegL's code) or, with
+        ``method.joint_forward``, the views together."""
         n = views[0].shape[0]
-        fmap = self.backbone.forward_features(torch.cat(views))  # (V*N, C, h, w)
+        fmaps = self.forward_views(self.backbone.forward_features, views)  # (N, C, h, w) each
+        fmap = torch.cat(fmaps)
         pooled = self.backbone.forward_head(fmap, pre_logits=True)  # (V*N, C)
-        z = self.projection_head(pooled)
+        # The global head has batch norm: per view, or over all views like the backbone.
+        z = torch.cat(self.forward_views(self.projection_head, list(pooled.split(n))))
         # The local head (Linear + LayerNorm) acts on each cell's C features.
         z_local = self.local_projection_head(fmap.permute(0, 2, 3, 1))
         return list(zip(z.split(n), z_local.split(n), strict=True))
