@@ -11,10 +11,12 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageFilter
 
 from sslbench.transforms import (
     LABELLED_OPS,
@@ -115,6 +117,44 @@ def test_gaussian_blur_matches_torchvision(kernel_size: int) -> None:
         ]
     )
     torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+
+
+def test_sigma_kernel_rule_cuts_each_sample_at_three_sigma() -> None:
+    """kernel: sigma gives each sample torchvision's blur with 2 * ceil(3 sigma) + 1 taps,
+    whatever the others' sigmas (they share one kernel array of the range's largest size)."""
+    x = _images(side=40)
+    params = GaussianBlurParams(p=1.0, sigma=[0.2, 2.0], kernel="sigma", skip_at_or_below=0)
+    out = gaussian_blur_op(x, _gen(3), params)
+    gen = _gen(3)
+    torch.rand(x.shape[0], generator=gen)  # the apply draw
+    sigma = 0.2 + 1.8 * torch.rand(x.shape[0], generator=gen)
+    for img, s, got in zip(x, sigma, out, strict=True):
+        taps = 2 * math.ceil(3 * float(s)) + 1
+        expected = TF.gaussian_blur(img, [taps, taps], [float(s), float(s)])
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+def test_sigma_kernel_rule_blurs_small_views_as_pil_does() -> None:
+    """At 32 px SimCLR's 10% rule cuts sigma 2 down to 3 taps; lightly's baseline blurs with
+    PIL's GaussianBlur(radius=sigma), which the sigma rule follows far more closely."""
+    rng = np.random.default_rng(0)
+    pictures = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    pil = np.stack(
+        [
+            np.asarray(Image.fromarray(p).filter(ImageFilter.GaussianBlur(radius=2.0)))
+            for p in pictures
+        ]
+    )
+    reference = torch.from_numpy(pil).permute(0, 3, 1, 2).float() / 255
+    x = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 255
+    errors = {}
+    for rule in ("fraction", "sigma"):
+        params = GaussianBlurParams(p=1.0, sigma=[2.0, 2.0], kernel=rule, skip_at_or_below=0)
+        # PIL clamps at the border where the blur reflects: compare the inside only.
+        blurred = gaussian_blur_op(x, _gen(), params)
+        errors[rule] = float((blurred - reference)[..., 6:-6, 6:-6].abs().mean())
+    assert errors["sigma"] < 0.01 < errors["fraction"]
+    assert errors["sigma"] < errors["fraction"] / 5
 
 
 def test_hsv_round_trip() -> None:

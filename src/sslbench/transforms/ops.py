@@ -197,12 +197,22 @@ def blur_kernel_size(side: int, fraction: float) -> int:
     return min(max(3, k), 2 * side - 1)
 
 
-def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+def sigma_kernel_radius(sigma: Tensor | float) -> Tensor:
+    """Half-width ceil(3 sigma) of a Gaussian kernel that keeps 3 standard deviations: the
+    ``kernel: sigma`` rule, 2 * ceil(3 sigma) + 1 taps."""
+    return torch.ceil(3.0 * torch.as_tensor(sigma, dtype=torch.float32))
+
+
+def gaussian_blur(
+    x: Tensor, sigma: Tensor, kernel_size: int, radius: Tensor | None = None
+) -> Tensor:
     """Gaussian blur of (N, C, H, W) with per-sample sigma[N] and an odd ``kernel_size``.
 
     Separable: reflect-pad once, then a horizontal and a vertical 1-D pass. All N*C planes go
     through one grouped convolution (one group per plane), so each sample gets its own kernel
     without a loop. Same result as torchvision's 2-D kernel (outer product of the 1-D ones).
+    ``radius[N]``, if given, truncates each sample's kernel to the taps within that many pixels
+    of its centre (its own kernel of 2 * radius + 1 taps, inside the common ``kernel_size``).
     """
     n, c, height, width = x.shape
     half = kernel_size // 2
@@ -210,6 +220,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
         raise ValueError(f"kernel_size must be odd and < 2 * side, got {kernel_size} for {x.shape}")
     t = torch.arange(kernel_size, device=x.device, dtype=torch.float32) - half
     kernel = torch.exp(-0.5 * (t / sigma.to(torch.float32).view(-1, 1)) ** 2)
+    if radius is not None:
+        kernel = kernel * (t.abs() <= radius.to(x.device, torch.float32).view(-1, 1))
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
     kernel = kernel[:, None].expand(n, c, kernel_size).reshape(n * c, kernel_size)
     y = F.pad(x.reshape(1, n * c, height, width), (half, half, half, half), mode="reflect")
@@ -473,7 +485,9 @@ def grayscale(x: Tensor, gen: torch.Generator, params: GrayscaleParams) -> Tenso
 
 
 def gaussian_blur_op(x: Tensor, gen: torch.Generator, params: GaussianBlurParams) -> Tensor:
-    """Blur each sample with probability ``params.p``, sigma ~ U[sigma], kernel ~ fraction * side.
+    """Blur each sample with probability ``params.p``, sigma ~ U[sigma], its kernel by the
+    ``params.kernel`` rule: ``fraction`` of the side, or 2 * ceil(3 sigma) + 1 taps per sample
+    (computed in one kernel of the largest such size for the sigma range, so no host sync).
 
     Images whose side is <= ``params.skip_at_or_below`` are returned unchanged (SimCLR does not
     blur CIFAR-sized images); the random numbers are drawn anyway to keep streams aligned.
@@ -484,6 +498,13 @@ def gaussian_blur_op(x: Tensor, gen: torch.Generator, params: GaussianBlurParams
     side = min(x.shape[-2], x.shape[-1])
     if side <= params.skip_at_or_below:
         return x
+    if params.kernel == "sigma":
+        # Reflect padding needs half < side: tiny views get the widest kernel that fits.
+        half = min(int(sigma_kernel_radius(params.sigma[1])), side - 1)
+        radius = sigma_kernel_radius(sigma).clamp_(max=half)
+        return for_samples(
+            apply, x, lambda part, sel: gaussian_blur(part, sigma[sel], 2 * half + 1, radius[sel])
+        )
     kernel_size = blur_kernel_size(side, params.kernel_fraction)
     return for_samples(apply, x, lambda part, sel: gaussian_blur(part, sigma[sel], kernel_size))
 

@@ -49,11 +49,18 @@ class GrayscaleParams:
 
 @dataclass
 class GaussianBlurParams:
-    """Random Gaussian blur with a kernel proportional to the image side."""
+    """Random Gaussian blur, sigma ~ U[sigma] per sample, truncated by one of two rules.
+
+    ``kernel: fraction`` (SimCLR's): the kernel side is the odd integer nearest to
+    ``kernel_fraction`` x the view side, whatever sigma (3 taps at 32 px, so sigma 2 blurs
+    like about 0.8). ``kernel: sigma``: each sample's kernel is 2 * ceil(3 sigma) + 1 taps,
+    about PIL's untruncated GaussianBlur, which lightly's per-image transforms use.
+    """
 
     p: float = 0.5  # probability of blurring each sample
     sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])  # sigma ~ U[lo, hi] pixels
-    kernel_fraction: float = 0.1  # kernel size = nearest odd integer >= 3 to this * side
+    kernel: str = field(default="fraction", metadata={"choices": ("fraction", "sigma")})
+    kernel_fraction: float = 0.1  # kernel: fraction: nearest odd integer >= 3 to this * side
     skip_at_or_below: int = 32  # no blur at all when the side is <= this (CIFAR-sized images)
 
 
