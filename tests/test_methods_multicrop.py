@@ -21,7 +21,7 @@ from sslbench.cli import main
 from sslbench.methods.swav import SwAV
 from sslbench.methods.vicregl import VICRegL, derive_num_matches, location_grid
 from sslbench.transforms import Rotate90Params
-from sslbench.transforms.ops import box_coordinates, rotate90
+from sslbench.transforms.ops import box_coordinates, rotate90, rotate_image
 
 #: VICRegL small enough for CPU tests: 4x4 / 2x2 maps, one local crop, narrower heads
 #: (lightly's local loss runs many small ops per view pair: seconds per step on a CPU).
@@ -230,6 +230,40 @@ def test_location_grid_of_a_rotated_crop_gives_the_cells_centres() -> None:
         for j in range(4):
             assert torch.allclose(grid[0, i, j], torch.stack((xs[3 - i], ys[j])), atol=1e-6)
     assert torch.equal(moved[:, :3], torch.rot90(pixels, 1, dims=(-2, -1)))
+
+
+def _matched_cells(grid_a: torch.Tensor, grid_b: torch.Tensor, k: int) -> tuple[list, list]:
+    """The cells of a and of b in the k pairs that lightly's location matching selects."""
+    from lightly.models.utils import nearest_neighbors
+
+    a, b = grid_a.flatten(1, 2), grid_b.flatten(1, 2)
+    ids_a = torch.arange(a.shape[1], dtype=torch.float32).view(1, -1, 1)
+    ids_b = torch.arange(b.shape[1], dtype=torch.float32).view(1, -1, 1)
+    picked_a, picked_b = nearest_neighbors(ids_a, ids_b, torch.cdist(a, b), k)
+    return picked_a.view(-1).long().tolist(), picked_b.view(-1).long().tolist()
+
+
+def test_vicregl_never_matches_rotation_fill_first() -> None:
+    """Two views of one picture rotated by 45 and -40 degrees, 4x4 grids: cells that are
+    mostly fill have no place in the picture, so pairs with such a cell must come after every
+    pair of real cells in both directions of the location matching (at a common far place,
+    two views' fill cells were at distance 0 and ranked first)."""
+    box = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    coords = box_coordinates(box, torch.tensor([1.0]), 32)
+    pixels = torch.rand(1, 3, 32, 32)
+    grids = []
+    for view, angle in enumerate((45.0, -40.0)):
+        moved = rotate_image(torch.cat((pixels, coords), dim=1), torch.tensor([angle]))
+        grids.append(location_grid(moved[:, 3:], (4, 4), view_index=view))
+    fill = [set(torch.nonzero(g[0, :, :, 0].flatten() > 2.0).view(-1).tolist()) for g in grids]
+    assert all(fill) and all(len(f) < 8 for f in fill)  # corners are fill, most cells are not
+    for a, b in ((0, 1), (1, 0)):
+        real = 16 - len(fill[a])
+        picked_a, picked_b = _matched_cells(grids[a], grids[b], real)  # sorted by distance
+        assert not set(picked_a) & fill[a] and not set(picked_b) & fill[b], (a, b)
+        # With more matches than real cells, the fill cells come last.
+        picked_a, _ = _matched_cells(grids[a], grids[b], 16)
+        assert set(picked_a[real:]) == fill[a]
 
 
 def test_vicregl_num_matches_follow_the_feature_maps() -> None:

@@ -29,12 +29,14 @@ from sslbench.methods.base import SSLMethod, Views
 #: lightly's VICRegLLoss defaults (VICRegL's 20 / 4 matches at 7x7 / 3x3 feature maps).
 MAX_MATCHES = (20, 4)
 
-#: Location given to feature cells that show mostly rotation fill (no place in the original
-#: picture): far from every real location, so the location-based matching never picks them.
+#: Feature cells that show mostly rotation fill have no place in the original picture. View v
+#: puts them at (1 + v) * NOWHERE on both axes: at least NOWHERE from every real location
+#: (within a few units of the origin) and from the fill cells of every other view, so the
+#: location matching ranks every pair with a fill cell after every pair of real cells.
 NOWHERE = 1.0e4
 
 
-def location_grid(coords: Tensor, map_size: Sequence[int]) -> Tensor:
+def location_grid(coords: Tensor, map_size: Sequence[int], view_index: int = 0) -> Tensor:
     """Original-image positions (N, h, w, 2) of the centres of an (h, w) feature map's cells,
     from a view's coordinate map (N, 2, S, S).
 
@@ -42,14 +44,16 @@ def location_grid(coords: Tensor, map_size: Sequence[int]) -> Tensor:
     is its value at the cell's centre; a flip mirrors the map and so permutes the cells. After
     LoRot or a DCL shuffle a cell may hold pixels from several places: its location is their
     mean. Pixels that a rotation filled are NaN in the map and left out of the mean; a cell
-    that is more than half fill is put at ``NOWHERE``.
+    that is more than half fill is put at ``(1 + view_index) * NOWHERE``: one place per view,
+    so that two views' fill cells are never near each other (at one common place they were
+    at distance 0 and matched first).
     """
     h, w = int(map_size[0]), int(map_size[1])
     coords = coords.float()
     known = ~torch.isnan(coords[:, :1])
     total = F.adaptive_avg_pool2d(torch.nan_to_num(coords, nan=0.0), (h, w))
     share = F.adaptive_avg_pool2d(known.float(), (h, w))
-    grid = torch.where(share >= 0.5, total / share.clamp_min(1e-6), NOWHERE)
+    grid = torch.where(share >= 0.5, total / share.clamp_min(1e-6), (1 + view_index) * NOWHERE)
     return grid.permute(0, 2, 3, 1)
 
 
@@ -172,11 +176,14 @@ class VICRegL(SSLMethod):
 
     @staticmethod
     @torch.no_grad()
-    def grids(coords: list[Tensor], features: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
-        """Each view's location grid, at the cells of its local projection's (h, w) map."""
+    def grids(
+        coords: list[Tensor], features: list[tuple[Tensor, Tensor]], first_view: int = 0
+    ) -> list[Tensor]:
+        """Each view's location grid, at the cells of its local projection's (h, w) map;
+        ``first_view`` numbers the views (global ones first) so each has its own fill place."""
         return [
-            location_grid(c, z_local.shape[1:3])
-            for c, (_, z_local) in zip(coords, features, strict=True)
+            location_grid(c, z_local.shape[1:3], first_view + i)
+            for i, (c, (_, z_local)) in enumerate(zip(coords, features, strict=True))
         ]
 
     def training_loss(self, views: Views) -> Tensor:
@@ -186,7 +193,7 @@ class VICRegL(SSLMethod):
         local_features = local_grids = None
         if views.local_views:
             local_features = self.encode(views.local_views)
-            local_grids = self.grids(views.local_coords, local_features)
+            local_grids = self.grids(views.local_coords, local_features, len(global_grids))
         self.monitor_embeddings(global_features[0][0])
         # VICReg's variance and covariance terms are not bf16-safe: the loss runs in float32.
         return self.float32_loss(
