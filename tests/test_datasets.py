@@ -227,7 +227,7 @@ def test_cifar10_reads_the_authors_pickles(monkeypatch, tmp_path) -> None:
     assert catalog.locate("cifar10", download=False) == source.path
 
 
-def test_stl10_pretrains_on_unlabeled_and_keeps_orientation(tmp_path) -> None:
+def test_stl10_pretrains_on_train_and_unlabeled_and_keeps_orientation(tmp_path) -> None:
     folder = tmp_path / "stl10_binary"
     folder.mkdir()
     image = np.zeros((96, 96, 3), dtype=np.uint8)
@@ -239,12 +239,18 @@ def test_stl10_pretrains_on_unlabeled_and_keeps_orientation(tmp_path) -> None:
     (folder / "test_y.bin").write_bytes(bytes([3]))
     (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
     source = get_source("stl10", folder, progress=False)
-    assert source.pretrain_split() == "unlabeled" and source.count("unlabeled") == 3
+    # The usual protocol pretrains on train + unlabeled (105k images in the real dataset).
+    assert source.pretrain_split() == "train+unlabeled" and source.count("train+unlabeled") == 5
+    assert source.splits() == ["train", "test", "train+unlabeled"]  # what a run caches
+    assert source.count("unlabeled") == 3
     train = load_or_build(source, "train", 96, progress=False)
     assert train.labels.tolist() == [0, 9]
     assert (train.images[0, 0, :10] == 255).all() and (train.images[0, 0, 20:] == 0).all()
-    unlabeled = load_or_build(source, "unlabeled", 96, progress=False)
-    assert unlabeled.labels.tolist() == [-1, -1, -1]
+    pretrain = load_or_build(source, source.pretrain_split(), 96, progress=False)
+    assert pretrain.labels.tolist() == [0, 9, -1, -1, -1]
+    np.testing.assert_array_equal(pretrain.images[:2], train.images)
+    with pytest.raises(ValueError, match="valid: train, test, unlabeled, train"):
+        source.count("extra")
 
 
 def test_fetch_once_for_a_grid(monkeypatch, tmp_path) -> None:

@@ -139,7 +139,7 @@ CATALOG.update({
     "cifar10": _cifar(10, "c58f30108f718f92721af3b95e74349a", "batches.meta", 170_000_000),
     "cifar100": _cifar(100, "eb9058c3a382ffc7106e4002c42a8d85", "meta", 169_000_000),
     "stl10": DatasetInfo(
-        "stl10", "STL-10: 96x96 colour, 10 classes, 100k unlabeled for pretraining",
+        "stl10", "STL-10: 96x96 colour, 10 classes, pretrains on 100k unlabeled + 5k train",
         5_000, 8_000, 10,
         Archive("stl10", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
                 "stl10_binary.tar.gz", md5="91f7769df0f17e558f3565bffb0c7dfb"),
@@ -307,14 +307,19 @@ class CIFAR(Source):
 class STL10(Source):
     """STL-10's binary version: ``train`` (5k labeled), ``test`` (8k), ``unlabeled`` (100k).
 
-    Pretraining uses ``unlabeled`` plus ``train`` (``pretrain_split``); the probe trains on
-    ``train`` and is scored on ``test``. Images are stored column-major (3, 96, 96)."""
+    Methods pretrain on ``train+unlabeled`` (105k images, the usual protocol: Coates et al.'s
+    unsupervised features and the SSL papers that report STL-10 use both); the probe trains
+    on ``train`` and is scored on ``test``. ``splits()`` lists ``train``, ``test`` and
+    ``train+unlabeled``, the splits a run caches, so the 100k unlabeled images are cached once;
+    ``unlabeled`` alone can still be read. Images are stored column-major (3, 96, 96).
+    """
 
     _FILES = {
         "train": ("train_X.bin", "train_y.bin"),
         "test": ("test_X.bin", "test_y.bin"),
         "unlabeled": ("unlabeled_X.bin", None),
     }
+    PRETRAIN = "train+unlabeled"
     _PIXELS = 3 * 96 * 96
 
     def __init__(self, info: DatasetInfo, folder: Path) -> None:
@@ -322,20 +327,33 @@ class STL10(Source):
         names = folder / "class_names.txt"
         self.classes = names.read_text().split() if names.is_file() else [str(i) for i in range(10)]
 
-    def splits(self) -> list[str]:
+    def _present(self) -> list[str]:
         return [s for s, (x, _) in self._FILES.items() if (self.path / x).is_file()]
 
-    def pretrain_split(self) -> str:
-        return "unlabeled" if "unlabeled" in self.splits() else "train"
+    def splits(self) -> list[str]:
+        present = self._present()
+        listed = [s for s in ("train", "test") if s in present]
+        if "unlabeled" in present and "train" in present:
+            listed.append(self.PRETRAIN)
+        return listed
 
-    def _pair(self, split: str) -> tuple[Path, Path | None]:
-        if split not in self.splits():
-            raise ValueError(f"stl10 has no split {split!r}; valid: {', '.join(self.splits())}")
-        images, labels = self._FILES[split]
-        return self.path / images, None if labels is None else self.path / labels
+    def pretrain_split(self) -> str:
+        return self.PRETRAIN if self.PRETRAIN in self.splits() else "train"
+
+    def _parts(self, split: str) -> list[tuple[Path, Path | None]]:
+        """The (images, labels) files of a split, in order (``train+unlabeled``: both)."""
+        names = ["train", "unlabeled"] if split == self.PRETRAIN else [split]
+        valid = [*self._present(), *([self.PRETRAIN] if self.PRETRAIN in self.splits() else [])]
+        if split not in valid:
+            raise ValueError(f"stl10 has no split {split!r}; valid: {', '.join(valid)}")
+        pairs = []
+        for name in names:
+            images, labels = self._FILES[name]
+            pairs.append((self.path / images, None if labels is None else self.path / labels))
+        return pairs
 
     def count(self, split: str) -> int:
-        return self._pair(split)[0].stat().st_size // self._PIXELS
+        return sum(images.stat().st_size // self._PIXELS for images, _ in self._parts(split))
 
     def natural_size(self) -> int | None:
         return 96
@@ -343,23 +361,23 @@ class STL10(Source):
     def fingerprint(self, split: str) -> str:
         # Size and mtime, not content: hashing the 2.6 GB unlabeled file on every run costs
         # seconds; the archive itself was verified when downloaded.
-        parts = [p for p in self._pair(split) if p is not None]
+        parts = [p for pair in self._parts(split) for p in pair if p is not None]
         stats = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts]
         return ";".join(stats)
 
     def iter_images(
         self, split: str, on_error: ErrorHandler | None = None
     ) -> Iterator[tuple[np.ndarray | Image.Image, int]]:
-        images_file, labels_file = self._pair(split)
-        n = self.count(split)
-        labels = (
-            np.fromfile(labels_file, dtype=np.uint8).astype(np.int64) - 1  # stored 1..10
-            if labels_file is not None
-            else np.full(n, -1, dtype=np.int64)
-        )
-        pixels = np.memmap(images_file, dtype=np.uint8, mode="r", shape=(n, 3, 96, 96))
-        for i in range(n):
-            yield pixels[i].transpose(2, 1, 0), int(labels[i])  # column-major -> H, W, C
+        for images_file, labels_file in self._parts(split):
+            n = images_file.stat().st_size // self._PIXELS
+            labels = (
+                np.fromfile(labels_file, dtype=np.uint8).astype(np.int64) - 1  # stored 1..10
+                if labels_file is not None
+                else np.full(n, -1, dtype=np.int64)
+            )
+            pixels = np.memmap(images_file, dtype=np.uint8, mode="r", shape=(n, 3, 96, 96))
+            for i in range(n):
+                yield pixels[i].transpose(2, 1, 0), int(labels[i])  # column-major -> H, W, C
 
 
 class NABirds(Source):
