@@ -84,8 +84,9 @@ def test_every_dataset_is_listed_with_a_config(capsys) -> None:
 def test_prepare_downloads_verifies_unpacks_and_caches(imagenette_mirror, tmp_path, capsys):
     assert main(["datasets", "prepare", "imagenette2-160", "image_size=32"]) == 0
     out = capsys.readouterr().out
-    assert "imagenette2-160/train: 24 images at 32 px, 1 unreadable skipped" in out
-    assert "imagenette2-160/test: 9 images at 32 px" in out
+    # 40 x 30 pictures are cached with every pixel (at their long side), whatever the crops.
+    assert "imagenette2-160/train: 24 images at 40 px, 1 unreadable skipped" in out
+    assert "imagenette2-160/test: 9 images at 40 px" in out
     assert [r.path for r in imagenette_mirror.requests] == ["/mirror/imagenette2-160.tgz"]
     source = get_source("imagenette2-160", progress=False)
     train = load_or_build(source, "train", 32, progress=False)
@@ -97,7 +98,9 @@ def test_prepare_downloads_verifies_unpacks_and_caches(imagenette_mirror, tmp_pa
     listed = [
         line for line in capsys.readouterr().out.splitlines() if line.startswith("imagenette2-160 ")
     ]
-    assert "cached 32 px" in listed[0]
+    assert "cached 32, 40 px" in listed[0]  # 32: the explicit load_or_build above
+    # The default cache of its 34 files (one unreadable) at 3 x 40 x 40 bytes each.
+    assert f"{34 * 3 * 40 * 40 / 1000:.1f} KB at 40 px" in listed[0]
 
     # A second prepare is a no-op: no request, no rebuild.
     created = json.loads((train.path / "meta.json").read_text())["created"]

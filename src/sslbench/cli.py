@@ -187,12 +187,12 @@ def _datasets(args: argparse.Namespace) -> int:
     if args.name not in CATALOG:
         raise UsageError(f"unknown dataset '{args.name}'; valid: {', '.join(sorted(CATALOG))}")
     cfg = compose([f"dataset={args.name}", *args.overrides])
-    from sslbench.data import get_source, load_or_build
+    from sslbench.data import get_source, load_or_build, requested_side
 
     source = get_source(cfg.dataset.name, cfg.dataset.path, cfg.dataset.url)
+    side = requested_side(source, cfg.dataset.cache_size, cfg.image_size)
     for split in source.splits():
-        cached = load_or_build(source, split, cfg.dataset.cache_size or cfg.image_size,
-                               strict=cfg.dataset.strict)  # fmt: skip
+        cached = load_or_build(source, split, side, strict=cfg.dataset.strict)
         skipped = len(cached.meta.get("skipped", []))
         note = f", {skipped} unreadable skipped" if skipped else ""
         print(

@@ -31,6 +31,7 @@ from sslbench.data import (
     collate_batch,
     get_source,
     load_or_build,
+    requested_side,
     stratified_subset,
     subset_fingerprint,
 )
@@ -87,7 +88,7 @@ def open_data(cfg: DictConfig, progress: bool = True) -> RunData:
     """
     source = get_source(cfg.dataset.name, cfg.dataset.path, cfg.dataset.get("url"),
                         progress=progress)  # fmt: skip
-    side = cfg.dataset.cache_size or cfg.image_size
+    side = requested_side(source, cfg.dataset.cache_size, cfg.image_size)
 
     def cached(split: str) -> CachedSplit:
         return load_or_build(source, split, side, progress=progress, strict=cfg.dataset.strict)

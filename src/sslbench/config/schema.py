@@ -57,7 +57,9 @@ class DatasetConfig:
     path_required: bool = False  # the source has no default location: dataset.path is needed
     max_train: int | None = None  # seeded, class-stratified subset of the train split
     max_test: int | None = None  # same for the test split, drawn with eval.subset_seed
-    cache_size: int | None = None  # stored side S of the decode-once cache; null: image_size
+    # stored side S of the decode-once cache; null: the source's own detail (the long side of
+    # its typical picture) up to 320-px pictures, else 2 x image_size (data.cache.default_side)
+    cache_size: int | None = None
     default_image_size: int = 224  # global crop side when the run does not set image_size
     strict: bool = False  # unreadable images: an error instead of a warning
 

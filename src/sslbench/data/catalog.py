@@ -34,6 +34,7 @@ from .sources import (
     ImageFolder,
     Source,
     _sha256_files,
+    header_size,
     open_image,
 )
 
@@ -73,7 +74,9 @@ class DatasetInfo:
     terms: str
     homepage: str
     default_image_size: int = 224
-    max_side: int | None = None  # largest useful cache side (the -160 sizes: 160)
+    # (long, short) side of a typical picture, for the cache size `datasets list` states before
+    # the files are here (then the files' own sizes count): ImageNet's are mostly 4:3
+    typical_size: tuple[int, int] | None = None
     unlabeled: int | None = None  # extra pretraining images (STL-10)
     marker: str = "train"  # a file or folder that the dataset's own folder contains
     approx_bytes: int | None = None  # download size to show when the archive pins none
@@ -93,7 +96,9 @@ def _fastai(name: str, size: int | None, train: int | None, test: int | None, cl
         homepage="https://github.com/fastai/imagenette",
         # the lightly benchmark trains imagenette2-160 at 128 px; the full sizes at 224
         default_image_size=128 if short == 160 else 224,
-        max_side=short,  # shortest side of the -160 / -320 copies: no upsampling past it
+        # the -160 / -320 copies keep the aspect ratio at that shortest side; the full size
+        # pictures are ImageNet's, typically 500 x 375
+        typical_size=(round(short * 4 / 3), short) if short else (500, 375),
     )
 
 
@@ -106,7 +111,7 @@ def _cifar(classes: int, md5: str, marker: str, approx_bytes: int) -> DatasetInf
         Archive(name, f"https://www.cs.toronto.edu/~kriz/{filename}", filename, md5=md5),
         terms="free for research (Krizhevsky 2009); no licence stated",
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html", default_image_size=32,
-        marker=marker, approx_bytes=approx_bytes,
+        marker=marker, approx_bytes=approx_bytes, typical_size=(32, 32),
     )  # fmt: skip
 
 
@@ -146,11 +151,13 @@ CATALOG.update({
         terms="images from ImageNet (Coates et al. 2011): non-commercial research",
         homepage="https://cs.stanford.edu/~acoates/stl10/", default_image_size=96,
         unlabeled=100_000, marker="train_X.bin", approx_bytes=2_640_000_000,
+        typical_size=(96, 96),
     ),
     "fashion-mnist": DatasetInfo(
         "fashion-mnist", "Fashion-MNIST: 28x28 greyscale, 10 classes", 60_000, 10_000, 10,
         archive=None, terms="MIT licence (Zalando Research)",
         homepage="https://github.com/zalandoresearch/fashion-mnist", default_image_size=32,
+        typical_size=(28, 28),
     ),
     "folder": DatasetInfo(
         "folder", "your own images: dataset.path=DIR (DIR/class/*.jpg, or a flat folder)",
@@ -249,9 +256,6 @@ class ArchiveFolder(ImageFolder):
         super().__init__(folder)
         self.name = info.name
         self.info = info
-
-    def max_side(self) -> int | None:
-        return self.info.max_side
 
 
 class CIFAR(Source):
@@ -426,6 +430,9 @@ class NABirds(Source):
     def decode(self, item: str) -> Image.Image:
         return open_image(item)
 
+    def picture_size(self, item: str) -> tuple[int, int]:
+        return header_size(item)
+
     def count(self, split: str) -> int:
         return len(self.items(split))
 
@@ -474,22 +481,26 @@ def _human_bytes(size: int | None) -> str:
     return f"{size} B"
 
 
-def status(name: str) -> str:
+def _on_disk(name: str) -> Source | None:
+    """The source of dataset ``name`` if its files are here (nothing is downloaded)."""
+    try:
+        if name == "folder":
+            return None
+        if name == "fashion-mnist":
+            return FashionMNIST()  # finds the Debian copy or $SSLBENCH_DATA
+        folder = locate(name, download=False)
+        return None if folder is None else get_source(name, folder, progress=False)
+    except (OSError, ValueError, DownloadError):
+        return None
+
+
+def status(name: str, source: Source | None = None) -> str:
     """Whether dataset ``name`` is on disk and which cache sides are built, without
     downloading anything: ``cached 128, 160 px``, ``downloaded``, ``here`` or ``-``."""
     from .cache import default_cache_root
 
-    try:
-        if name == "folder":
-            return "-"
-        if name == "fashion-mnist":
-            source: Source = FashionMNIST()  # finds the Debian copy or $SSLBENCH_DATA
-        else:
-            folder = locate(name, download=False)
-            if folder is None:
-                return "-"
-            source = get_source(name, folder, progress=False)
-    except (OSError, ValueError, DownloadError):
+    source = source or _on_disk(name)
+    if source is None:
         return "-"
     cache = default_cache_root() / source.cache_key()
     sides = sorted({int(m.parent.name.rsplit("-", 1)[1]) for m in cache.glob("*-*/meta.json")
@@ -497,6 +508,28 @@ def status(name: str) -> str:
     if sides:
         return "cached " + ", ".join(map(str, sides)) + " px"
     return "downloaded" if name != "fashion-mnist" else "on disk"
+
+
+def cache_estimate(info: DatasetInfo, source: Source | None = None) -> tuple[int, int] | None:
+    """(side S, bytes) of the decode-once caches of every split a run at the dataset's
+    default image size builds with the default cache side, N x 3 x S x S bytes in all.
+
+    From the files' own picture sizes and counts when ``source`` (the files) is given, else
+    from the catalogue's published counts and typical picture (unknown pictures: the rule's
+    2 x image_size); None when the counts are unknown.
+    """
+    from .cache import default_side, side_for_pictures, stored_side
+
+    if source is not None:
+        side = stored_side(source, default_side(source, info.default_image_size))
+        count = sum(source.count(split) for split in source.splits())
+    else:
+        if info.train is None or info.test is None:
+            return None
+        side = side_for_pictures(info.typical_size, info.default_image_size)
+        # STL-10 caches train, test and train + unlabeled (the pretraining split)
+        count = info.train + info.test + (info.train + info.unlabeled if info.unlabeled else 0)
+    return side, count * 3 * side * side
 
 
 def catalog_table() -> list[dict[str, str]]:
@@ -510,13 +543,17 @@ def catalog_table() -> list[dict[str, str]]:
         splits = f"{count(info.train)} / {count(info.test)}"
         if info.unlabeled:
             splits += f" + {info.unlabeled:,} unlabeled"
+        source = _on_disk(name)
+        estimate = cache_estimate(info, source)
+        cache = "?" if estimate is None else f"{_human_bytes(estimate[1])} at {estimate[0]} px"
         rows.append({
             "name": name,
             "download": _human_bytes(info.archive.size or info.approx_bytes) if info.archive
             else ("by hand" if name == "nabirds" else "-"),
             "train / test": splits if info.train is not None else "?",
             "classes": count(info.classes),
-            "status": status(name),
+            "cache": cache,
+            "status": status(name, source),
             "about": info.title,
         })  # fmt: skip
     return rows

@@ -35,6 +35,9 @@ ErrorHandler = Callable[[str, Exception], None]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
+#: Pictures whose header :meth:`Source.typical_size` reads (about a second on a cold disk).
+SIZE_SAMPLE = 256
+
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/ format).
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -81,6 +84,12 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         image = Image.open(f)
         image.load()
     return image if image.mode in ("RGB", "L") else image.convert("RGB")
+
+
+def header_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header without decoding the pixels."""
+    with Image.open(path) as image:
+        return image.size
 
 
 def _sha256_files(paths: list[Path]) -> str:
@@ -145,6 +154,49 @@ class Source(ABC):
         """Side of the images if they are all square of one size (28 for Fashion-MNIST)."""
         return None
 
+    def typical_size(self) -> tuple[int, int] | None:
+        """(long, short) side in pixels of the source's typical picture, which sets the
+        default cache side (:func:`sslbench.data.cache.default_side`); None when unknown.
+
+        Square sources of one size give their side twice. Sources that list their items
+        read the headers (not the pixels) of up to ``SIZE_SAMPLE`` of them, evenly spaced
+        over the pretraining split: long is the 90th percentile of the long sides (9 in 10
+        pictures keep every pixel along both axes in a square of that side), short the
+        median short side. Measured once per source object.
+        """
+        if "_typical_size" not in self.__dict__:
+            self._typical_size = self._measure_typical_size()
+        return self._typical_size
+
+    def _measure_typical_size(self) -> tuple[int, int] | None:
+        natural = self.natural_size()
+        if natural is not None:
+            return natural, natural
+        split = self.pretrain_split()
+        items = self.items(split) if split in self.splits() else None
+        if not items:
+            return None
+        step = max(1, -(-len(items) // SIZE_SAMPLE))
+        sizes = []
+        for item, _ in items[::step]:
+            try:
+                sizes.append(self.picture_size(item))
+            except Exception:  # unreadable files are the cache builder's to report
+                continue
+        if not sizes:
+            return None
+        longs = [max(w, h) for w, h in sizes]
+        shorts = [min(w, h) for w, h in sizes]
+        return int(np.ceil(np.percentile(longs, 90))), int(np.median(shorts))
+
+    def picture_size(self, item: str) -> tuple[int, int]:
+        """(width, height) of one item of :meth:`items`, from its header where the format
+        allows; the default decodes it."""
+        image = self.decode(item)
+        if isinstance(image, np.ndarray):
+            return int(image.shape[1]), int(image.shape[0])
+        return image.size
+
     def pretrain_split(self) -> str:
         """The split a method pretrains on: ``train``, or a larger unlabeled split where the
         dataset has one (STL-10's 100k). The linear probe always trains on ``train``."""
@@ -153,9 +205,8 @@ class Source(ABC):
     def max_side(self) -> int | None:
         """Largest side worth storing in the cache, which never upsamples beyond it.
 
-        None: no limit (the requested size is stored). Default :meth:`natural_size`; copies
-        resized to a shortest side of 160 px, say, return 160, so a 224 px run caches them at
-        160 (crops are taken in original-image coordinates and resized later, so nothing is lost).
+        None: no limit (the requested size is stored). Default :meth:`natural_size`: a
+        source of 28-px squares is cached at 28 whatever the size asked for.
         """
         return self.natural_size()
 
@@ -387,3 +438,6 @@ class ImageFolder(Source):
 
     def decode(self, item: str) -> Image.Image:
         return open_image(item)
+
+    def picture_size(self, item: str) -> tuple[int, int]:
+        return header_size(item)
