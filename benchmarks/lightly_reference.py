@@ -1,26 +1,27 @@
-"""lightly's own way of training sslbench's methods, on the same budget, probed by sslbench.
+"""lightly's own way of training each method beside sslbench's, same budget, same probe.
 
-docs/benchmarks.md ("Every method vs random init") has each method trained by sslbench:
-batched tensor augmentations inside a Lightning module. This script trains the same methods
-the way lightly's own benchmark (docs/.../imagenette_benchmark.py) does it, and changes
-nothing else:
+Two sides, trained from the same resolved sslbench config (``experiment=demo`` plus the slow
+test's per-method ``RUNS``, with --backbone, --epochs, --max-train, ...):
 
-- views: lightly's per-image transforms (``SimCLRTransform``, ``SwaVTransform``,
-  ``VICRegLTransform``) on PIL images, made by a plain PyTorch ``DataLoader``, with the
-  parameters of sslbench's SimCLR pipeline (no blur at 32 px: SimCLR skips it on CIFAR sizes);
-- model: lightly's heads and losses, each view through the backbone on its own, a plain
-  PyTorch loop; the same timm backbone from the same seed (hence the same initial weights);
-- settings: resolved by sslbench's own config (``experiment=demo`` + the per-method
-  overrides of tests/test_methods_learn.py ``RUNS``), so head sizes, loss parameters,
-  optimiser, lr scaling, warm-up, epochs, batch size and images are sslbench's;
-- data and probe: sslbench's cache, its seeded stratified subsets (the same images, and the
-  same shuffled batches), and its ``evaluate_backbone`` (linear probe and kNN), untouched.
+- ``lightly``: what lightly's benchmark (docs/.../imagenette_benchmark.py, the study's base)
+  does: torchvision's ``resnet18()`` without its classifier (for ``--backbone resnet18``;
+  other names use sslbench's timm model), lightly's per-image transforms on PIL images in a
+  ``DataLoader``, lightly's heads and losses, every view through the networks on its own,
+  ``CosineWarmupScheduler``, a plain PyTorch loop in float32;
+- ``sslbench``: ``sslbench pretrain`` of that config, at its defaults.
 
-Every remaining difference is listed per method in the JSON lines (``differences``) and
-under the table. Run (about 9 minutes on the 2-core CPU, the machine otherwise idle):
+Both use sslbench's cache, its seeded subsets (the same images, the same test images for
+every seed) and its ``evaluate_backbone`` (linear probe and kNN). Each random-init backbone
+(torchvision's and sslbench's) is scored too. One JSON line per run goes to --out; the
+summary compares the sides over seeds. The issue's protocol (standard stem, 32 px, batch
+128, 4 epochs, 10,000 Fashion-MNIST images) is the default:
 
-    python benchmarks/lightly_reference.py
-    python benchmarks/lightly_reference.py --methods simclr byol --epochs 3
+    python benchmarks/lightly_reference.py --backbone resnet18 --seeds 0 1 2
+    python benchmarks/lightly_reference.py --backbone resnet10t --seeds 0 1 2 --sides lightly
+    python benchmarks/lightly_reference.py --summarize benchmarks/results/lightly_reference_v2.jsonl
+
+VICRegL needs feature maps larger than 1x1: it keeps ``RUNS``' small stem at 32 px (and
+its 1,000 images), on both sides.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
 from lightly.loss import (
     BarlowTwinsLoss,
     NegativeCosineSimilarity,
@@ -63,7 +65,7 @@ from torch.utils.data import DataLoader, Dataset
 from sslbench.backbones import create_backbone
 from sslbench.config import compose
 from sslbench.results import git_sha, versions
-from sslbench.train import RunData, evaluate_backbone, open_data
+from sslbench.train import RunData, evaluate_backbone, open_data, pretrain
 from sslbench.transforms import Pipeline
 
 METHODS = ("simclr", "simsiam", "byol", "barlowtwins", "vicreg", "swav", "vicregl")
@@ -93,16 +95,19 @@ RUNS: dict[str, list[str]] = {
     ],
 }
 
-#: What differs from sslbench's training of every method (per-method ones are added below).
+#: What differs between the two sides for every method (per-method ones are added below).
 COMMON_DIFFERENCES = [
+    "initial weights: lightly's side builds torchvision's resnet18() (lightly's benchmark), "
+    "sslbench timm's resnet18 with zero_init_last=False: the same distributions "
+    "(tests/test_backbones.py), other draws; other backbone names: the same timm model",
     "augmentation: lightly's per-image torchvision/PIL ops on the 28-px cached images in the "
     "DataLoader instead of sslbench's batched tensor ops; same parameters, but torchvision's "
     "crop boxes are whole pixels of the 28-px image (sslbench: sub-pixel boxes, roi_align) "
     "and PIL rounds to uint8 between the colour-jitter steps",
     "random draws: torch's global generator seeded once (sslbench: a generator per step); same "
     "distributions, other draws; the batches are shuffled by the same seeded sampler",
-    "each view passes through the backbone on its own, as in lightly's benchmark: batch norm "
-    "sees N per view (sslbench: the views of a batch in one pass, batch norm over 2N)",
+    "precision: float32 on lightly's side; sslbench's default (bf16-mixed on a GPU, float32 "
+    "on a CPU)",
     "lr: lightly's CosineWarmupScheduler(end_value=0) stepped every optimiser step; the same "
     "warm-up, but the cosine reaches 0 at the last step, progress (s-w)/(T-w-1), where "
     "sslbench's uses (s-w)/(T-w)",
@@ -118,15 +123,56 @@ VS_LIGHTLY_BENCHMARK = {
     "simsiam": "lr 0.12 vs 0.06; SimCLRTransform vs SimSiamTransform",
     "byol": "SimCLRTransform vs BYOLTransform (asymmetric blur and solarisation)",
     "barlowtwins": "LARS 0.2*b/256, wd 1.5e-6, biases and norms excluded vs SGD 0.06*b/256, "
-    "wd 5e-4; lambda 5.1e-3 vs 5e-3; SimCLRTransform vs BYOLTransform",
+    "wd 5e-4; SimCLRTransform vs BYOLTransform",
     "vicreg": "VICRegProjectionHead (the same 3 layers as its BarlowTwinsProjectionHead); "
-    "biases and norms excluded from LARS; warm-up 0.3 of 3 epochs vs 20 of 200; "
-    "SimCLRTransform vs VICRegTransform",
-    "swav": "prototypes frozen in epoch 0 as in its SwaVQueue model (its SwaV: never); "
-    "SimCLR jitter strength 1.0 vs 0.5",
+    "warm-up 0.3 of the epochs vs 20 of 200; SimCLRTransform vs VICRegTransform",
+    "swav": "SimCLR jitter strength 1.0 vs 0.5",
     "vicregl": "2 local views vs none (n_local_views=0); small stem; sslbench's SimCLR crop "
     "and jitter vs VICRegLTransform's defaults (jitter p 1.0, strength 0.5, blur, solarisation)",
 }
+
+
+# -- backbone: torchvision's resnet18(), as lightly's benchmark builds it -----------------------
+class TorchvisionResNet18(nn.Module):
+    """torchvision's ``resnet18()`` without its classifier (lightly's benchmark:
+    ``nn.Sequential(*list(resnet.children())[:-1])``), with timm's ``forward_features`` /
+    ``forward_head`` so that VICRegL can read its feature map. ``small_stem`` swaps in a 3x3
+    stride-1 first convolution and drops the max-pool, as sslbench's small stem does."""
+
+    def __init__(self, small_stem: bool = False) -> None:
+        super().__init__()
+        resnet = torchvision.models.resnet18()
+        if small_stem:
+            resnet.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(resnet.conv1.weight, mode="fan_out", nonlinearity="relu")
+            resnet.maxpool = nn.Identity()
+        self.body = nn.Sequential(*list(resnet.children())[:-2])
+        self.num_features = 512
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = True) -> Tensor:
+        return x.mean(dim=(2, 3))  # AdaptiveAvgPool2d(1) + flatten
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def lightly_backbone(cfg: DictConfig) -> nn.Module:
+    """lightly's benchmark's backbone for ``backbone=resnet18``; torchvision has no other
+    timm name, so those use sslbench's timm model (as configured)."""
+    if cfg.backbone.name == "resnet18":
+        return TorchvisionResNet18(small_stem=cfg.backbone.small_stem)
+    return sslbench_backbone(cfg)
+
+
+def sslbench_backbone(cfg: DictConfig) -> nn.Module:
+    return create_backbone(
+        cfg.backbone.name,
+        small_stem=cfg.backbone.small_stem,
+        zero_init_last=cfg.backbone.zero_init_last,
+    )
 
 
 # -- data: the same cached images and subsets as sslbench, as PIL images ---------------------
@@ -510,17 +556,19 @@ def train(recipe: Recipe, cfg: DictConfig, data: RunData, args, device: str) -> 
 
 
 # -- the run ---------------------------------------------------------------------------------
-def method_config(method: str, args) -> DictConfig:
-    """sslbench's resolved config of the method's short run (the test's settings)."""
+def method_config(method: str, args: argparse.Namespace, seed: int) -> DictConfig:
+    """sslbench's resolved config of one method's run (the test's per-method settings)."""
     return compose([
         *BASE,
+        f"backbone={args.backbone}",
         f"dataset.max_train={args.max_train}",
         f"dataset.max_test={args.max_test}",
         f"method={method}",
         *RUNS[method],
         f"epochs={args.epochs}",
         f"batch_size={args.batch_size}",
-        f"seed={args.seed}",
+        f"seed={seed}",
+        f"runs_root={args.runs_root}",
     ])  # fmt: skip
 
 
@@ -537,105 +585,189 @@ def check_runs() -> bool | None:
     return None
 
 
+def _row(cfg: DictConfig, data: RunData, side: str, method: str, args, **values) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else platform.machine()
+    return {
+        "benchmark": "lightly_reference",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{name}, {torch.get_num_threads()} torch threads, {device}",
+        "side": side,
+        "method": method,
+        "backbone": cfg.backbone.name,
+        "small_stem": cfg.backbone.small_stem,
+        "overrides": [*BASE, f"method={method}", *RUNS[method]],
+        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "image_size": cfg.image_size,
+        "seed": cfg.seed,
+        "train_images": int(len(data.train_indices)),
+        "test_images": int(len(data.test_indices)),
+        **values,
+        "versions": versions(),
+        "git_sha": git_sha(),
+    }
+
+
+def run_random_init(cfg: DictConfig, data: RunData, args, method: str) -> list[dict]:
+    """The probe on both sides' backbones at random init, seeded as their runs are."""
+    rows = []
+    pipeline = Pipeline(OmegaConf.to_container(cfg.transform.ops), cfg.image_size)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for side, build in (
+        ("random-lightly", lightly_backbone),
+        ("random-sslbench", sslbench_backbone),
+    ):
+        seed_everything(cfg.seed)
+        metrics = evaluate_backbone(build(cfg).to(device), cfg, data, pipeline, device)
+        rows.append(_row(cfg, data, side, method, args, **_metrics(metrics)))
+    return rows
+
+
+def _metrics(metrics: dict) -> dict:
+    keep = ("linear_top1", "linear_top5", "knn_top1", "probe", "test_subset")
+    return {key: metrics[key] for key in keep}
+
+
+def run_lightly(cfg: DictConfig, data: RunData, args, method: str) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    seed_everything(cfg.seed)
+    recipe = BUILDERS[method](cfg, lightly_backbone(cfg))
+    trained = train(recipe, cfg, data, args, device)
+    pipeline = Pipeline(OmegaConf.to_container(cfg.transform.ops), cfg.image_size)
+    metrics = evaluate_backbone(recipe.model["backbone"], cfg, data, pipeline, device)
+    return _row(
+        cfg, data, "lightly", method, args, **_metrics(metrics),
+        train_minutes=trained["train_seconds"] / 60, **trained,
+        num_workers=args.num_workers,
+        differences=[*COMMON_DIFFERENCES, *recipe.differences],
+        vs_lightly_benchmark=VS_LIGHTLY_BENCHMARK[method],
+    )  # fmt: skip
+
+
+def run_sslbench(cfg: DictConfig, data: RunData, args, method: str) -> dict:
+    results = pretrain(cfg)
+    return _row(
+        cfg, data, "sslbench", method, args, **_metrics(results),
+        train_minutes=results["pretrain_seconds"] / 60,
+        images_per_second=results["images_per_second"], run_dir=str(cfg.run_dir),
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--max-train", type=int, default=4000, help="vicregl keeps RUNS' 1000")
-    parser.add_argument("--max-test", type=int, default=1000)
+    parser.add_argument("--sides", nargs="+", choices=("lightly", "sslbench", "random"),
+                        default=["lightly", "sslbench", "random"])  # fmt: skip
+    parser.add_argument(
+        "--backbone", default="resnet18", help="resnet18: torchvision's for lightly"
+    )
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--max-train", type=int, default=10_000, help="vicregl keeps RUNS' 1000")
+    parser.add_argument("--max-test", type=int, default=2_000)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--no-random-init", action="store_true", help="skip the baselines")
-    parser.add_argument("--out", default="benchmarks/results/lightly_reference.jsonl")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--num-workers", type=int, default=0, help="lightly's DataLoader workers")
+    parser.add_argument("--runs-root", default="/tmp/sslbench-lightly-reference")
+    parser.add_argument("--out", default="benchmarks/results/lightly_reference_v2.jsonl")
+    parser.add_argument("--summarize", nargs="+", metavar="JSONL", help="only print the tables")
     args = parser.parse_args()
+    if args.summarize:
+        print_summary(
+            [json.loads(line) for f in args.summarize for line in open(f) if line.strip()]
+        )
+        return
     warnings.filterwarnings("ignore", message=".*get_image_size.*")  # torchvision v2 shim
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    runs_match = check_runs()
-    if runs_match is False:
+    if check_runs() is False:
         print("warning: tests/test_methods_learn.py RUNS differ from this script's copy")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    date = time.strftime("%Y-%m-%d")
-    random_init: dict[tuple, dict] = {}
     rows = []
-    for method in args.methods:
-        cfg = method_config(method, args)
-        data = open_data(cfg, progress=False)
-        probe_pipeline = Pipeline(OmegaConf.to_container(cfg.transform.ops), cfg.image_size)
-        print(f"{method}: {len(data.train_indices)} train / {len(data.test_indices)} test "
-              f"images, {cfg.epochs} epochs, batch {cfg.batch_size}", flush=True)  # fmt: skip
-
-        # The same backbone at random init, from the same seed: sslbench's baseline.
-        key = (cfg.backbone.name, cfg.backbone.small_stem, len(data.train_indices))
-        if not args.no_random_init and key not in random_init:
-            seed_everything(cfg.seed)
-            backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem)
-            random_init[key] = evaluate_backbone(backbone, cfg, data, probe_pipeline, device)
-
-        # Seeded as sslbench seeds a run, the backbone built first: the same initial weights.
-        seed_everything(cfg.seed)
-        backbone = create_backbone(cfg.backbone.name, small_stem=cfg.backbone.small_stem)
-        recipe = BUILDERS[method](cfg, backbone)
-        trained = train(recipe, cfg, data, args, device)
-        metrics = evaluate_backbone(recipe.model["backbone"], cfg, data, probe_pipeline, device)
-        baseline = random_init.get(key, {})
-        row = {
-            "benchmark": "lightly_reference",
-            "date": date,
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {device}",
-            "method": method,
-            "overrides": [*BASE, f"method={method}", *RUNS[method]],
-            "runs_match_test": runs_match,
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
-            "image_size": cfg.image_size,
-            "seed": cfg.seed,
-            "train_images": int(len(data.train_indices)),
-            "test_images": int(len(data.test_indices)),
-            "num_workers": args.num_workers,
-            "linear_top1": metrics["linear_top1"],
-            "linear_top5": metrics["linear_top5"],
-            "knn_top1": metrics["knn_top1"],
-            "random_linear_top1": baseline.get("linear_top1"),
-            "random_knn_top1": baseline.get("knn_top1"),
-            "train_minutes": trained["train_seconds"] / 60,
-            **trained,
-            "probe": metrics["probe"],
-            "method_config": OmegaConf.to_container(cfg.method),
-            "differences": [*COMMON_DIFFERENCES, *recipe.differences],
-            "vs_lightly_benchmark": VS_LIGHTLY_BENCHMARK[method],
-            "versions": versions(),
-            "git_sha": git_sha(),
-        }
-        rows.append(row)
-        with open(args.out, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        print(f"  linear {row['linear_top1']:.3f} (top-5 {row['linear_top5']:.3f}), kNN "
-              f"{row['knn_top1']:.3f}, {row['train_minutes']:.2f} min, "
-              f"{row['images_per_second']:.0f} img/s", flush=True)  # fmt: skip
-    print_table(rows)
+    scored_random: set[tuple] = set()
+    for seed in args.seeds:  # seeds outermost: an interrupted run still has every method once
+        for method in args.methods:
+            cfg = method_config(method, args, seed)
+            data = open_data(cfg, progress=False)
+            todo = []
+            key = (cfg.backbone.small_stem, len(data.train_indices), seed)
+            if "random" in args.sides and key not in scored_random:
+                scored_random.add(key)
+                todo.append(
+                    lambda cfg=cfg, data=data, m=method: run_random_init(cfg, data, args, m)
+                )
+            if "lightly" in args.sides:
+                todo.append(lambda cfg=cfg, data=data, m=method: [run_lightly(cfg, data, args, m)])
+            if "sslbench" in args.sides:
+                todo.append(lambda cfg=cfg, data=data, m=method: [run_sslbench(cfg, data, args, m)])
+            for job in todo:
+                try:
+                    done = job()
+                except Exception as err:  # one failed run must not end the comparison
+                    print(f"{method} seed {seed}: failed: {type(err).__name__}: {err}", flush=True)
+                    continue
+                for row in done:
+                    rows.append(row)
+                    with open(args.out, "a") as handle:
+                        handle.write(json.dumps(row) + "\n")
+                    print(f"{row['side']:>16} {method:<12} seed {seed}: linear "
+                          f"{row['linear_top1']:.3f} kNN {row['knn_top1']:.3f}"
+                          + (f", {row['train_minutes']:.2f} min" if "train_minutes" in row else ""),
+                          flush=True)  # fmt: skip
+    print_summary(rows)
 
 
-def print_table(rows: Sequence[dict]) -> None:
-    print("\n| method | linear top-1 (random) | top-5 | kNN top-1 (random) | min | img/s | "
-          "differences from sslbench |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
+def _spread(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    return f"{mean:.3f}±{(max(values) - min(values)) / 2:.3f}"
 
-        def paren(key: str, r: dict = r) -> str:
-            return "" if r[key] is None else f" ({r[key]:.3f})"
 
-        extra = len(r["differences"]) - len(COMMON_DIFFERENCES)
-        notes = "common" + (f" + {extra} own (below)" if extra else "")
-        print(f"| {r['method']} | {r['linear_top1']:.3f}{paren('random_linear_top1')} | "
-              f"{r['linear_top5']:.3f} | {r['knn_top1']:.3f}{paren('random_knn_top1')} | "
-              f"{r['train_minutes']:.1f} | {r['images_per_second']:.0f} | {notes} |")  # fmt: skip
-    print("\nDifferences from sslbench's training, every method:")
-    for text in COMMON_DIFFERENCES:
-        print(f"- {text}")
-    for r in rows:
-        for text in r["differences"][len(COMMON_DIFFERENCES) :]:
-            print(f"- {r['method']}: {text}")
+def print_summary(rows: Sequence[dict]) -> None:
+    """Per backbone and method: each side's mean ± half the range over seeds, and whether
+    sslbench is at or above lightly's way within the seed-to-seed spread (the larger of the
+    two sides' ranges)."""
+    keys = sorted({(r["backbone"], r["small_stem"], r["train_images"]) for r in rows})
+    for backbone, small_stem, images in keys:
+        group = [r for r in rows if (r["backbone"], r["small_stem"], r["train_images"])
+                 == (backbone, small_stem, images)]  # fmt: skip
+        stem = "small stem" if small_stem else "standard stem"
+        print(
+            f"\n{backbone}, {stem}, {images} train images "
+            f"(mean ± half the range over seeds; verdict: sslbench ≥ lightly − spread)"
+        )
+        print(
+            "| method | seeds | linear: lightly / sslbench | kNN: lightly / sslbench | "
+            "verdict | random init linear / kNN (torchvision; sslbench) |"
+        )
+        print("|---|---|---|---|---|---|")
+        for method in METHODS:
+            sides = {side: [r for r in group if r["method"] == method and r["side"] == side]
+                     for side in ("lightly", "sslbench")}  # fmt: skip
+            # Random init depends on the backbone and the images only, not on the method.
+            for side in ("random-lightly", "random-sslbench"):
+                sides[side] = [r for r in group if r["side"] == side]
+            if not sides["lightly"] or not sides["sslbench"]:
+                continue
+            cells, verdicts = [], []
+            for metric in ("linear_top1", "knn_top1"):
+                lightly = [r[metric] for r in sides["lightly"]]
+                ours = [r[metric] for r in sides["sslbench"]]
+                spread = max(max(lightly) - min(lightly), max(ours) - min(ours))
+                gap = sum(ours) / len(ours) - sum(lightly) / len(lightly)
+                cells.append(f"{_spread(lightly)} / {_spread(ours)}")
+                verdicts.append("ok" if gap >= -spread else f"short by {-gap:.3f}")
+            random = []
+            for side in ("random-lightly", "random-sslbench"):
+                if sides[side]:
+                    linear = [r["linear_top1"] for r in sides[side]]
+                    knn = [r["knn_top1"] for r in sides[side]]
+                    random.append(f"{_spread(linear)} / {_spread(knn)}")
+            seeds = sorted(
+                {r["seed"] for r in sides["sslbench"]} & {r["seed"] for r in sides["lightly"]}
+            )
+            print(
+                f"| {method} | {','.join(map(str, seeds))} | {cells[0]} | {cells[1]} | "
+                f"linear {verdicts[0]}, kNN {verdicts[1]} | {'; '.join(random) or '-'} |"
+            )
 
 
 if __name__ == "__main__":

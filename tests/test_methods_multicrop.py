@@ -71,7 +71,10 @@ def test_swav_trains_with_prototypes_frozen_then_free_and_unit_norm(
 ) -> None:
     images, aspect, _ = fmnist_batch
     torch.manual_seed(0)
-    model, _ = build_method("method=swav", "method.local_views.count=2")
+    # lightly's SwaV benchmark never freezes them (the default); SwAV's first epoch here.
+    model, _ = build_method(
+        "method=swav", "method.local_views.count=2", "method.freeze_prototypes_epochs=1.0"
+    )
     # Without a Trainer: 2 steps per epoch, and the global step counted here.
     step = {"now": 0}
     monkeypatch.setattr(SwAV, "steps_per_epoch", property(lambda self: 2))

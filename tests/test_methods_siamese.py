@@ -187,7 +187,12 @@ def test_byol_under_a_trainer_updates_its_target_on_the_cosine_schedule(fmnist_b
 def test_vicreg_trains_with_lars_without_decay_on_biases_and_norms() -> None:
     from lightly.utils.lars import LARS
 
-    method, cfg = build_method("method=vicreg", "batch_size=512")
+    # lightly's benchmark adapts every parameter (the default); the paper's code excludes
+    # biases and norm weights, which this test checks.
+    assert not compose(["method=vicreg"]).method.optimizer.exclude_bias_and_norm
+    method, cfg = build_method(
+        "method=vicreg", "batch_size=512", "method.optimizer.exclude_bias_and_norm=true"
+    )
     opt = cfg.method.optimizer
     assert (opt.name, opt.exclude_bias_and_norm, opt.lr, opt.weight_decay) == (
         "lars", True, 0.3, 1e-4,
@@ -207,6 +212,29 @@ def test_vicreg_trains_with_lars_without_decay_on_biases_and_norms() -> None:
     assert weights["lr"] == pytest.approx(0.6 / 40) and flat["lr"] == pytest.approx(0.6 / 40)
     assert weights["weight_decay"] == 1e-4 and flat["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim <= 1 for p in flat["params"])
+
+
+def test_lr_schedule_per_epoch_as_lightlys_benchmark() -> None:
+    """schedule_interval: epoch steps the cosine once per epoch (lightly's CosineAnnealingLR
+    with T_max = epochs); the default advances it every optimiser step."""
+    method, _ = build_method("method=simclr", "method.optimizer.schedule_interval=epoch")
+    method._trainer = SimpleNamespace(estimated_stepping_batches=40, max_epochs=4)
+    try:
+        configured = method.configure_optimizers()
+    finally:
+        method._trainer = None
+    scheduler = configured["lr_scheduler"]["scheduler"]
+    assert configured["lr_scheduler"]["interval"] == "epoch"
+    factors = [scheduler.lr_lambdas[0](epoch) for epoch in range(4)]
+    assert factors == pytest.approx([0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    method, _ = build_method("method=simclr")
+    method._trainer = SimpleNamespace(estimated_stepping_batches=40, max_epochs=4)
+    try:
+        configured = method.configure_optimizers()
+    finally:
+        method._trainer = None
+    assert configured["lr_scheduler"]["interval"] == "step"
+    assert configured["lr_scheduler"]["scheduler"].lr_lambdas[0](20) == pytest.approx(0.5)
 
 
 @needs_fmnist

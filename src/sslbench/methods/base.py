@@ -280,13 +280,22 @@ class SSLMethod(pl.LightningModule):
             momentum=opt_cfg.get("momentum", 0.0),
             weight_decay=opt_cfg.get("weight_decay", 0.0),
         )
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup_steps = int(opt_cfg.get("warmup_epochs", 0.0) * self.steps_per_epoch)
-        schedule = lr_schedule(opt_cfg.get("schedule", "cosine"), total_steps, warmup_steps)
+        interval = opt_cfg.get("schedule_interval", "step")
+        warmup_epochs = opt_cfg.get("warmup_epochs", 0.0)
+        if interval == "step":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warmup = int(warmup_epochs * self.steps_per_epoch)
+        elif interval == "epoch":  # lightly's benchmark: its scheduler steps once per epoch
+            total, warmup = max(1, int(self.trainer.max_epochs or 1)), int(warmup_epochs)
+        else:
+            raise ValueError(
+                f"unknown method.optimizer.schedule_interval '{interval}'; valid: step, epoch"
+            )
+        schedule = lr_schedule(opt_cfg.get("schedule", "cosine"), total, warmup)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
 
 
@@ -320,8 +329,8 @@ def build_optimizer(
 
 
 def lr_schedule(name: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base lr at each optimiser step: linear warm-up, then cosine to 0
-    (or constant)."""
+    """Multiplier of the base lr at each step of the schedule (an optimiser step or an epoch):
+    linear warm-up, then cosine to 0 (or constant)."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule '{name}'; valid: {', '.join(SCHEDULES)}")
 
