@@ -154,6 +154,8 @@ def test_every_method_yaml_is_complete_and_registered() -> None:
         assert method.name == name
         # Every optimiser key is in the YAML, so each can be overridden from the command line.
         assert set(method.optimizer) == optimizer_keys, name
+        # Keys the shared base reads, so that every method takes them from the command line.
+        assert isinstance(method.joint_forward, bool), name
 
 
 def test_unknown_method_names_all_seven(capsys) -> None:

@@ -19,6 +19,7 @@ concatenates same-sized views instead; see :meth:`SSLMethod.forward_views`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -154,14 +155,9 @@ class SSLMethod(pl.LightningModule):
         if not self.joint_forward:
             return [fn(view) for view in views]
         out: list[Tensor] = []
-        start = 0
-        while start < len(views):
-            end = start + 1
-            while end < len(views) and views[end].shape == views[start].shape:
-                end += 1
-            sizes = [view.shape[0] for view in views[start:end]]
-            out += list(fn(torch.cat(list(views[start:end]))).split(sizes))
-            start = end
+        for _, same_size in itertools.groupby(views, key=lambda view: view.shape):
+            group = list(same_size)
+            out += fn(torch.cat(group)).split([view.shape[0] for view in group])
         return out
 
     def project_global_views(self, head: nn.Module, views: Views) -> tuple[Tensor, Tensor]:
