@@ -98,6 +98,31 @@ def test_saved_config_reloads_identically(tmp_path) -> None:
         load_run_config(path, ["method.nope=1"])
 
 
+def test_a_config_saved_before_changed_defaults_repeats_its_own_run(tmp_path) -> None:
+    """A config.yaml written before version 2 lacks the keys whose defaults changed: it is
+    loaded with the values it ran with, not today's defaults."""
+    cfg = compose(["dataset=imagenette2-160", "seed=3", "method=byol", f"run_dir={tmp_path}"])
+    old = OmegaConf.to_container(cfg)
+    for section, key in (("backbone", "zero_init_last"), ("method", "joint_forward"),
+                         ("eval", "subset_seed"), (None, "config_version")):  # fmt: skip
+        (old[section] if section else old).pop(key)
+    old["dataset"]["cache_size"] = None
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    loaded = load_run_config(path)
+    assert loaded.backbone.zero_init_last is True  # timm's start
+    assert loaded.method.joint_forward is True  # both views in one batch
+    assert loaded.eval.subset_seed == 3  # the run's own seed
+    assert loaded.dataset.cache_size == 128  # image_size (128), at most the 160 of the copy
+    assert loaded.config_version == 2
+    # Today's config keeps today's defaults.
+    current = tmp_path / "current.yaml"
+    current.write_text(OmegaConf.to_yaml(cfg))
+    again = load_run_config(current)
+    assert not again.backbone.zero_init_last and not again.method.joint_forward
+    assert again.eval.subset_seed == 0 and again.dataset.cache_size is None
+
+
 def test_every_group_has_options() -> None:
     for group in ("method", "transform", "dataset", "backbone", "experiment"):
         assert group_options(group), group

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sslbench.config.schema import (
+    CONFIG_VERSION,
     GROUPS,
     REQUIRED_GROUPS,
     TYPED_SECTIONS,
@@ -277,14 +278,51 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
     return cfg  # typed: the defaults list starts with the RunConfig schema
 
 
+#: Defaults that changed, by the config version that changed them: a config saved before
+#: (without the key) gets the value it ran with. Dotted key -> value, or a function of the
+#: saved config for values that depended on others.
+LEGACY_DEFAULTS: dict[int, dict[str, Any]] = {
+    2: {
+        "backbone.zero_init_last": True,  # timm's start
+        "method.joint_forward": True,  # both views in one batch
+        "eval.subset_seed": lambda saved: saved.get("seed", 0),  # the run's seed
+        # the crop side, capped at the short side of the -160 / -320 copies
+        "dataset.cache_size": lambda saved: _legacy_cache_size(saved),
+    },
+}
+
+
+def _legacy_cache_size(saved: DictConfig) -> int | None:
+    side = saved.get("image_size")
+    name = str(OmegaConf.select(saved, "dataset.name", default=""))
+    short = {"160": 160, "320": 320}.get(name.rsplit("-", 1)[-1])
+    return min(side, short) if side and short else side
+
+
+def upgrade_saved_config(saved: DictConfig) -> DictConfig:
+    """Give a config saved by an earlier version of sslbench the defaults it ran with, for
+    the keys it lacks (``dataset.cache_size`` also when null): it repeats its own run."""
+    version = int(saved.get("config_version", 1))
+    for changed_in, defaults in sorted(LEGACY_DEFAULTS.items()):
+        if version >= changed_in:
+            continue
+        for key, value in defaults.items():
+            current = OmegaConf.select(saved, key, default=None)
+            if current is None:
+                OmegaConf.update(saved, key, value(saved) if callable(value) else value)
+    saved.config_version = CONFIG_VERSION
+    return saved
+
+
 def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
     """Load a saved ``config.yaml`` (a run can be repeated from it alone), then apply
-    ``key=value`` overrides with the same checks as on the command line."""
+    ``key=value`` overrides with the same checks as on the command line. A config saved
+    by an earlier version keeps the defaults it ran with (``upgrade_saved_config``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        saved = OmegaConf.load(path)
+        saved = upgrade_saved_config(OmegaConf.load(path))
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
     except Exception as err:  # noqa: BLE001 - any parse/type error becomes one line
         raise ConfigError(f"invalid config file {path}: {_first_line(err)}") from None

@@ -13,6 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: Bump when a default changes what a run does; add the old value to
+#: ``config.compose.LEGACY_DEFAULTS`` so that older saved configs still repeat their runs.
+#: 2 (2026-11-30): each view through the networks on its own, torchvision's initialisation,
+#: the test subset drawn with eval.subset_seed, the cache side from the source's detail.
+CONFIG_VERSION = 2
+
 #: The configuration groups; each is a folder of YAML files under ``conf/``.
 GROUPS: tuple[str, ...] = ("method", "transform", "dataset", "backbone", "experiment")
 
@@ -118,6 +124,10 @@ class RunConfig:
     log_every_n_steps: int = 10
     check_finite_every_n_steps: int = 10  # a non-finite loss stops the run within this many steps
     progress_bar: bool = True
+    # Version of the defaults a saved config.yaml was written with: a config of an earlier
+    # version lacks keys whose defaults have changed since, and is loaded with its own
+    # (config.compose.LEGACY_DEFAULTS), so that it repeats the run it describes.
+    config_version: int = CONFIG_VERSION
 
 
 #: The sections of RunConfig typed by a dataclass (the others are typed by their YAML).
