@@ -745,7 +745,13 @@ def print_summary(rows: Sequence[dict]) -> None:
             # Random init depends on the backbone and the images only, not on the method.
             for side in ("random-lightly", "random-sslbench"):
                 sides[side] = [r for r in group if r["side"] == side]
-            if not sides["lightly"] or not sides["sslbench"]:
+            # Compare like with like: only the seeds that both sides have finished.
+            seeds = sorted(
+                {r["seed"] for r in sides["lightly"]} & {r["seed"] for r in sides["sslbench"]}
+            )
+            for side in ("lightly", "sslbench"):
+                sides[side] = [r for r in sides[side] if r["seed"] in seeds]
+            if not seeds:
                 continue
             cells, verdicts = [], []
             for metric in ("linear_top1", "knn_top1"):
@@ -761,9 +767,6 @@ def print_summary(rows: Sequence[dict]) -> None:
                     linear = [r["linear_top1"] for r in sides[side]]
                     knn = [r["knn_top1"] for r in sides[side]]
                     random.append(f"{_spread(linear)} / {_spread(knn)}")
-            seeds = sorted(
-                {r["seed"] for r in sides["sslbench"]} & {r["seed"] for r in sides["lightly"]}
-            )
             print(
                 f"| {method} | {','.join(map(str, seeds))} | {cells[0]} | {cells[1]} | "
                 f"linear {verdicts[0]}, kNN {verdicts[1]} | {'; '.join(random) or '-'} |"
