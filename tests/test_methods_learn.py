@@ -2,7 +2,8 @@
 beats the same backbone at random initialisation on linear top-1, with the same probe.
 
 The settings per method (benchmarks/vs_random_init.py measured them; docs/benchmarks.md
-has the table) keep the whole file within ~15 minutes on a 2-core CPU.
+has the table) keep the whole file within about 7 minutes on the 2-core machine of
+2026-11-28 and 25 on the slower one of 2026-11-30.
 """
 
 from __future__ import annotations
