@@ -565,6 +565,7 @@ def method_config(method: str, args: argparse.Namespace, seed: int) -> DictConfi
         f"dataset.max_test={args.max_test}",
         f"method={method}",
         *RUNS[method],
+        *args.override,
         f"epochs={args.epochs}",
         f"batch_size={args.batch_size}",
         f"seed={seed}",
@@ -596,7 +597,8 @@ def _row(cfg: DictConfig, data: RunData, side: str, method: str, args, **values)
         "method": method,
         "backbone": cfg.backbone.name,
         "small_stem": cfg.backbone.small_stem,
-        "overrides": [*BASE, f"method={method}", *RUNS[method]],
+        "overrides": [*BASE, f"method={method}", *RUNS[method], *args.override],
+        "variant": " ".join(args.override),
         "method_config": OmegaConf.to_container(cfg.method, resolve=True),
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
@@ -672,6 +674,11 @@ def main() -> None:
     parser.add_argument("--runs-root", default="/tmp/sslbench-lightly-reference")
     parser.add_argument("--out", default="benchmarks/results/lightly_reference_v2.jsonl")
     parser.add_argument("--summarize", nargs="+", metavar="JSONL", help="only print the tables")
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="an sslbench override for both sides, after the method's own (a diagnostic "
+        "variant, e.g. method.local_views.count=0; its rows get their own table)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.summarize:
         print_summary(
@@ -725,18 +732,20 @@ def print_summary(rows: Sequence[dict]) -> None:
     """Per backbone and method: each side's mean ± half the range over seeds, and whether
     sslbench is at or above lightly's way within the seed-to-seed spread (the larger of the
     two sides' ranges)."""
-    keys = sorted({(r["backbone"], r["small_stem"], r["train_images"]) for r in rows})
-    for backbone, small_stem, images in keys:
-        group = [r for r in rows if (r["backbone"], r["small_stem"], r["train_images"])
-                 == (backbone, small_stem, images)]  # fmt: skip
+
+    def key(row: dict) -> tuple:
+        return row["backbone"], row["small_stem"], row["train_images"], row.get("variant", "")
+
+    for backbone, small_stem, images, variant in sorted({key(r) for r in rows}):
+        group = [r for r in rows if key(r) == (backbone, small_stem, images, variant)]
         stem = "small stem" if small_stem else "standard stem"
         print(
-            f"\n{backbone}, {stem}, {images} train images "
+            f"\n{backbone}, {stem}, {images} train images{', ' + variant if variant else ''} "
             f"(mean ± half the range over seeds; verdict: sslbench ≥ lightly − spread)"
         )
         print(
             "| method | seeds | linear: lightly / sslbench | kNN: lightly / sslbench | "
-            "verdict | random init linear / kNN (torchvision; sslbench) |"
+            "verdict | random init linear / kNN (lightly's side; sslbench's) |"
         )
         print("|---|---|---|---|---|---|")
         for method in METHODS:
