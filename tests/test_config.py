@@ -40,6 +40,12 @@ def test_contract_override_keys_exist() -> None:
     assert cfg.run_dir == "/tmp/somewhere"
 
 
+@pytest.mark.parametrize("value", ["32", "32-true", "bf16-mixed", "16"])
+def test_precision_takes_lightnings_names_and_numbers(value: str) -> None:
+    # precision=32 reaches the schema as the int 32; it must compose as Lightning's "32".
+    assert compose([f"precision={value}"]).precision == value
+
+
 @pytest.mark.parametrize(
     ("override", "must_name"),
     [
@@ -57,6 +63,7 @@ def test_contract_override_keys_exist() -> None:
         ("epochs", ["key=value"]),
         ("epochs=1,2", ["sweep", "-m"]),
         ("device=tpu", ["tpu", "cuda"]),
+        ("precision=fp8", ["precision", "fp8", "32-true", "bf16-mixed"]),
         ("epochs=0", ["epochs", "at least 1"]),
     ],
 )

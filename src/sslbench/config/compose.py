@@ -159,6 +159,9 @@ def _type_ok(expected: Any, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if expected is str:
+        # Hydra reads precision=32 or run_dir=2026 as numbers; OmegaConf stores their text.
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
     return isinstance(value, expected)
 
 
@@ -368,6 +371,14 @@ def _check_transform(transform: DictConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
+#: Lightning 2's precision names (and its short aliases), and auto: bf16-mixed on a GPU,
+#: 32-true on a CPU. Checked here because Lightning's own error spans many lines.
+PRECISIONS = (
+    "auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
+    "32", "64", "16", "bf16", "transformer-engine", "transformer-engine-float16",
+)  # fmt: skip
+
+
 def resolve(cfg: DictConfig) -> DictConfig:
     """Fill derived values and check the parts YAML files could still get wrong."""
     for group in REQUIRED_GROUPS:
@@ -386,6 +397,10 @@ def resolve(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be one of auto, cpu, cuda; got '{cfg.device}'")
+    if str(cfg.precision) not in PRECISIONS:
+        raise ConfigError(
+            f"precision must be one of {', '.join(PRECISIONS)}; got '{cfg.precision}'"
+        )
     if cfg.dataset.path_required and not cfg.dataset.path:
         raise ConfigError(f"dataset {cfg.dataset.name} needs dataset.path=DIR")
     if cfg.run_dir is None:
