@@ -281,6 +281,15 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
     return cfg  # typed: the defaults list starts with the RunConfig schema
 
 
+def _legacy_cache_size(saved: DictConfig) -> int | None:
+    """The cache side before version 2: image_size, capped at the short side of the -160 and
+    -320 copies."""
+    side = saved.get("image_size")
+    name = str(OmegaConf.select(saved, "dataset.name", default=""))
+    short = {"160": 160, "320": 320}.get(name.rsplit("-", 1)[-1])
+    return min(side, short) if side and short else side
+
+
 #: Defaults that changed, by the config version that changed them: a config saved before
 #: (without the key) gets the value it ran with. Dotted key -> value, or a function of the
 #: saved config for values that depended on others.
@@ -290,16 +299,9 @@ LEGACY_DEFAULTS: dict[int, dict[str, Any]] = {
         "method.joint_forward": True,  # both views in one batch
         "eval.subset_seed": lambda saved: saved.get("seed", 0),  # the run's seed
         # the crop side, capped at the short side of the -160 / -320 copies
-        "dataset.cache_size": lambda saved: _legacy_cache_size(saved),
+        "dataset.cache_size": _legacy_cache_size,
     },
 }
-
-
-def _legacy_cache_size(saved: DictConfig) -> int | None:
-    side = saved.get("image_size")
-    name = str(OmegaConf.select(saved, "dataset.name", default=""))
-    short = {"160": 160, "320": 320}.get(name.rsplit("-", 1)[-1])
-    return min(side, short) if side and short else side
 
 
 def upgrade_saved_config(saved: DictConfig) -> DictConfig:
