@@ -195,3 +195,28 @@ def test_unknown_method_names_all_seven(capsys) -> None:
     err = capsys.readouterr().err
     for name in ("simclr", "simsiam", "swav", "byol", "barlowtwins", "vicreg", "vicregl"):
         assert name in err
+
+
+def test_an_op_parameter_left_at_its_default_can_be_set() -> None:
+    """transform.ops.OP.PARAM for a parameter the pipeline's YAML leaves out: validated
+    against the op's parameters and set (Hydra's struct config used to refuse it)."""
+    cfg = compose(["transform=baseline", "transform.ops.gaussian_blur.kernel_fraction=0.2"])
+    assert cfg.transform.ops.gaussian_blur.kernel_fraction == 0.2
+    with pytest.raises(ConfigError, match="unknown parameter 'kernel_size' of op gaussian_blur"):
+        compose(["transform=baseline", "transform.ops.gaussian_blur.kernel_size=3"])
+
+
+def test_compositions_are_cached_but_never_shared() -> None:
+    """A grid composes many runs from a few group choices: each gets its own config."""
+    first = compose(["method=byol", "epochs=3"])
+    second = compose(["method=byol", "epochs=4"])
+    assert (first.epochs, second.epochs) == (3, 4)
+    assert first.run_dir != second.run_dir
+
+
+def test_an_edited_experiment_file_composes_anew(tmp_path) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("# @package _global_\nepochs: 3\n")
+    assert compose([f"experiment={mine}"]).epochs == 3  # keys of the whole config
+    mine.write_text("# @package _global_\nepochs: 5\n")
+    assert compose([f"experiment={mine}"]).epochs == 5

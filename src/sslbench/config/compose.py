@@ -9,6 +9,9 @@ with the overrides; :func:`resolve` fills the derived values (image size, run fo
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import hashlib
 import typing
 from collections.abc import Sequence
@@ -16,7 +19,8 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from sslbench.config.schema import (
     CONFIG_VERSION,
@@ -83,7 +87,8 @@ def _store_file_choice(group: str, choice: str) -> str:
 
     The file is stored in Hydra's ConfigStore under a name derived from its path, so it
     composes like a packaged option, ``defaults:`` list included (``defaults: [simclr,
-    _self_]`` extends the packaged simclr pipeline). Its ``name`` defaults to the file's stem.
+    _self_]`` extends the packaged simclr pipeline). Its ``name`` defaults to the file's stem;
+    an experiment file sets keys of the whole config, as the packaged experiments do.
     Returns the stored option's name.
     """
     from hydra.core.config_store import ConfigStore
@@ -97,10 +102,16 @@ def _store_file_choice(group: str, choice: str) -> str:
         raise ConfigError(f"cannot read {group} file {choice}: {_first_line(err)}") from None
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{group} file {choice} must hold a mapping of keys to values")
-    if "name" not in node:
+    # an experiment sets keys anywhere (Hydra's "# @package _global_", which a stored node
+    # cannot carry as a comment); the other groups' options are named
+    package = "_global_" if group == "experiment" else None
+    if package is None and "name" not in node:
         node.name = path.stem
-    stored = "file-" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    ConfigStore.instance().store(group=group, name=stored, node=node)
+    # named by path and content: the cache of compositions must not serve an edited file's
+    # old version
+    identity = f"{path.resolve()}\n{OmegaConf.to_yaml(node)}"
+    stored = "file-" + hashlib.sha256(identity.encode()).hexdigest()[:12]
+    ConfigStore.instance().store(group=group, name=stored, node=node, package=package)
     return stored
 
 
@@ -256,21 +267,39 @@ def check_key_override(cfg: DictConfig, key: str, value: Any) -> None:
 
 
 def compose(args: Sequence[str]) -> DictConfig:
-    """Validate ``key=value`` args, compose them with Hydra, and resolve derived values."""
+    """Validate ``key=value`` args, compose them with Hydra, and resolve derived values.
+
+    Hydra composes the group choices (its defaults list); the key settings are then applied
+    one by one, each checked first, as Hydra itself applies them (``OmegaConf.update`` with
+    merge). The composition of a set of group choices is cached: a grid's runs share a few.
+    """
     overrides = parse_overrides(args)
     group_overrides, key_overrides = _split_overrides(overrides)
-    base = _hydra_compose([o.input_line for o in group_overrides])
+    cfg = copy.deepcopy(_composed_groups(tuple(o.input_line for o in group_overrides)))
     for override in key_overrides:
-        check_key_override(base, override.key_or_group, override.value())
-    cfg = _hydra_compose([o.input_line for o in group_overrides + key_overrides])
+        key, value = override.key_or_group, override.value()
+        check_key_override(cfg, key, value)
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        # the check lets through one missing key: an op parameter its YAML leaves at default
+        adding = isinstance(parent, DictConfig) and leaf not in parent
+        try:
+            with open_dict(parent) if adding else contextlib.nullcontext():
+                OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"invalid value for {key}: {_first_line(err)}") from None
     return resolve(cfg)
+
+
+@functools.lru_cache(maxsize=128)
+def _composed_groups(groups: tuple[str, ...]) -> DictConfig:
+    return _hydra_compose(list(groups))
 
 
 def _hydra_compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     _register_schema()
     try:
@@ -343,11 +372,16 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
     return resolve(cfg)
 
 
+#: Keys that say where and how a run is carried out, not what it computes: a run's folder name
+#: ignores them, so the same run found by a single command or by any grid has one folder.
+NOT_IN_HASH = ("run_dir", "runs_root", "progress_bar", "num_workers", "grid", "launcher")
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Short hash of everything that defines a run's result (not where it is written)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
-    for key in ("run_dir", "runs_root", "progress_bar", "num_workers"):
+    for key in NOT_IN_HASH:
         data.pop(key, None)
     text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
