@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 #: Bump when a field of results.json changes meaning or is removed.
 SCHEMA_VERSION = 2  # 2: the test subset no longer depends on the run's seed (test_subset)
 
@@ -53,6 +55,34 @@ def write_results(run_dir: str | Path, results: dict[str, Any]) -> None:
 
 def read_results(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """The fields of results.json that say which run it is (from its config alone)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "method": cfg.method.name,
+        "alpha": cfg.method.get("alpha"),
+        "transform": cfg.transform.get("name"),
+        "dataset": cfg.dataset.name,
+        "backbone": cfg.backbone.name,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "image_size": cfg.image_size,
+        "max_train": cfg.dataset.max_train,
+        "max_test": cfg.dataset.max_test,
+        "seed": cfg.seed,
+    }
+
+
+def save_config(cfg: DictConfig, run_dir: str | Path) -> None:
+    """Write the run's fully resolved ``config.yaml``, from which the run repeats."""
+    path = Path(run_dir) / "config.yaml"
+    header = (
+        "# The fully resolved configuration of this run. Repeat it with:\n"
+        f"#   sslbench pretrain --config {path}\n"
+    )
+    atomic_write_text(path, header + OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def versions() -> dict[str, str]:

@@ -38,11 +38,12 @@ from sslbench.data import (
 from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
 from sslbench.methods import SSLMethod, method_class
 from sslbench.results import (
-    SCHEMA_VERSION,
     atomic_write_text,
     git_sha,
     peak_host_memory_bytes,
     read_results,
+    run_identity,
+    save_config,
     versions,
     write_results,
 )
@@ -59,6 +60,20 @@ class AtomicCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             os.replace(tmp, filepath)
         self._last_checkpoint_saved = filepath
+
+
+class EpochTimer(pl.Callback):
+    """Logs each epoch's wall time (``epoch_seconds`` in metrics.csv): the steady-state epoch,
+    not the first with its warm-ups, is what predicts a longer run's time."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()  # once an epoch: the epoch's kernels belong to its time
+        seconds = time.perf_counter() - self.start
+        pl_module.log("epoch_seconds", seconds, on_step=False, on_epoch=True)
 
 
 @dataclass
@@ -203,32 +218,13 @@ def evaluate_backbone(
 
 def _base_results(cfg: DictConfig) -> dict[str, Any]:
     return {
-        "schema_version": SCHEMA_VERSION,
+        **run_identity(cfg),
         "status": "running",
         "error": None,
-        "method": cfg.method.name,
-        "alpha": cfg.method.get("alpha"),
-        "transform": cfg.transform.get("name"),
-        "dataset": cfg.dataset.name,
-        "backbone": cfg.backbone.name,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "image_size": cfg.image_size,
-        "max_train": cfg.dataset.max_train,
-        "max_test": cfg.dataset.max_test,
-        "seed": cfg.seed,
         "versions": versions(),
         "git_sha": git_sha(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def save_config(cfg: DictConfig, run_dir: Path) -> None:
-    header = (
-        "# The fully resolved configuration of this run. Repeat it with:\n"
-        f"#   sslbench pretrain --config {run_dir / 'config.yaml'}\n"
-    )
-    atomic_write_text(run_dir / "config.yaml", header + OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -273,6 +269,7 @@ def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             AtomicCheckpoint(
                 dirpath=str(run_dir), save_last=True, save_top_k=0, enable_version_counter=False
             ),
+            EpochTimer(),
             # Refreshing the bar reads the loss: a host sync, so only every N steps.
             *([TQDMProgressBar(refresh_rate=cfg.log_every_n_steps)] if cfg.progress_bar else []),
         ],  # fmt: skip
