@@ -9,6 +9,7 @@ command line is tested in-process.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ commands:
                             the datasets, and building their decode-once caches
   gallery transform=NAME [method=NAME] [out=views.png] [images=4] [views=6]
                             a PNG grid of a pipeline's views of a few real images
+  report DIR... [--format md|csv|html|latex|json] [--out FILE] [--reference study]
+                            method x pipeline tables and plots from any run folders
 
 Override keys: method, transform, dataset, backbone, experiment (groups), epochs,
 batch_size, image_size, seed, device, devices, run_dir, dataset.max_train,
@@ -48,8 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="SimCLR on Fashion-MNIST beside a random-init backbone")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
-    pretrain = sub.add_parser("pretrain", help="one run: pretrain, then evaluate")
+    pretrain = sub.add_parser(
+        "pretrain", help="one run: pretrain, then evaluate; -m: a grid of runs"
+    )
     pretrain.add_argument("--config", metavar="FILE", help="repeat a run from its config.yaml")
+    pretrain.add_argument(
+        "-m", "--multirun", action="store_true",
+        help="a grid: every combination of the comma lists (a,b / range(0,3) / glob(*)) and "
+        "an experiment's run list, each run a child process; completed runs are skipped",
+    )  # fmt: skip
+    pretrain.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their folders; run nothing"
+    )
     pretrain.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
     evaluate = sub.add_parser("eval", help="evaluate a finished run again (run_dir=DIR)")
@@ -64,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
         "gallery", help="a PNG grid of a pipeline's views (out=views.png images=4 views=6)"
     )
     gallery.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    report = sub.add_parser(
+        "report", help="method x pipeline tables and plots from run folders (searched recursively)"
+    )
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="run folders or folders of them")
+    report.add_argument(
+        "--format", default="md", choices=["md", "csv", "html", "latex", "json"],
+        help="output format (default md)",
+    )  # fmt: skip
+    report.add_argument("--out", metavar="FILE", help="write here instead of standard output")
+    report.add_argument(
+        "--reference", choices=["study"],
+        help="add the study's published value to each cell, and the difference",
+    )  # fmt: skip
     return parser
 
 
@@ -81,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "eval": _eval,
             "datasets": _datasets,
             "gallery": _gallery,
+            "report": _report,
         }[args.command]
         return handler(args)
     except (ConfigError, UsageError) as err:
@@ -89,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sslbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sslbench ... | head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
+        return 0
     except Exception as err:  # noqa: BLE001 - one line for the user, details in error.log
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"sslbench: error: {message}", file=sys.stderr)
@@ -96,10 +127,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    if args.multirun:
+        if args.config:
+            raise UsageError("--config repeats one run; a grid (-m) is composed from KEY=VALUE")
+        from sslbench.grid import expand, run_grid
+
+        return run_grid(expand(args.overrides), dry_run=args.dry_run)
     if args.config:
         cfg = load_run_config(args.config, args.overrides)
     else:
         cfg = compose(args.overrides)
+    if cfg.grid.runs or cfg.grid.axes:
+        rows = max(1, len(cfg.grid.runs))
+        columns = 1
+        for values in cfg.grid.axes.values():
+            columns *= len(values)
+        raise UsageError(
+            f"this experiment is a grid of {rows * columns} runs; "
+            f"run it with sslbench pretrain -m {' '.join(args.overrides)}"
+        )
+    if args.dry_run:
+        print(f"1 run: {cfg.run_dir}")
+        return 0
     from sslbench.train import pretrain  # torch is imported only now
 
     results = pretrain(cfg)
@@ -240,6 +289,12 @@ def _gallery(args: argparse.Namespace) -> int:
     )
     print(out)
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sslbench.report import run_report  # matplotlib only now; no torch
+
+    return run_report(args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 CONFIG_VERSION = 2
 
 #: The configuration groups; each is a folder of YAML files under ``conf/``.
-GROUPS: tuple[str, ...] = ("method", "transform", "dataset", "backbone", "experiment")
+GROUPS: tuple[str, ...] = ("method", "transform", "dataset", "backbone", "experiment", "launcher")
 
 #: Groups every run selects one option of (``experiment`` is optional).
 REQUIRED_GROUPS: tuple[str, ...] = ("method", "transform", "dataset", "backbone")
@@ -32,8 +32,9 @@ def conf_dir() -> Path:
 
 
 def group_options(group: str) -> list[str]:
-    """Names of the YAML files of one configuration group, sorted."""
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    """Names of the YAML files of one configuration group, sorted (``_name.yaml`` files are
+    parts that options include, not options)."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 @dataclass
@@ -102,6 +103,17 @@ class EvalConfig:
 
 
 @dataclass
+class GridConfig:
+    """How ``sslbench pretrain -m`` runs a grid; nothing here changes a run's result."""
+
+    jobs: int = 1  # runs at once, each a child process (on a CPU each gets its share of cores)
+    # An experiment's explicit run list: each entry the overrides of one row (for example
+    # [method=vicregl, method.alpha=0.25]), crossed with ``axes``; empty: one row, no overrides
+    runs: list[list[str]] = field(default_factory=list)
+    axes: dict[str, list[str]] = field(default_factory=dict)  # key -> values, crossed
+
+
+@dataclass
 class RunConfig:
     """One pretraining run. ``method`` and ``transform`` come from their groups' YAML."""
 
@@ -110,6 +122,10 @@ class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    # where a grid's runs go: local (child processes here), slurm (one job per run through
+    # hydra-submitit-launcher), submitit_local (the same machinery on this machine)
+    launcher: dict[str, Any] = field(default_factory=dict)
     epochs: int = 200  # the study's
     batch_size: int = 256  # global, over all devices (the study's)
     image_size: int | None = None  # global crop side; null: dataset.default_image_size
@@ -135,5 +151,6 @@ TYPED_SECTIONS: dict[str, type] = {
     "dataset": DatasetConfig,
     "backbone": BackboneConfig,
     "eval": EvalConfig,
+    "grid": GridConfig,
     "method.optimizer": OptimizerConfig,
 }

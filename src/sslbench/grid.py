@@ -1,0 +1,440 @@
+"""Grids of runs: ``sslbench pretrain -m method=simclr,byol transform=simclr,lorot seed=0,1,2``.
+
+Read top to bottom: the command line's sweeps (Hydra's override grammar: ``a,b``, ``range``,
+``choice``, ``glob`` over a group's options) and an experiment's explicit run list
+(``grid.runs`` crossed with ``grid.axes``) expand into runs → each run is composed and
+validated here, before anything starts, and gets its folder (named by the hash of its
+resolved config, as a single run's is) → runs whose folder says ``completed`` are skipped →
+the others run, each in its own child process (``launcher=local``, ``grid.jobs`` at a time)
+or as one SLURM job each (``launcher=slurm``, through hydra-submitit-launcher) → one line per
+run as it ends, and a summary.
+
+A child process per run is what makes a grid robust: a crash, a NaN or an out-of-memory kill
+ends that run only, and every run's peak-memory counters start at zero. Nothing here imports
+torch: the grid process stays small while its children train.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from sslbench.config import ConfigError, compose
+from sslbench.config.compose import _first_line, config_hash, load_run_config
+from sslbench.config.schema import GROUPS, group_options
+from sslbench.results import read_results, run_identity, save_config, write_results
+
+#: Keys that configure the grid itself, not its runs (a run's folder ignores them).
+GRID_KEYS = ("grid", "launcher")
+
+
+@dataclass
+class GridRun:
+    """One run of a grid: the overrides that compose it, and its resolved config."""
+
+    index: int  # 1-based, in the grid's order
+    overrides: list[str]  # everything the run is composed from
+    label: list[str]  # the overrides that tell it apart from the grid's other runs
+    cfg: DictConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run_dir)
+
+    def status(self) -> str:
+        """``new``, or the status its results.json says (``completed``, ``failed``,
+        ``running`` for a run that was interrupted or is running elsewhere)."""
+        try:
+            return str(read_results(self.run_dir).get("status", "unknown"))
+        except (OSError, ValueError):
+            return "new"
+
+
+@dataclass
+class Grid:
+    runs: list[GridRun]
+    jobs: int
+    launcher: DictConfig
+
+
+# ---------------------------------------------------------------- expanding the command line
+
+
+def _sweep_values(override: Any) -> list[str]:
+    """The values of one command-line override, as override strings' right-hand sides."""
+    from hydra.core.override_parser.types import Glob
+
+    key = override.get_key_element()
+    if not override.is_sweep_override():
+        return [override.get_value_element_as_str()]
+    value = override.value()
+    if isinstance(value, Glob):
+        if key not in GROUPS:
+            raise ConfigError(f"'{override.input_line}': glob() selects options of a group "
+                              f"({', '.join(GROUPS)}), not values of {key}")  # fmt: skip
+        chosen = value.filter(group_options(key))
+        if not chosen:
+            raise ConfigError(
+                f"'{override.input_line}' matches no {key}; valid: {', '.join(group_options(key))}"
+            )
+        return chosen
+    if not override.is_discrete_sweep():
+        raise ConfigError(
+            f"'{override.input_line}': a grid takes lists of values (a,b / range / choice / "
+            f"glob), not intervals"
+        )
+    values = list(override.sweep_string_iterator())
+    if not values:
+        raise ConfigError(f"'{override.input_line}' has no values")
+    return values
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether two override values are the same (0.5 and 0.50 are)."""
+    a, b = str(a), str(b)
+    if a == b:
+        return True
+    try:
+        return math.isclose(float(a), float(b))
+    except ValueError:
+        return False
+
+
+def _select_rows(
+    experiment: str, rows: list[dict[str, str]], key: str, values: list[str]
+) -> list[dict[str, str]]:
+    """Keep the experiment's rows whose ``key`` takes one of ``values``."""
+    kept = [row for row in rows if key in row and any(_same_value(row[key], v) for v in values)]
+    if not kept:
+        have = sorted({row[key] for row in rows if key in row}, key=str)
+        raise ConfigError(
+            f"no run of experiment {experiment} has {key}={','.join(values)}; "
+            f"its values: {', '.join(map(str, have))}"
+        )
+    return kept
+
+
+def _rows_of(base: DictConfig) -> tuple[list[dict[str, str]], dict[str, list[str]]]:
+    """An experiment's explicit rows (``grid.runs``) and its crossed ``grid.axes``."""
+    rows = []
+    for entry in base.grid.runs:
+        row = {}
+        for item in entry:
+            key, sep, value = str(item).partition("=")
+            if not sep:
+                raise ConfigError(f"grid.runs entry '{item}' is not key=value")
+            row[key] = value
+        rows.append(row)
+    axes = {str(k): [str(v) for v in values] for k, values in base.grid.axes.items()}
+    return rows or [{}], axes
+
+
+def expand(args: Sequence[str]) -> Grid:
+    """The runs of ``sslbench pretrain -m ARGS``, each composed, validated and given its
+    folder. A key set on the command line that an experiment's rows or axes also set selects
+    among them (``experiment=study_imagenette method=simclr,byol``); every other override
+    applies to all runs. ``run_dir=D`` puts the grid's runs under D."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    fixed: list[tuple[str, str]] = []  # (key, value) applied to every run
+    sweeps: dict[str, list[str]] = {}
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"expected key=value, got '{arg}'")
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except HydraException as err:
+            raise ConfigError(f"cannot parse override '{arg}': {_first_line(err)}") from None
+        if override.is_add() or override.is_delete() or override.is_force_add():
+            raise ConfigError(f"'{arg}': adding or deleting keys is not supported; set key=value")
+        key = override.get_key_element()
+        values = _sweep_values(override)
+        if key == "run_dir":
+            if len(values) > 1:
+                raise ConfigError("run_dir of a grid is one folder, under which its runs go")
+            key = "runs_root"
+        if override.is_sweep_override():
+            sweeps[key] = values
+        else:
+            fixed.append((key, values[0]))
+
+    # The grid's own settings and the experiment's rows come from the fixed overrides.
+    grid_keys = [f"{k}={v}" for k, v in fixed if k == "experiment" or k.split(".")[0] in GRID_KEYS]
+    base = compose(grid_keys)
+    experiment = next((v for k, v in fixed if k == "experiment"), "")
+    rows, axes = _rows_of(base)
+    for key, values in [*fixed, *sweeps.items()]:
+        values = values if isinstance(values, list) else [values]
+        if any(key in row for row in rows):
+            rows = _select_rows(experiment, rows, key, values)
+        elif key in axes:
+            axes[key] = [v for v in axes[key] if any(_same_value(v, w) for w in values)]
+            if not axes[key]:
+                raise ConfigError(f"experiment {experiment} has no {key}={','.join(values)}")
+    selecting = {k for row in rows for k in row} | set(axes)
+    common = [
+        f"{k}={v}" for k, v in fixed if k not in selecting and k.split(".")[0] not in GRID_KEYS
+    ]
+    crossed = {**axes, **{k: v for k, v in sweeps.items() if k not in selecting}}
+
+    runs: list[GridRun] = []
+    seen: dict[str, GridRun] = {}
+    for row in rows:
+        for combo in itertools.product(*crossed.values()):
+            label = [f"{k}={v}" for k, v in row.items()]
+            label += [f"{k}={v}" for k, v in zip(crossed, combo, strict=True)]
+            overrides = [*common, *label]
+            try:
+                cfg = compose(overrides)
+            except ConfigError as err:
+                raise ConfigError(f"run {' '.join(label) or '(the base)'}: {err}") from None
+            # a run is one run: the experiment's rows are the grid's, not its own
+            cfg.grid.runs, cfg.grid.axes = [], {}
+            cfg.launcher = base.launcher
+            run = GridRun(len(runs) + 1, overrides, label, cfg)
+            if run.cfg.run_dir in seen:  # e.g. seed=0,0: one run, one folder
+                continue
+            seen[run.cfg.run_dir] = run
+            runs.append(run)
+    jobs = int(base.grid.jobs)
+    if jobs < 1:
+        raise ConfigError(f"grid.jobs must be at least 1, got {jobs}")
+    return Grid(runs, jobs, base.launcher)
+
+
+# ---------------------------------------------------------------- running it
+
+
+def describe(run: GridRun, total: int) -> str:
+    width = len(str(total))
+    return f"[{run.index:>{width}}/{total}] {' '.join(run.label) or '(one run)'}"
+
+
+def outcome_line(run: GridRun, total: int) -> str:
+    """``[2/4] method=byol transform=lorot  completed  top-1 0.612  1.3 min  runs/byol-…``"""
+    try:
+        results = read_results(run.run_dir)
+    except (OSError, ValueError):
+        results = {"status": "new"}
+    status = str(results.get("status"))
+    parts = [describe(run, total), f"{status:<9}"]
+    if status == "completed":
+        top1 = results.get("linear_top1")
+        parts.append("top-1 n/a" if top1 is None else f"top-1 {top1:.3f}")
+        parts.append(f"{(results.get('pretrain_seconds') or 0) / 60:.1f} min")
+    elif status == "failed":
+        parts.append(str(results.get("error")))
+    parts.append(str(run.run_dir))
+    return "  ".join(parts)
+
+
+def prepare_run_dir(run: GridRun) -> None:
+    """Write the run's config.yaml for its child process, refusing a folder that holds
+    another run's config (a run folder belongs to one config)."""
+    config_file = run.run_dir / "config.yaml"
+    if config_file.is_file():
+        try:
+            existing = config_hash(load_run_config(config_file))
+        except ConfigError:
+            existing = None
+        if existing != config_hash(run.cfg):
+            raise ConfigError(
+                f"{run.run_dir} holds the config of another run; move it away or set run_dir"
+            )
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(run.cfg, run.run_dir)
+
+
+def record_failure(run: GridRun, error: str) -> None:
+    """Mark a run failed in its results.json when its process could not say so itself
+    (killed by a signal, out of memory, never started)."""
+    try:
+        written = read_results(run.run_dir)
+    except (OSError, ValueError):
+        written = {}
+    results = {**run_identity(run.cfg), **written}  # which run it is, whatever got written
+    if results.get("status") == "completed":
+        return
+    results.update(status="failed", error=error)
+    write_results(run.run_dir, results)
+
+
+def _error_of(run: GridRun, returncode: int) -> str:
+    """Why a child failed: its own one-line error from output.log, else how it ended."""
+    log = run.run_dir / "output.log"
+    if log.is_file():
+        errors = [line for line in log.read_text(errors="replace").splitlines()
+                  if line.startswith("sslbench: error: ")]  # fmt: skip
+        if errors:
+            return errors[-1].removeprefix("sslbench: error: ")
+    return _signal_error(returncode)
+
+
+def _signal_error(returncode: int) -> str:
+    if returncode >= 0:
+        return f"the run's process exited with status {returncode}"
+    name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
+    hint = " (out of memory?)" if -returncode == signal.SIGKILL else ""
+    return f"the run's process was killed by {name or -returncode}{hint}"
+
+
+def child_command(run_dir: Path) -> list[str]:
+    """The command that carries out the run whose config.yaml the grid wrote in run_dir."""
+    return [sys.executable, "-m", "sslbench", "pretrain", "--config",
+            str(run_dir / "config.yaml")]  # fmt: skip
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _gpu_count() -> int:
+    """GPUs a child could be given (only asked when several runs go at once)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+
+
+def child_env(slot: int, jobs: int, gpus: int) -> dict[str, str]:
+    """The environment of the child in ``slot`` (0..jobs-1): its share of the CPU threads,
+    and its own GPU when there are at least as many as children."""
+    env = dict(os.environ)
+    if jobs > 1:
+        threads = str(max(1, _cpu_count() // jobs))
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        if gpus >= 2:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
+            env["CUDA_VISIBLE_DEVICES"] = ids[slot % len(ids)].strip()
+    return env
+
+
+class LocalLauncher:
+    """Runs a grid's runs as child processes of this one, ``jobs`` at a time.
+
+    With one job at a time on a terminal, a child's output (Lightning's progress bar) goes
+    to the terminal; otherwise to ``output.log`` in its run folder."""
+
+    def __init__(self, jobs: int, total: int, stream: bool) -> None:
+        self.jobs, self.total, self.stream = jobs, total, stream
+        self.gpus = _gpu_count() if jobs > 1 else 0
+        self.lock = threading.Lock()
+        self.free_slots = list(range(jobs))
+        self.interrupted = False
+
+    def say(self, line: str) -> None:
+        with self.lock:
+            print(line, flush=True)
+
+    def run_one(self, run: GridRun) -> None:
+        if self.interrupted:
+            return
+        with self.lock:
+            slot = self.free_slots.pop(0)
+        try:
+            self._run_in_slot(run, slot)
+        finally:
+            with self.lock:
+                self.free_slots.append(slot)
+
+    def _run_in_slot(self, run: GridRun, slot: int) -> None:
+        try:
+            prepare_run_dir(run)
+        except (ConfigError, OSError) as err:
+            self.say(f"{describe(run, self.total)}  not started: {err}")
+            return
+        command = child_command(run.run_dir)
+        env = child_env(slot, self.jobs, self.gpus)
+        self.say(f"{describe(run, self.total)}  started  {run.run_dir}")
+        if self.stream:
+            returncode = subprocess.run(command, env=env).returncode
+        else:
+            with open(run.run_dir / "output.log", "w") as log:
+                command.append("progress_bar=false")
+                returncode = subprocess.run(command, env=env, stdout=log, stderr=log).returncode
+        if returncode in (130, -signal.SIGINT):
+            self.interrupted = True
+        if returncode != 0:
+            record_failure(run, _error_of(run, returncode))
+        self.say(outcome_line(run, self.total))
+
+    def launch(self, runs: list[GridRun]) -> None:
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            for future in [pool.submit(self.run_one, run) for run in runs]:
+                future.result()
+
+
+def run_grid(grid: Grid, dry_run: bool = False) -> int:
+    """Run (or with ``dry_run`` list) a grid's runs; return the exit status: 0 when every run
+    is completed, 1 when any failed, 130 when interrupted."""
+    total = len(grid.runs)
+    statuses = {run.index: run.status() for run in grid.runs}
+    done = [run for run in grid.runs if statuses[run.index] == "completed"]
+    todo = [run for run in grid.runs if statuses[run.index] != "completed"]
+    launcher = str(grid.launcher.get("name", "local"))
+    print(f"grid: {total} runs, {len(done)} completed earlier, {len(todo)} to run "
+          f"(launcher={launcher}, grid.jobs={grid.jobs})", flush=True)  # fmt: skip
+    if dry_run:
+        for run in grid.runs:
+            print(f"{describe(run, total)}  {statuses[run.index]:<9}  {run.run_dir}")
+        return 0
+    for run in done:
+        print(outcome_line(run, total), flush=True)
+    start = time.perf_counter()
+    interrupted = False
+    if todo:
+        if launcher == "local":
+            stream = grid.jobs == 1 and sys.stdout.isatty()
+            local = LocalLauncher(grid.jobs, total, stream)
+            try:
+                local.launch(todo)
+            except KeyboardInterrupt:
+                local.interrupted = True
+            interrupted = local.interrupted
+        else:
+            from sslbench.slurm import launch_submitit
+
+            launch_submitit(todo, grid.launcher, total)
+    return summarize(grid, time.perf_counter() - start, len(done), interrupted)
+
+
+def summarize(grid: Grid, seconds: float, earlier: int, interrupted: bool) -> int:
+    statuses = [run.status() for run in grid.runs]
+    completed = statuses.count("completed")
+    failed = [run for run, s in zip(grid.runs, statuses, strict=True) if s != "completed"]
+    roots = sorted({str(run.run_dir.parent) for run in grid.runs})
+    print(
+        f"\ngrid: {len(grid.runs)} runs: {completed} completed ({earlier} earlier), "
+        f"{len(failed)} not completed; {seconds / 60:.1f} min"
+    )
+    for run in failed:
+        print(f"  not completed: {outcome_line(run, len(grid.runs))}")
+    if failed:
+        print("rerun the same command to run only these; see error.log / output.log in each folder")
+    print(f"tables: sslbench report {' '.join(roots)}")
+    if interrupted:
+        return 130
+    return 1 if failed else 0
