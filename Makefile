@@ -15,12 +15,12 @@ else
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: demo test test-fast lint data clean-venv
+.PHONY: demo test test-fast lint data browser clean-venv
 
 demo: $(STAMP) data
 	$(VENV)/bin/sslbench demo
 
-test: $(STAMP) data
+test: $(STAMP) data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest -q
 
@@ -47,6 +47,20 @@ data:
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	else \
 		echo "note: Fashion-MNIST not found in $(FMNIST_DIR); sslbench will try to download it"; \
+	fi
+
+# Chromium, for the test that renders `sslbench report --format html` in a headless browser
+# (tests/test_report.py skips it without one), from Debian where we may install it.
+browser:
+	@if command -v chromium >/dev/null; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium (for the HTML report test)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+			>/dev/null; } \
+			|| echo "note: could not install chromium; the HTML report test will be skipped"; \
+	else \
+		echo "note: chromium not found; the HTML report test will be skipped"; \
 	fi
 
 clean-venv:

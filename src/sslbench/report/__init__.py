@@ -1,0 +1,95 @@
+"""``sslbench report``: tables and plots from any set of run folders.
+
+    sslbench report DIR... [--format md|csv|html|latex|json] [--out FILE] [--reference study]
+
+The steps, one module each: ``collect`` finds and checks run folders (hostile input: bad
+ones are skipped with a warning), ``tables`` decides which runs may be compared and
+averaged and builds the cells, ``plots`` draws the figures, ``render`` writes the chosen
+format. With ``--out FILE`` the report and its plots (``<stem>_<section>_<plot>.png`` and
+``.svg`` beside FILE) are written atomically; otherwise the report goes to standard
+output, and only the HTML page (which embeds them) draws plots. No torch here: a report
+is quick and runs where no training happens. See docs/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from sslbench.report.collect import load_runs, one_line
+from sslbench.report.render import FORMATS, render
+from sslbench.report.tables import build_report
+from sslbench.results import atomic_write_text
+
+
+def _warn(message: str) -> None:
+    print(f"sslbench report: {one_line(message, 400)}", file=sys.stderr)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Build the report that ``args`` asks for; return the exit status (0).
+
+    ``args``: ``dirs`` (folders to search), ``format`` (md|csv|html|latex|json), ``out``
+    (a file, or None for standard output), ``reference`` (None or "study"). Raises
+    FileNotFoundError / ValueError with a one-line message on bad input."""
+    fmt = getattr(args, "format", "md") or "md"
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    out = Path(args.out) if getattr(args, "out", None) else None
+    if out is not None and out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name")
+    dirs = list(args.dirs)
+    runs, skipped = load_runs(dirs, _warn)
+    if not runs:
+        where = ", ".join(dirs)
+        if skipped:
+            raise ValueError(
+                f"no readable run folder under {where}: {skipped} skipped (see the warnings)"
+            )
+        raise FileNotFoundError(f"no run folder (a folder holding results.json) under {where}")
+
+    report = build_report(
+        runs, with_reference=getattr(args, "reference", None) == "study", n_skipped=skipped
+    )
+    plots = []
+    if out is not None or fmt == "html":
+        from sslbench.report.plots import make_plots  # matplotlib only now
+
+        plots = make_plots(report, _warn)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for plot in plots:
+            stem = plot.file_stem(out.stem)
+            _atomic_write_bytes(out.parent / f"{stem}.png", plot.png)
+            atomic_write_text(out.parent / f"{stem}.svg", plot.svg)
+            plot.file = f"{stem}.png"
+    text = render(fmt, report, plots)
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(out, text)
+        extra = f" and {2 * len(plots)} plot files beside it" if plots else ""
+        print(f"wrote {out}{extra}")
+    return 0
+
+
+__all__ = ["run_report"]

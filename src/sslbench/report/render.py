@@ -1,0 +1,436 @@
+"""The report as text: Markdown, CSV, HTML, LaTeX or JSON, from the model in tables.py.
+
+Every string that came from a run folder is escaped for the format it lands in (Markdown
+table syntax, HTML, LaTeX's special characters); the HTML page is one self-contained file
+whose Content-Security-Policy forbids loading anything (plots are data: URIs, the sorting
+script is inline). Nothing here reads a file or the clock: the same runs give the same
+bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sslbench.report.plots import Plot
+from sslbench.report.tables import Cell, Report, Section, Table
+
+FORMATS = ("md", "csv", "html", "latex", "json")
+
+CSV_COLUMNS = (
+    "dataset", "backbone", "epochs", "image_size", "batch_size", "test_subset", "method",
+    "alpha", "variant", "transform", "n_runs", "n_failed", "n_interrupted",
+    "linear_top1_mean", "linear_top1_std", "linear_top5_mean", "linear_top5_std",
+    "knn_top1_mean", "knn_top1_std", "minutes_mean", "peak_gpu_gb_mean", "peak_host_gb_mean",
+    "images_per_second_mean", "study_top1", "study_top5", "diff", "study_note", "status",
+    "error", "run_folders",
+)  # fmt: skip
+#: Long-form fields that only --reference fills.
+REFERENCE_COLUMNS = ("study_top1", "study_top5", "diff", "study_note")
+
+
+def render(fmt: str, report: Report, plots: Sequence[Plot] = ()) -> str:
+    """The report in ``fmt``; ``plots`` are embedded (html) or linked by file (md, latex)."""
+    renderers: dict[str, Callable[[Report, Sequence[Plot]], str]] = {
+        "md": to_markdown,
+        "csv": lambda r, _: to_csv(r),
+        "html": to_html,
+        "latex": to_latex,
+        "json": lambda r, _: to_json(r),
+    }
+    if fmt not in renderers:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    return renderers[fmt](report, plots)
+
+
+def _summary(report: Report) -> str:
+    runs = f"{report.n_runs} run{'s' * (report.n_runs != 1)}"
+    sections = len(report.sections)
+    text = f"{runs} in {sections} comparable set{'s' * (sections != 1)}"
+    if report.n_skipped:
+        text += (
+            f"; {report.n_skipped} run folder{'s' * (report.n_skipped != 1)} skipped "
+            "(the warnings on standard error say why)"
+        )
+    return text + "."
+
+
+def _plots_of(section: Section, plots: Sequence[Plot]) -> list[Plot]:
+    return [p for p in plots if p.slug == section.slug]
+
+
+def _first_use(report: Report) -> dict[int, str]:
+    """The slug of the section where each footnote is first used (where it is printed)."""
+    where: dict[int, str] = {}
+    for section in report.sections:
+        for number, _ in section.footnotes:
+            where.setdefault(number, section.slug)
+    return where
+
+
+# --- Markdown ------------------------------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#])")
+
+
+def md_escape(text: str) -> str:
+    """Text that stays text in a GitHub Markdown table cell."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def _md_cell(cell: Cell) -> str:
+    text = md_escape(cell.text if cell.spread is None else f"{cell.text} ± {cell.spread}")
+    if cell.best:
+        text = f"**{text}**"
+    if cell.detail:
+        text += f" ({md_escape(cell.detail)})"
+    return text + "".join(f"[^{n}]" for n in cell.notes)
+
+
+def _md_table(table: Table) -> list[str]:
+    lines = [f"### {md_escape(table.title)}", ""]
+    lines.append("| " + " | ".join(md_escape(h) for h in table.header) + " |")
+    lines.append("|" + "|".join([":--", *["--:"] * (len(table.header) - 1)]) + "|")
+    lines.extend("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows)
+    lines.append("")
+    for remark in table.remarks:
+        lines.extend([md_escape(remark), ""])
+    return lines
+
+
+def to_markdown(report: Report, plots: Sequence[Plot] = ()) -> str:
+    lines = ["# sslbench report", "", md_escape(_summary(report)), ""]
+    lines.extend(md_escape(text) + "  " for text in report.legend)
+    lines.append("")
+    first_use = _first_use(report)
+    for section in report.sections:
+        lines.extend([f"## {md_escape(section.heading)}", ""])
+        for table in section.tables:
+            lines.extend(_md_table(table))
+        section_plots = [p for p in _plots_of(section, plots) if p.file]
+        if section_plots:
+            lines.extend(["### Plots", ""])
+            for plot in section_plots:
+                lines.extend([f"![{md_escape(plot.title)}](<{plot.file}>)", ""])
+        notes = [(n, t) for n, t in section.footnotes if first_use[n] == section.slug]
+        for number, text in notes:
+            lines.append(f"[^{number}]: {md_escape(text)}")
+        if notes:
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# --- CSV and JSON --------------------------------------------------------------------------
+
+
+def _records(report: Report) -> list[dict[str, Any]]:
+    records = []
+    for section in report.sections:
+        for record in section.records:
+            record = dict(record)
+            if not report.reference:
+                record.update(dict.fromkeys(REFERENCE_COLUMNS))
+            records.append(record)
+    return records
+
+
+def _csv_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet will not run as a formula (run folders are hostile)."""
+    if isinstance(value, list):
+        value = "; ".join(str(v) for v in value)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def to_csv(report: Report) -> str:
+    """Long form: one row per cell with runs (columns CSV_COLUMNS)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for record in _records(report):
+        writer.writerow({k: _csv_safe(record[k]) for k in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def to_json(report: Report) -> str:
+    """The same cells as the CSV, grouped by section, plus the time-and-memory rows."""
+    records = iter(_records(report))
+    sections = []
+    for section in report.sections:
+        cost = next(t for t in section.tables if t.kind == "cost")
+        key = section.key
+        sections.append(
+            {
+                "heading": section.heading,
+                "dataset": key.dataset,
+                "backbone": key.backbone or None,
+                "image_size": None if key.image_size < 0 else key.image_size,
+                "epochs": None if key.epochs < 0 else key.epochs,
+                "batch_size": None if key.batch_size < 0 else key.batch_size,
+                "test_subset": {
+                    "sha256": key.test_sha256 or None,
+                    "count": None if key.test_count < 0 else key.test_count,
+                },
+                "remarks": list(
+                    dict.fromkeys(r for t in section.tables if t.kind != "cost" for r in t.remarks)
+                ),
+                "cells": [next(records) for _ in section.records],
+                "methods": [
+                    {
+                        "method": row.method,
+                        "alpha": row.alpha,
+                        "variant": row.variant_label or None,
+                        "label": row.label,
+                        "n_completed": int(line[1].sort_value or 0),
+                        "minutes_mean": line[2].sort_value,
+                        "peak_gpu_gb_mean": line[3].sort_value,
+                        "peak_host_gb_mean": line[4].sort_value,
+                        "images_per_second_mean": line[5].sort_value,
+                    }
+                    for row, line in zip(section.rows, cost.rows, strict=True)
+                ],
+            }
+        )
+    document = {
+        "sslbench_report": 1,
+        "reference": "study" if report.reference else None,
+        "n_runs": report.n_runs,
+        "n_skipped": report.n_skipped,
+        "sections": sections,
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+_HTML_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; background: #fff; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #eee; cursor: pointer; user-select: none; }
+th[data-order="asc"]::after { content: " ▲"; }
+th[data-order="desc"]::after { content: " ▼"; }
+td.best { background: #e6f4e6; }
+.detail { color: #555; }
+.remark, .legend { font-size: 0.9em; color: #444; }
+figure { margin: 1em 0; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+"""
+
+#: Sort a table by the clicked column (numbers by data-sort, empty cells always last), and
+#: record how many images rendered (data-images-ok / data-images-total, for the tests).
+_HTML_SCRIPT = """
+(function () {
+  function key(row, index) {
+    var cell = row.cells[index];
+    var value = cell ? cell.getAttribute("data-sort") : null;
+    return value === null ? null : parseFloat(value);
+  }
+  document.querySelectorAll("table.sortable thead th").forEach(function (th) {
+    th.addEventListener("click", function () {
+      var table = th.closest("table");
+      var body = table.tBodies[0];
+      var index = Array.prototype.indexOf.call(th.parentNode.children, th);
+      var ascending = th.getAttribute("data-order") !== "asc";
+      th.parentNode.querySelectorAll("th").forEach(function (other) {
+        other.removeAttribute("data-order");
+      });
+      th.setAttribute("data-order", ascending ? "asc" : "desc");
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = key(a, index), y = key(b, index);
+        if (x === null || isNaN(x)) { return (y === null || isNaN(y)) ? 0 : 1; }
+        if (y === null || isNaN(y)) { return -1; }
+        return ascending ? x - y : y - x;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+  window.addEventListener("load", function () {
+    var images = document.images, ok = 0;
+    for (var i = 0; i < images.length; i++) {
+      if (images[i].complete && images[i].naturalWidth > 0) { ok++; }
+    }
+    document.body.dataset.imagesOk = String(ok);
+    document.body.dataset.imagesTotal = String(images.length);
+  });
+})();
+"""
+
+_CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+)
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _html_cell(cell: Cell, first_use: dict[int, str]) -> str:
+    attributes = ""
+    if cell.sort_value is not None:
+        attributes += f' data-sort="{cell.sort_value!r}"'
+    if cell.best:
+        attributes += ' class="best"'
+    text = _esc(cell.text if cell.spread is None else f"{cell.text} ± {cell.spread}")
+    if cell.best:
+        text = f"<strong>{text}</strong>"
+    if cell.detail:
+        text += f' <span class="detail">({_esc(cell.detail)})</span>'
+    if cell.notes:
+        links = ",".join(f'<a href="#note-{n}">{n}</a>' for n in cell.notes)
+        text += f"<sup>{links}</sup>"
+    return f"<td{attributes}>{text}</td>"
+
+
+def _html_table(table: Table, first_use: dict[int, str]) -> list[str]:
+    lines = [f"<h3>{_esc(table.title)}</h3>", '<table class="sortable">', "<thead><tr>"]
+    lines.extend(f'<th scope="col" title="sort">{_esc(h)}</th>' for h in table.header)
+    lines.extend(["</tr></thead>", "<tbody>"])
+    for row in table.rows:
+        lines.append("<tr>" + "".join(_html_cell(c, first_use) for c in row) + "</tr>")
+    lines.extend(["</tbody>", "</table>"])
+    lines.extend(f'<p class="remark">{_esc(r)}</p>' for r in table.remarks)
+    return lines
+
+
+def to_html(report: Report, plots: Sequence[Plot] = ()) -> str:
+    """One self-contained page: tables sortable by a click on a header, plots inline."""
+    first_use = _first_use(report)
+    body = ["<h1>sslbench report</h1>", f'<p class="legend">{_esc(_summary(report))}</p>']
+    body.extend(f'<p class="legend">{_esc(text)}</p>' for text in report.legend)
+    for section in report.sections:
+        body.extend(["<section>", f"<h2>{_esc(section.heading)}</h2>"])
+        for table in section.tables:
+            body.extend(_html_table(table, first_use))
+        section_plots = _plots_of(section, plots)
+        if section_plots:
+            body.append("<h3>Plots</h3>")
+        for plot in section_plots:
+            data = base64.b64encode(plot.png).decode("ascii")
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(plot.title)}">'
+                f"<figcaption>{_esc(plot.title)}</figcaption></figure>"
+            )
+        notes = [(n, t) for n, t in section.footnotes if first_use[n] == section.slug]
+        if notes:
+            body.append('<ol class="notes">')
+            body.extend(f'<li id="note-{n}" value="{n}">{_esc(t)}</li>' for n, t in notes)
+            body.append("</ol>")
+        body.append("</section>")
+    head = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>sslbench report</title>",
+        f"<style>{_HTML_STYLE}</style>",
+        "</head>",
+        "<body>",
+    ]
+    tail = [f"<script>{_HTML_SCRIPT}</script>", "</body>", "</html>"]
+    return "\n".join(head + body + tail) + "\n"
+
+
+# --- LaTeX ---------------------------------------------------------------------------------
+
+_LATEX_CHARS = {
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "&": r"\&",
+    "#": r"\#",
+    "%": r"\%",
+    "_": r"\_",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "–": "--",
+    "—": "---",
+    "−": "$-$",
+    "±": r"$\pm$",
+    "α": r"$\alpha$",
+    "Δ": r"$\Delta$",
+    "…": r"\dots{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Text typeset as itself: LaTeX's special characters escaped, α ± Δ – as math/dashes."""
+    return "".join(_LATEX_CHARS.get(char, char) for char in " ".join(text.split()))
+
+
+def _latex_cell(cell: Cell) -> str:
+    text = latex_escape(cell.text if cell.spread is None else f"{cell.text} ± {cell.spread}")
+    if cell.best:
+        text = rf"\textbf{{{text}}}"
+    if cell.detail:
+        text += f" ({latex_escape(cell.detail)})"
+    if cell.notes:
+        text += r"\textsuperscript{" + ",".join(str(n) for n in cell.notes) + "}"
+    return text
+
+
+def _latex_table(table: Table, section: Section) -> list[str]:
+    caption = latex_escape(f"{table.title}: {section.heading}")
+    label = re.sub(r"[^A-Za-z0-9-]", "-", f"tab:sslbench-{section.slug}-{table.kind}")
+    lines = [
+        r"\begin{table}[htbp]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{caption}}}",
+        rf"\label{{{label}}}",
+        r"\begin{tabular}{l" + "r" * (len(table.header) - 1) + "}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in table.header) + r" \\",
+        r"\midrule",
+    ]
+    lines.extend(" & ".join(_latex_cell(c) for c in row) + r" \\" for row in table.rows)
+    lines.extend([r"\bottomrule", r"\end{tabular}"])
+    numbers = sorted({n for row in table.rows for c in row for n in c.notes})
+    texts = dict(section.footnotes)
+    notes = [rf"\textsuperscript{{{n}}}~{latex_escape(texts[n])}\par" for n in numbers]
+    notes.extend(latex_escape(r) + r"\par" for r in table.remarks)
+    if notes:
+        lines.extend([r"\par\smallskip", r"{\footnotesize\raggedright", *notes, "}"])
+    lines.append(r"\end{table}")
+    return lines
+
+
+def to_latex(report: Report, plots: Sequence[Plot] = ()) -> str:
+    """booktabs tables (and figures when plot files were written), to \\input."""
+    lines = [
+        "% sslbench report: needs \\usepackage{booktabs} (and graphicx for the figures)",
+        f"% {_summary(report)}",
+    ]
+    lines.extend(f"% {text}" for text in report.legend)
+    for section in report.sections:
+        lines.extend(["", f"% {section.heading}"])
+        for table in section.tables:
+            lines.extend(_latex_table(table, section))
+        for plot in _plots_of(section, plots):
+            if plot.file:
+                lines.extend(
+                    [
+                        r"\begin{figure}[htbp]",
+                        r"\centering",
+                        rf"\includegraphics[width=\linewidth]{{{plot.file}}}",
+                        rf"\caption{{{latex_escape(plot.title)}}}",
+                        r"\end{figure}",
+                    ]
+                )
+    return "\n".join(lines) + "\n"
