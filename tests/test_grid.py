@@ -211,6 +211,11 @@ def test_tiny_grid_runs_skips_completed_runs_and_reports(tmp_path, capsys) -> No
     assert len(rows) == 2 and "orthogonality study" in table
     assert all(row.count("min /") == 2 for row in rows)  # two pipelines, each a run
 
+    page = tmp_path / "report" / "grid.html"
+    assert main(["report", str(tmp_path), "--format", "html", "--out", str(page)]) == 0
+    assert page.read_text().count("data:image/png;base64,") >= 3  # plots inside the page
+    assert (page.parent / "grid_fashion-mnist_top1_vs_minutes.png").stat().st_size > 0
+
 
 @needs_fmnist
 @pytest.mark.slow

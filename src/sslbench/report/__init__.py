@@ -14,34 +14,17 @@ is quick and runs where no training happens. See docs/report.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from sslbench.report.collect import load_runs, one_line
 from sslbench.report.render import FORMATS, render
 from sslbench.report.tables import build_report
-from sslbench.results import atomic_write_text
+from sslbench.results import atomic_write_bytes, atomic_write_text
 
 
 def _warn(message: str) -> None:
     print(f"sslbench report: {one_line(message, 400)}", file=sys.stderr)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -78,7 +61,7 @@ def run_report(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         for plot in plots:
             stem = plot.file_stem(out.stem)
-            _atomic_write_bytes(out.parent / f"{stem}.png", plot.png)
+            atomic_write_bytes(out.parent / f"{stem}.png", plot.png)
             atomic_write_text(out.parent / f"{stem}.svg", plot.svg)
             plot.file = f"{stem}.png"
     text = render(fmt, report, plots)
