@@ -33,7 +33,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sslbench.config import ConfigError, compose
-from sslbench.config.compose import _first_line, config_hash, load_run_config
+from sslbench.config.compose import config_hash, load_run_config, parse_overrides
 from sslbench.config.schema import GROUPS, group_options
 from sslbench.results import read_results, run_identity, save_config, write_results
 
@@ -147,21 +147,9 @@ def expand(args: Sequence[str]) -> Grid:
     folder. A key set on the command line that an experiment's rows or axes also set selects
     among them (``experiment=study_imagenette method=simclr,byol``); every other override
     applies to all runs. ``run_dir=D`` puts the grid's runs under D."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
     fixed: list[tuple[str, str]] = []  # (key, value) applied to every run
     sweeps: dict[str, list[str]] = {}
-    for arg in args:
-        if "=" not in arg:
-            raise ConfigError(f"expected key=value, got '{arg}'")
-        try:
-            (override,) = parser.parse_overrides([arg])
-        except HydraException as err:
-            raise ConfigError(f"cannot parse override '{arg}': {_first_line(err)}") from None
-        if override.is_add() or override.is_delete() or override.is_force_add():
-            raise ConfigError(f"'{arg}': adding or deleting keys is not supported; set key=value")
+    for override in parse_overrides(args, allow_sweeps=True):
         key = override.get_key_element()
         values = _sweep_values(override)
         if key == "run_dir":

@@ -43,8 +43,9 @@ def _register_schema() -> None:
     ConfigStore.instance().store(name="sslbench_schema", node=RunConfig)
 
 
-def parse_overrides(args: Sequence[str]) -> list[Any]:
-    """Parse ``key=value`` strings with Hydra's grammar (values get Hydra's types)."""
+def parse_overrides(args: Sequence[str], allow_sweeps: bool = False) -> list[Any]:
+    """Parse ``key=value`` strings with Hydra's grammar (values get Hydra's types); sweeps
+    (``a,b``, ``range(3)``, ``glob(*)``) only for a grid."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -57,7 +58,7 @@ def parse_overrides(args: Sequence[str]) -> list[Any]:
             (override,) = parser.parse_overrides([arg])
         except HydraException as err:
             raise ConfigError(f"cannot parse override '{arg}': {_first_line(err)}") from None
-        if override.is_sweep_override():
+        if override.is_sweep_override() and not allow_sweeps:
             raise ConfigError(f"'{arg}' is a sweep; grids run with 'sslbench pretrain -m'")
         if override.is_add() or override.is_delete() or override.is_force_add():
             raise ConfigError(f"'{arg}': adding or deleting keys is not supported; set key=value")
