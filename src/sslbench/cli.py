@@ -23,6 +23,8 @@ Pretrain, evaluate and compare self-supervised vision models.
 commands:
   demo                      the embedded default: SimCLR on Fashion-MNIST vs random init
   pretrain [KEY=VALUE ...]  one run: pretrain, then evaluate the frozen backbone
+  pretrain -m KEY=A,B ...   a grid: each combination a run in its own process; completed
+                            runs skipped; experiment=study_imagenette: the study (--dry-run)
   eval run_dir=DIR          evaluate a finished run's backbone again
   datasets [list|prepare NAME]
                             the datasets, and building their decode-once caches
@@ -31,7 +33,7 @@ commands:
   report DIR... [--format md|csv|html|latex|json] [--out FILE] [--reference study]
                             method x pipeline tables and plots from any run folders
 
-Override keys: method, transform, dataset, backbone, experiment (groups), epochs,
+Override keys: method, transform, dataset, backbone, experiment, launcher (groups), epochs,
 batch_size, image_size, seed, device, devices, run_dir, dataset.max_train,
 dataset.max_test, method.KEY, transform.ops.OP.PARAM, ...; see README.md.
 """
