@@ -370,9 +370,16 @@ class LocalLauncher:
         self.say(outcome_line(run, self.total))
 
     def launch(self, runs: list[GridRun]) -> None:
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+        """Run them all; on Ctrl-C (which the children get too) start no other run."""
+        pool = ThreadPoolExecutor(max_workers=self.jobs)
+        try:
             for future in [pool.submit(self.run_one, run) for run in runs]:
                 future.result()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_grid(grid: Grid, dry_run: bool = False) -> int:
