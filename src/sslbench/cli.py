@@ -9,6 +9,7 @@ command line is tested in-process.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -140,12 +141,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     else:
         cfg = compose(args.overrides)
     if cfg.grid.runs or cfg.grid.axes:
-        rows = max(1, len(cfg.grid.runs))
-        columns = 1
-        for values in cfg.grid.axes.values():
-            columns *= len(values)
+        runs = max(1, len(cfg.grid.runs)) * math.prod(map(len, cfg.grid.axes.values()))
         raise UsageError(
-            f"this experiment is a grid of {rows * columns} runs; "
+            f"this experiment is a grid of {runs} runs; "
             f"run it with sslbench pretrain -m {' '.join(args.overrides)}"
         )
     if args.dry_run:

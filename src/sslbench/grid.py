@@ -34,11 +34,8 @@ from omegaconf import DictConfig
 
 from sslbench.config import ConfigError, compose
 from sslbench.config.compose import config_hash, load_run_config, parse_overrides
-from sslbench.config.schema import GROUPS, group_options
+from sslbench.config.schema import GRID_SECTIONS, GROUPS, group_options
 from sslbench.results import read_results, run_identity, save_config, write_results
-
-#: Keys that configure the grid itself, not its runs (a run's folder ignores them).
-GRID_KEYS = ("grid", "launcher")
 
 
 @dataclass
@@ -162,8 +159,9 @@ def expand(args: Sequence[str]) -> Grid:
             fixed.append((key, values[0]))
 
     # The grid's own settings and the experiment's rows come from the fixed overrides.
-    grid_keys = [f"{k}={v}" for k, v in fixed if k == "experiment" or k.split(".")[0] in GRID_KEYS]
-    base = compose(grid_keys)
+    base = compose(
+        [f"{k}={v}" for k, v in fixed if k == "experiment" or k.split(".")[0] in GRID_SECTIONS]
+    )
     experiment = next((v for k, v in fixed if k == "experiment"), "")
     rows, axes = _rows_of(base)
     for key, values in [*fixed, *sweeps.items()]:
@@ -176,7 +174,7 @@ def expand(args: Sequence[str]) -> Grid:
                 raise ConfigError(f"experiment {experiment} has no {key}={','.join(values)}")
     selecting = {k for row in rows for k in row} | set(axes)
     common = [
-        f"{k}={v}" for k, v in fixed if k not in selecting and k.split(".")[0] not in GRID_KEYS
+        f"{k}={v}" for k, v in fixed if k not in selecting and k.split(".")[0] not in GRID_SECTIONS
     ]
     crossed = {**axes, **{k: v for k, v in sweeps.items() if k not in selecting}}
 
@@ -308,7 +306,7 @@ def _gpu_count() -> int:
 
 def child_env(slot: int, jobs: int, gpus: int) -> dict[str, str]:
     """The environment of the child in ``slot`` (0..jobs-1): its share of the CPU threads,
-    and its own GPU when there are at least as many as children."""
+    and, with 2 or more GPUs, GPU ``slot mod GPUs`` to itself."""
     env = dict(os.environ)
     if jobs > 1:
         threads = str(max(1, _cpu_count() // jobs))

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sslbench.config.schema import (
     CONFIG_VERSION,
+    GRID_SECTIONS,
     GROUPS,
     REQUIRED_GROUPS,
     TYPED_SECTIONS,
@@ -375,7 +376,7 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
 
 #: Keys that say where and how a run is carried out, not what it computes: a run's folder name
 #: ignores them, so the same run found by a single command or by any grid has one folder.
-NOT_IN_HASH = ("run_dir", "runs_root", "progress_bar", "num_workers", "grid", "launcher")
+NOT_IN_HASH = ("run_dir", "runs_root", "progress_bar", "num_workers", *GRID_SECTIONS)
 
 
 def config_hash(cfg: DictConfig) -> str:

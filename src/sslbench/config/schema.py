@@ -22,6 +22,10 @@ CONFIG_VERSION = 2
 #: The configuration groups; each is a folder of YAML files under ``conf/``.
 GROUPS: tuple[str, ...] = ("method", "transform", "dataset", "backbone", "experiment", "launcher")
 
+#: Sections that configure how a grid runs, not what a run computes (a run's folder name,
+#: its config hash, ignores them).
+GRID_SECTIONS: tuple[str, ...] = ("grid", "launcher")
+
 #: Groups every run selects one option of (``experiment`` is optional).
 REQUIRED_GROUPS: tuple[str, ...] = ("method", "transform", "dataset", "backbone")
 
