@@ -55,6 +55,8 @@ def make_run(
     gpu_bytes: float | None = None,
     host_bytes: float | None = 4.2e9,
     method_extra: dict[str, Any] | None = None,
+    pretext: str | None = None,
+    pretext_accuracy: float | None = None,
 ) -> Path:
     """A run folder as `sslbench pretrain` leaves it (without the checkpoint)."""
     folder = root / name
@@ -86,6 +88,8 @@ def make_run(
             {"count": test_count, "sha256": sha, "split_size": 10000} if evaluated and sha else None
         ),
         "alpha": alpha,
+        "pretext": pretext,
+        "pretext_accuracy": pretext_accuracy if evaluated else None,
         "max_train": 128,
         "max_test": test_count,
     }
@@ -99,6 +103,7 @@ def make_run(
         "dataset": {"name": dataset, "path": None, "max_train": 128, "max_test": test_count},
         "backbone": {"name": backbone, "small_stem": False},
         "eval": {"enabled": True, "subset_seed": 0},
+        "pretext": {"name": pretext or "none", **({"weight": 0.1} if pretext else {})},
         "epochs": epochs,
         "batch_size": batch_size,
         "image_size": image_size,
@@ -211,6 +216,35 @@ def test_vicregl_has_one_row_per_alpha(tmp_path, capsys):
         "vicregl α=0.75",
         "vicregl α=0.95",
     ]
+
+
+def test_pretext_runs_get_their_own_rows_and_accuracy_table(tmp_path, capsys):
+    """A method with a pretext task is its own row beside the same method without one; the
+    heads' accuracy gets its own table; the study (no pretext runs) scores only the plain
+    rows; a run saved before pretext tasks (no pretext keys) shares the plain row."""
+    common = {"dataset": "imagenette2", "backbone": "resnet18", "image_size": 224,
+              "epochs": 200, "batch_size": 256, "test_count": 3925,
+              "transform": "lorot"}  # fmt: skip
+    make_run(tmp_path, "plain", top1=0.60, **common)
+    old = make_run(tmp_path, "plain-old", seed=1, top1=0.62, **common)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["pretext"]
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    make_run(tmp_path, "head", top1=0.64, pretext="lorot", pretext_accuracy=0.55, **common)
+    text = md_report(capsys, [tmp_path], reference="study")
+    (top1,) = md_tables(text, "Linear top-1")
+    rows = {row[0]: row[1:] for row in top1[1:]}
+    assert list(rows) == ["simclr", "simclr + pretext lorot"]
+    assert rows["simclr"][0].startswith("0.610 ± 0.014 (n=2")
+    assert rows["simclr"][1].startswith("0.616")  # the study's lorot cell
+    assert rows["simclr + pretext lorot"][1:] == ["–", "–"]  # the study had no pretext runs
+    (pretext,) = md_tables(text, "Pretext-task accuracy")
+    assert [row[1] for row in pretext[1:]] == ["–", "**0.550**"]
+    report([tmp_path], "csv")
+    records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    by_pretext = {r["pretext"]: r for r in records}
+    assert by_pretext["lorot"]["pretext_accuracy_mean"] == "0.55"
+    assert by_pretext[""]["pretext_accuracy_mean"] == ""
 
 
 def test_failed_interrupted_and_missing_cells(tmp_path, capsys):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 
 import timm
+import torch
 from timm.models.resnet import ResNet
 from torch import nn
 
@@ -87,3 +88,17 @@ def _use_small_stem(model: nn.Module, name: str) -> None:
 def feature_dim(model: nn.Module) -> int:
     """Size of the pooled feature vector."""
     return int(model.num_features)
+
+
+@torch.no_grad()
+def feature_map_shape(model: nn.Module, side: int) -> tuple[int, ...]:
+    """Per-image shape of ``model.forward_features`` on a ``side``-px square, e.g.
+    (512, 7, 7) for ResNet-18 at 224 px, probed with one image in eval mode (batch norm
+    neither uses nor updates batch statistics)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        return tuple(model.forward_features(torch.zeros(1, 3, side, side, device=device)).shape[1:])
+    finally:
+        model.train(was_training)

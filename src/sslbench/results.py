@@ -17,6 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sslbench.pretext import pretext_name
+
 #: Bump when a field of results.json changes meaning or is removed.
 SCHEMA_VERSION = 2  # 2: the test subset no longer depends on the run's seed (test_subset)
 
@@ -69,6 +71,7 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
         "method": cfg.method.name,
         "alpha": cfg.method.get("alpha"),
         "transform": cfg.transform.get("name"),
+        "pretext": pretext_name(cfg.get("pretext")),
         "dataset": cfg.dataset.name,
         "backbone": cfg.backbone.name,
         "epochs": cfg.epochs,

@@ -145,7 +145,8 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
     channels_last = accelerator == "gpu" and cfg.backbone.channels_last
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
-    pipelines = view_pipelines(OmegaConf.to_container(cfg.transform, resolve=True), cfg.image_size)
+    transform = OmegaConf.to_container(cfg.transform, resolve=True)
+    pipelines = view_pipelines(transform, cfg.image_size)
     method_cls = method_class(cfg.method.name)
     return method_cls(
         OmegaConf.to_container(cfg.method, resolve=True),
@@ -156,6 +157,8 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         check_finite_every_n_steps=cfg.check_finite_every_n_steps,
         log_every_n_steps=cfg.log_every_n_steps,
         channels_last=channels_last,
+        pretext=OmegaConf.to_container(cfg.pretext, resolve=True) if "pretext" in cfg else None,
+        transform=transform,
     )
 
 
@@ -297,12 +300,30 @@ def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics = evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
     return {
         **metrics,
+        **pretext_results(model, trainer),
         "pretrain_seconds": pretrain_seconds,
         "images_per_second": images_seen / pretrain_seconds,
         "peak_gpu_memory_bytes": peak_gpu,
         "peak_host_memory_bytes": peak_host_memory_bytes(),
         "train_images": int(len(data.pretrain_indices)),
         "test_images": None if data.test_indices is None else int(len(data.test_indices)),
+    }
+
+
+def pretext_results(model: SSLMethod, trainer: pl.Trainer) -> dict[str, Any]:
+    """The pretext heads' metrics of the last epoch (none without a pretext task)."""
+    if model.pretext is None:
+        return {}
+    prefix = "pretext_"
+    logged = {
+        key[len(prefix) :]: float(value)
+        for key, value in trainer.callback_metrics.items()
+        if key.startswith(prefix)
+    }
+    return {
+        "pretext_accuracy": logged.get("accuracy"),
+        "pretext_metrics": logged,
+        "pretext_task": model.pretext.describe(),
     }
 
 

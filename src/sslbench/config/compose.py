@@ -32,6 +32,7 @@ from sslbench.config.schema import (
     conf_dir,
     group_options,
 )
+from sslbench.pretext import check_pretext, pretext_name
 
 
 class ConfigError(ValueError):
@@ -385,6 +386,8 @@ def config_hash(cfg: DictConfig) -> str:
     assert isinstance(data, dict)
     for key in NOT_IN_HASH:
         data.pop(key, None)
+    if pretext_name(data.get("pretext")) is None:
+        data.pop("pretext", None)  # no task: the hash (and folder) of runs from before pretext
     text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -428,6 +431,11 @@ def resolve(cfg: DictConfig) -> DictConfig:
             f"unknown method '{method_name}'; valid: {', '.join(group_options('method'))}"
         )
     _check_transform(cfg.transform)
+    try:
+        check_pretext(OmegaConf.to_container(cfg.get("pretext") or {}, resolve=True),
+                      OmegaConf.to_container(cfg.transform, resolve=True))  # fmt: skip
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.image_size is None:
         cfg.image_size = cfg.dataset.default_image_size
     for key in ("epochs", "batch_size", "image_size", "devices"):
@@ -442,11 +450,13 @@ def resolve(cfg: DictConfig) -> DictConfig:
     if cfg.dataset.path_required and not cfg.dataset.path:
         raise ConfigError(f"dataset {cfg.dataset.name} needs dataset.path=DIR")
     if cfg.run_dir is None:
+        pretext = pretext_name(cfg.get("pretext"))
         name = "-".join(
             str(part)
             for part in (
                 method_name,
                 cfg.transform.get("name"),
+                *([f"pretext_{pretext}"] if pretext else []),
                 cfg.dataset.name,
                 cfg.backbone.name,
             )

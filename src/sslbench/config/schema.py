@@ -20,7 +20,9 @@ from typing import Any
 CONFIG_VERSION = 2
 
 #: The configuration groups; each is a folder of YAML files under ``conf/``.
-GROUPS: tuple[str, ...] = ("method", "transform", "dataset", "backbone", "experiment", "launcher")
+GROUPS: tuple[str, ...] = (
+    "method", "transform", "pretext", "dataset", "backbone", "experiment", "launcher",
+)  # fmt: skip
 
 #: Sections that configure how a grid runs, not what a run computes (a run's folder name,
 #: its config hash, ignores them).
@@ -119,10 +121,14 @@ class GridConfig:
 
 @dataclass
 class RunConfig:
-    """One pretraining run. ``method`` and ``transform`` come from their groups' YAML."""
+    """One pretraining run. ``method``, ``transform`` and ``pretext`` come from their
+    groups' YAML."""
 
     method: dict[str, Any] = field(default_factory=dict)
     transform: dict[str, Any] = field(default_factory=dict)
+    # a pretext task on top of the method (none | lorot | dcl): a head predicts what the
+    # transform's op did to each view, its loss added to the method's (docs/pretext.md)
+    pretext: dict[str, Any] = field(default_factory=dict)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

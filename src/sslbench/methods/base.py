@@ -8,11 +8,16 @@ then reads top to bottom:
    in float32 outside autocast, with a generator seeded from (seed, rank, epoch, step);
 2. the subclass turns the views into a loss (backbone, heads, lightly loss in float32) and
    hands its embeddings to the collapse monitor;
-3. a non-finite loss sets a flag on the device, read every N steps, so no step waits for
+3. with a pretext task (``pretext=lorot|dcl``), its heads read the op labels of the views and
+   the feature maps that the method's backbone calls left (:meth:`SSLMethod.feature_map`),
+   and ``pretext.weight`` times their loss joins the method's;
+4. a non-finite loss sets a flag on the device, read every N steps, so no step waits for
    the host.
 
-A method subclasses :class:`SSLMethod` and implements :meth:`training_loss`; its YAML may
-ask for local views with a ``local_views`` section (count, size_ratio, scale). Views go
+A method subclasses :class:`SSLMethod` and implements :meth:`training_loss`, passing views
+through the backbone with :meth:`SSLMethod.features` (pooled) or
+:meth:`SSLMethod.feature_map`, so that pretext heads see them; its YAML may ask for local
+views with a ``local_views`` section (count, size_ratio, scale). Views go
 through the networks one at a time, as in lightly's benchmark (``method.joint_forward``
 concatenates same-sized views instead; see :meth:`SSLMethod.forward_views`).
 """
@@ -30,6 +35,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from sslbench.pretext import PRETEXT_OPS, create_pretext, pretext_name
+from sslbench.pretext.base import FeatureTap, PretextInputs
 from sslbench.transforms import Pipeline, local_view_pipeline, make_generator
 
 
@@ -84,6 +91,8 @@ class SSLMethod(pl.LightningModule):
         check_finite_every_n_steps: how often the non-finite flag is read on the host.
         log_every_n_steps: how often the costlier monitors (effective rank) are computed.
         channels_last: views in channels-last memory format (faster convolutions on GPU).
+        pretext: the run's ``pretext`` section; transform: its ``transform`` section, whose
+            op gives the pretext labels (both None: no pretext task).
     """
 
     #: Views per image that the method needs (two global views for all the study's methods).
@@ -102,6 +111,8 @@ class SSLMethod(pl.LightningModule):
         check_finite_every_n_steps: int = 10,
         log_every_n_steps: int = 10,
         channels_last: bool = False,
+        pretext: Mapping[str, Any] | None = None,
+        transform: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.method_cfg = dict(method)
@@ -120,6 +131,16 @@ class SSLMethod(pl.LightningModule):
         )
         # First step whose loss was not finite; -1 while all are. Lives on the device.
         self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
+        # Drawn from a forked random state: the method's own heads, built after this, get the
+        # initial weights they get without a pretext task.
+        with torch.random.fork_rng(devices=[]):
+            self.pretext = create_pretext(
+                pretext, transform or {}, feature_dim=self.feature_dim, backbone=backbone,
+                view_size=self.pipeline.size,
+            )  # fmt: skip
+        name = pretext_name(pretext)
+        self.pretext_op = None if name is None else PRETEXT_OPS[name]
+        self._tap: FeatureTap | None = None  # set during a training step with a pretext task
 
     # -- what a method implements -------------------------------------------------------
     def training_loss(self, views: Views) -> Tensor:
@@ -141,6 +162,19 @@ class SSLMethod(pl.LightningModule):
         with torch.autocast(device_type=self.device.type, enabled=False):
             return loss_fn(*(to_float(a) for a in args))
 
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The backbone's feature map of views x ((N, C, h, w) for CNNs), kept for the
+        pretext heads during a training step that has them."""
+        fmap = self.backbone.forward_features(x)
+        if self._tap is not None:
+            self._tap.record(x, fmap)
+        return fmap
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pooled backbone features (N, D) of views x: ``self.backbone(x)``, computed as
+        timm does (feature map, then pooling), so the feature map is seen by the pretext heads."""
+        return self.backbone.forward_head(self.feature_map(x), pre_logits=True)
+
     def forward_views(
         self, fn: Callable[[Tensor], Tensor], views: Sequence[Tensor]
     ) -> list[Tensor]:
@@ -157,13 +191,16 @@ class SSLMethod(pl.LightningModule):
         out: list[Tensor] = []
         for _, same_size in itertools.groupby(views, key=lambda view: view.shape):
             group = list(same_size)
-            out += fn(torch.cat(group)).split([view.shape[0] for view in group])
+            joined = torch.cat(group)
+            if self._tap is not None:
+                self._tap.joined(joined, group)
+            out += fn(joined).split([view.shape[0] for view in group])
         return out
 
     def project_global_views(self, head: nn.Module, views: Views) -> tuple[Tensor, Tensor]:
         """Both global views through the backbone and ``head`` (see :meth:`forward_views`).
         Returns (z0, z1), each (N, D), and hands z0 to the collapse monitor."""
-        z0, z1 = self.forward_views(lambda x: head(self.backbone(x)), views.global_views)
+        z0, z1 = self.forward_views(lambda x: head(self.features(x)), views.global_views)
         self.monitor_embeddings(z0)
         return z0, z1
 
@@ -227,10 +264,59 @@ class SSLMethod(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, aspect, _labels = batch
-        loss = self.training_loss(self.make_views(images, aspect))
+        n = images.shape[0]
+        views = self.make_views(images, aspect)
+        if self.pretext is None:
+            loss = self.training_loss(views)
+        else:
+            self._tap = FeatureTap()
+            try:
+                method_loss = self.training_loss(views)
+                pretext_loss, metrics = self.pretext(self.pretext_inputs(views, self._tap))
+            finally:
+                self._tap = None
+            loss = method_loss + self.pretext.weight * pretext_loss
+            self.log("method_loss", method_loss, on_step=False, on_epoch=True, batch_size=n)
+            for name, value in metrics.items():
+                self.log(f"pretext_{name}", value, on_step=False, on_epoch=True, batch_size=n)
         self._flag_nonfinite(loss)
-        self.log("train_loss", loss, prog_bar=True, on_epoch=True, batch_size=images.shape[0])
+        self.log("train_loss", loss, prog_bar=True, on_epoch=True, batch_size=n)
         return loss
+
+    def pretext_inputs(self, views: Views, tap: FeatureTap) -> PretextInputs:
+        """The views that carry the pretext op's labels (global first, then local), with
+        their labels and the feature maps the method's backbone calls left in ``tap`` (a
+        view the method did not pass through the backbone goes through it now)."""
+        chosen: list[Tensor] = []
+        labels: list[Tensor] = []
+        for view_list, label_list in (
+            (views.global_views, views.global_labels), (views.local_views, views.local_labels)
+        ):  # fmt: skip
+            for view, view_labels in zip(view_list, label_list, strict=True):
+                found = [label for entry, label in view_labels.items()
+                         if self._op_of_entry(entry) == self.pretext_op]  # fmt: skip
+                if found:
+                    chosen.append(view)
+                    labels.append(found[0])
+        fmaps = []
+        for view in chosen:
+            fmap = tap.feature_map(view)
+            fmaps.append(self.feature_map(view) if fmap is None else fmap)
+        return PretextInputs(
+            views=chosen,
+            feature_maps=fmaps,
+            labels=labels,
+            pool=lambda fmap: self.backbone.forward_head(fmap, pre_logits=True),
+            encode=self.feature_map,
+        )
+
+    def _op_of_entry(self, entry: str) -> str:
+        """The op of a transform entry (its key, or its ``op:`` field)."""
+        for pipeline in self.view_pipelines:
+            for spec_entry, op, _ in pipeline.spec:
+                if spec_entry == entry:
+                    return op
+        return entry
 
     @property
     def steps_per_epoch(self) -> int:

@@ -106,7 +106,7 @@ class BYOL(SSLMethod):
         # Each view through each network on its own (lightly's benchmark, the BYOL code):
         # batch norm normalises over one view's N samples (method.joint_forward: both views).
         z0, z1 = self.forward_views(
-            lambda x: self.projection_head(self.backbone(x)), views.global_views
+            lambda x: self.projection_head(self.features(x)), views.global_views
         )
         p0, p1 = self.forward_views(self.prediction_head, [z0, z1])
         with torch.no_grad():  # the target gets no gradient: no graph to keep

@@ -86,10 +86,10 @@ class SwAV(SSLMethod):
         crops = [*views.global_views, *views.local_views]
         if self.joint_forward:
             # SwAV's code: the backbone once per resolution, the head once over all crops.
-            projections = self.projection_head(torch.cat(self.forward_views(self.backbone, crops)))
+            projections = self.projection_head(torch.cat(self.forward_views(self.features, crops)))
         else:
             # lightly's benchmark: every crop through backbone and head on its own.
-            projections = torch.cat([self.projection_head(self.backbone(crop)) for crop in crops])
+            projections = torch.cat([self.projection_head(self.features(crop)) for crop in crops])
         # Scores in float32: Sinkhorn's exp(scores / 0.05) turns bf16's rounding of the
         # scores into errors of several percent in the codes (and overflows in bf16).
         with torch.autocast(device_type=self.device.type, enabled=False):

@@ -24,6 +24,7 @@ from lightly.loss import VICRegLLoss
 from lightly.models.modules.heads import BarlowTwinsProjectionHead, VicRegLLocalProjectionHead
 from torch import Tensor
 
+from sslbench.backbones import feature_map_shape
 from sslbench.methods.base import SSLMethod, Views
 
 #: lightly's VICRegLLoss defaults (VICRegL's 20 / 4 matches at 7x7 / 3x3 feature maps).
@@ -114,36 +115,29 @@ class VICRegL(SSLMethod):
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
         return str(cfg.get("architecture") or type(self.backbone).__name__)
 
-    @torch.no_grad()
     def _feature_map_sizes(self) -> tuple[tuple[int, int], tuple[int, int] | None]:
         """(h, w) of the backbone's feature map for the global and the local views."""
         sides = [("global", self.pipeline.size)]
         if self.local_pipeline is not None:
             sides.append(("local", self.local_pipeline.size))
-        device = next(self.backbone.parameters()).device
-        was_training = self.backbone.training
-        self.backbone.eval()  # one probe image: BatchNorm must not use (or update) batch stats
-        try:
-            sizes = []
-            for kind, side in sides:
-                fmap = self.backbone.forward_features(torch.zeros(1, 3, side, side, device=device))
-                if fmap.ndim != 4 or fmap.shape[1] != self.feature_dim:
-                    raise ValueError(
-                        f"VICRegL needs a (N, C, h, w) feature map from forward_features, but "
-                        f"{self.backbone_name} gives shape {tuple(fmap.shape)}; use a CNN "
-                        f"backbone such as resnet18"
-                    )
-                h, w = fmap.shape[-2:]
-                if h * w < 2:
-                    raise ValueError(
-                        f"VICRegL needs feature maps larger than 1x1, but "
-                        f"{self.backbone_name} gives {h}x{w} for the {side}-px {kind} views "
-                        f"(image_size={self.pipeline.size}); use a larger image_size or "
-                        f"backbone.small_stem=true"
-                    )
-                sizes.append((int(h), int(w)))
-        finally:
-            self.backbone.train(was_training)
+        sizes = []
+        for kind, side in sides:
+            shape = feature_map_shape(self.backbone, side)
+            if len(shape) != 3 or shape[0] != self.feature_dim:
+                raise ValueError(
+                    f"VICRegL needs a (N, C, h, w) feature map from forward_features, but "
+                    f"{self.backbone_name} gives shape {(1, *shape)}; use a CNN "
+                    f"backbone such as resnet18"
+                )
+            h, w = shape[1:]
+            if h * w < 2:
+                raise ValueError(
+                    f"VICRegL needs feature maps larger than 1x1, but "
+                    f"{self.backbone_name} gives {h}x{w} for the {side}-px {kind} views "
+                    f"(image_size={self.pipeline.size}); use a larger image_size or "
+                    f"backbone.small_stem=true"
+                )
+            sizes.append((int(h), int(w)))
         return sizes[0], (sizes[1] if len(sizes) > 1 else None)
 
     @staticmethod
@@ -165,7 +159,7 @@ class VICRegL(SSLMethod):
         view, each view on its own (lightly's benchmark, VICRegL's code) or, with
         ``method.joint_forward``, the views together."""
         n = views[0].shape[0]
-        fmaps = self.forward_views(self.backbone.forward_features, views)  # (N, C, h, w) each
+        fmaps = self.forward_views(self.feature_map, views)  # (N, C, h, w) each
         fmap = torch.cat(fmaps)
         pooled = self.backbone.forward_head(fmap, pre_logits=True)  # (V*N, C)
         # The global head has batch norm: per view, or over all views like the backbone.

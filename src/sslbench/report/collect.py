@@ -84,6 +84,7 @@ class Run:
     method: str
     alpha: float | None  # VICRegL's α, None for every other method
     transform: str
+    pretext: str | None  # the pretext task (lorot, dcl), None without one
     dataset: str
     backbone: str | None
     epochs: int | None
@@ -92,6 +93,7 @@ class Run:
     linear_top1: float | None
     linear_top5: float | None
     knn_top1: float | None
+    pretext_accuracy: float | None
     pretrain_seconds: float | None
     images_per_second: float | None
     peak_gpu_bytes: float | None
@@ -357,6 +359,16 @@ def load_run(folder: Path, name: str) -> Run:
         return data.get(key) if data.get(key) is not None else _config_get(config, dotted)
 
     backbone = _text({"backbone": from_config("backbone", "backbone.name")}, "backbone")
+    pretext = _text({"pretext": from_config("pretext", "pretext.name")}, "pretext")
+    pretext = None if pretext in (None, "none") else pretext
+    settings = flatten_config(config)
+    # The task is the row's own key; without one, a run from before pretext tasks (no
+    # pretext keys) and a run with pretext=none have the same settings.
+    settings = {
+        k: v
+        for k, v in settings.items()
+        if k != "pretext.name" and not (pretext is None and k.startswith("pretext."))
+    }
     sizes = {
         key: _integer({key: from_config(key, key)}, key)
         for key in ("epochs", "batch_size", "image_size")
@@ -369,6 +381,7 @@ def load_run(folder: Path, name: str) -> Run:
         method=method,
         alpha=alpha,
         transform=_text(data, "transform", required=True) or "",
+        pretext=pretext,
         dataset=_text(data, "dataset", required=True) or "",
         backbone=backbone,
         epochs=sizes["epochs"],
@@ -377,13 +390,14 @@ def load_run(folder: Path, name: str) -> Run:
         linear_top1=_number(data, "linear_top1", 0.0, 1.0),
         linear_top5=_number(data, "linear_top5", 0.0, 1.0),
         knn_top1=_number(data, "knn_top1", 0.0, 1.0),
+        pretext_accuracy=_number(data, "pretext_accuracy", 0.0, 1.0),
         pretrain_seconds=_number(data, "pretrain_seconds"),
         images_per_second=_number(data, "images_per_second"),
         peak_gpu_bytes=_number(data, "peak_gpu_memory_bytes"),
         peak_host_bytes=_number(data, "peak_host_memory_bytes"),
         seed=_integer(data, "seed"),
         test_subset=_test_subset(data.get("test_subset")),
-        settings=flatten_config(config),
+        settings=settings,
     )
 
 

@@ -25,9 +25,10 @@ FORMATS = ("md", "csv", "html", "latex", "json")
 
 CSV_COLUMNS = (
     "dataset", "backbone", "epochs", "image_size", "batch_size", "test_subset", "method",
-    "alpha", "variant", "transform", "n_runs", "n_failed", "n_interrupted",
+    "alpha", "pretext", "variant", "transform", "n_runs", "n_failed", "n_interrupted",
     "linear_top1_mean", "linear_top1_std", "linear_top5_mean", "linear_top5_std",
-    "knn_top1_mean", "knn_top1_std", "minutes_mean", "peak_gpu_gb_mean", "peak_host_gb_mean",
+    "knn_top1_mean", "knn_top1_std", "pretext_accuracy_mean", "pretext_accuracy_std",
+    "minutes_mean", "peak_gpu_gb_mean", "peak_host_gb_mean",
     "images_per_second_mean", "study_top1", "study_top5", "diff", "study_note", "status",
     "error", "run_folders",
 )  # fmt: skip

@@ -6,7 +6,8 @@ The rules, in order:
   never evaluated (failed, interrupted) has no test subset of its own; it joins the
   section of the evaluated runs that share its dataset, sizes and test-subset settings
   (``dataset.max_test``, ``eval.subset_seed``), when exactly one such section exists.
-- Within a section, rows are methods (VICRegL one row per α), columns are pipelines.
+- Within a section, rows are methods (VICRegL one row per α; with a pretext task, its own
+  row: "simclr + pretext lorot"), columns are pipelines.
 - Runs in one cell are averaged only when their configs differ in nothing but the seed
   (and the keys in collect.IGNORED_CONFIG_KEYS). Otherwise the row splits into variants,
   each labelled with the config keys that tell them apart.
@@ -38,6 +39,7 @@ METRICS = {  # table kind -> (title, Run attribute)
     "top1": ("Linear top-1", "linear_top1"),
     "top5": ("Linear top-5", "linear_top5"),
     "knn": ("kNN top-1", "knn_top1"),
+    "pretext": ("Pretext-task accuracy", "pretext_accuracy"),
 }
 #: At most this many differing config keys are named in a variant's label.
 MAX_LABEL_KEYS = 3
@@ -65,7 +67,7 @@ class Cell:
 
 @dataclass
 class Table:
-    kind: str  # top1 | top5 | knn | cost
+    kind: str  # top1 | top5 | knn | pretext | cost
     title: str
     header: list[str]
     rows: list[list[Cell]]  # each row's first cell is its label
@@ -109,15 +111,18 @@ class Report:
 
 @dataclass(frozen=True)
 class RowKey:
-    """A table row: a method, VICRegL's α, and the config keys telling variants apart."""
+    """A table row: a method, VICRegL's α, the pretext task, and the config keys telling
+    variants apart."""
 
     method: str
     alpha: float | None
     variant: tuple[tuple[str, str], ...] = ()
+    pretext: str | None = None
 
     @property
     def method_label(self) -> str:
-        return self.method if self.alpha is None else f"{self.method} α={self.alpha:g}"
+        label = self.method if self.alpha is None else f"{self.method} α={self.alpha:g}"
+        return label if self.pretext is None else f"{label} + pretext {self.pretext}"
 
     @property
     def variant_label(self) -> str:
@@ -134,7 +139,7 @@ class RowKey:
     def order(self) -> tuple[Any, ...]:
         rank = METHOD_ORDER.index(self.method) if self.method in METHOD_ORDER else len(METHOD_ORDER)
         alpha = -1.0 if self.alpha is None else self.alpha
-        return (rank, self.method, alpha, self.variant)
+        return (rank, self.method, alpha, self.pretext or "", self.variant)
 
 
 def _short(value: str, limit: int = 24) -> str:
@@ -276,11 +281,11 @@ def _slugs(keys: Sequence[SectionKey]) -> list[str]:
 def _row_keys(runs: Sequence[Run]) -> dict[int, RowKey]:
     """Each run's row (by id): its method and α, split into variants where one cell holds
     runs whose settings differ."""
-    by_method: dict[tuple[str, float | None], list[Run]] = defaultdict(list)
+    by_method: dict[tuple[str, float | None, str | None], list[Run]] = defaultdict(list)
     for run in runs:
-        by_method[(run.method, run.alpha)].append(run)
+        by_method[(run.method, run.alpha, run.pretext)].append(run)
     rows: dict[int, RowKey] = {}
-    for (method, alpha), method_runs in by_method.items():
+    for (method, alpha, pretext), method_runs in by_method.items():
         by_cell: dict[str, list[Run]] = defaultdict(list)
         for run in method_runs:
             by_cell[run.transform].append(run)
@@ -292,7 +297,7 @@ def _row_keys(runs: Sequence[Run]) -> dict[int, RowKey]:
                     differing.add(key)
         for run in method_runs:
             variant = tuple((k, run.settings.get(k, "(absent)")) for k in sorted(differing))
-            rows[id(run)] = RowKey(method, alpha, variant)
+            rows[id(run)] = RowKey(method, alpha, variant, pretext)
     return rows
 
 
@@ -325,6 +330,7 @@ class CellRuns:
     top1: Stats | None = field(init=False)
     top5: Stats | None = field(init=False)
     knn: Stats | None = field(init=False)
+    pretext: Stats | None = field(init=False)
     minutes: float | None = field(init=False)  # means over the completed runs
     gpu_gb: float | None = field(init=False)
     host_gb: float | None = field(init=False)
@@ -338,10 +344,13 @@ class CellRuns:
         self.top1 = summarize(r.linear_top1 for r in done)
         self.top5 = summarize(r.linear_top5 for r in done)
         self.knn = summarize(r.knn_top1 for r in done)
+        self.pretext = summarize(r.pretext_accuracy for r in done)
         self.minutes, self.gpu_gb, self.host_gb, self.images_per_second = cost_means(done)
 
     def stats(self, kind: str) -> Stats | None:
-        return {"top1": self.top1, "top5": self.top5, "knn": self.knn}[kind]
+        return {"top1": self.top1, "top5": self.top5, "knn": self.knn, "pretext": self.pretext}[
+            kind
+        ]
 
     @property
     def status(self) -> str:
@@ -436,8 +445,9 @@ def _mark_best(rows: list[list[Cell]], columns: Iterable[int]) -> None:
 def _study_cells(
     dataset: str, row: RowKey, transform: str, ours: Stats | None, kind: str, footnotes: Footnotes
 ) -> tuple[Cell, Cell]:
-    """The study's cell and the difference (ours − study's) for one pipeline column."""
-    study = reference.study_cell(dataset, row.method, row.alpha, transform)
+    """The study's cell and the difference (ours − study's) for one pipeline column (none
+    for a row with a pretext task: the study had none)."""
+    study = row_study_cell(dataset, row, transform)
     published = None if study is None else (study.top1 if kind == "top1" else study.top5)
     if study is None or published is None:
         return Cell(), Cell()
@@ -457,6 +467,13 @@ def _study_cells(
         return study_cell, Cell()
     diff = ours.mean - published
     return study_cell, Cell(text=fmt_diff(diff), sort_value=diff)
+
+
+def row_study_cell(dataset: str, row: RowKey, transform: str) -> reference.StudyCell | None:
+    """The study's published cell for a row and pipeline; None for pretext rows."""
+    if row.pretext is not None:
+        return None
+    return reference.study_cell(dataset, row.method, row.alpha, transform)
 
 
 def _study_remarks(key: SectionKey) -> list[str]:
@@ -501,6 +518,8 @@ def metric_table(
         line = [Cell(text=row.label, sort_value=float(index))]
         for transform in transforms:
             cell = cells.get((row, transform))
+            if kind == "pretext" and row.pretext is None:
+                cell = None  # no head to score: "–", not "n/a"
             line.append(value_cell(cell, kind, footnotes))
             if with_reference:
                 ours = None if cell is None else cell.stats(kind)
@@ -543,7 +562,7 @@ def _round(value: float | None) -> float | None:
 
 def cell_record(key: SectionKey, cell: CellRuns) -> dict[str, Any]:
     """One long-form row (CSV, JSON) for a cell with runs."""
-    study = reference.study_cell(key.dataset, cell.row.method, cell.row.alpha, cell.transform)
+    study = row_study_cell(key.dataset, cell.row, cell.transform)
     top1 = cell.top1
     errors = sorted({r.error for r in cell.failed if r.error})
     return {
@@ -555,6 +574,7 @@ def cell_record(key: SectionKey, cell: CellRuns) -> dict[str, Any]:
         "test_subset": key.test_sha256 or None,
         "method": cell.row.method,
         "alpha": cell.row.alpha,
+        "pretext": cell.row.pretext,
         "variant": cell.row.variant_label or None,
         "transform": cell.transform,
         "n_runs": len(cell.runs),
@@ -566,6 +586,8 @@ def cell_record(key: SectionKey, cell: CellRuns) -> dict[str, Any]:
         "linear_top5_std": _round(None if cell.top5 is None else cell.top5.std),
         "knn_top1_mean": _round(None if cell.knn is None else cell.knn.mean),
         "knn_top1_std": _round(None if cell.knn is None else cell.knn.std),
+        "pretext_accuracy_mean": _round(None if cell.pretext is None else cell.pretext.mean),
+        "pretext_accuracy_std": _round(None if cell.pretext is None else cell.pretext.std),
         "minutes_mean": _round(cell.minutes),
         "peak_gpu_gb_mean": _round(cell.gpu_gb),
         "peak_host_gb_mean": _round(cell.host_gb),
@@ -603,8 +625,10 @@ def build_section(
             with_reference and reference.study_has_top5(key.dataset),
         ),
         metric_table("knn", key, rows, transforms, cells, footnotes, False),
-        cost_table(rows, runs, row_of),
     ]
+    if any(r.pretext_accuracy is not None for r in runs):
+        tables.append(metric_table("pretext", key, rows, transforms, cells, footnotes, False))
+    tables.append(cost_table(rows, runs, row_of))
     used: list[int] = []
     for table in tables:
         for line in table.rows:

@@ -11,8 +11,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .params import (
+    GEOMETRIC_OPS,
     LABELLED_OPS,
     OP_PARAMS,
+    POINTWISE_OPS,
     ColorJitterParams,
     FlipParams,
     GaussianBlurParams,
@@ -30,7 +32,6 @@ from .params import (
 
 if TYPE_CHECKING:  # static analysers see the lazy names as ordinary imports
     from .ops import (
-        GEOMETRIC_OPS,
         OPS,
         adjust_brightness,
         adjust_contrast,
@@ -99,6 +100,7 @@ __all__ = [
     "GrayscaleParams",
     "LABELLED_OPS",
     "LoRotParams",
+    "POINTWISE_OPS",
     "NormalizeParams",
     "OPS",
     "OP_PARAMS",

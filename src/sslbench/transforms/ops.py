@@ -618,11 +618,6 @@ def box_coordinates(boxes: Tensor, aspect: Tensor, size: int) -> Tensor:
     return torch.stack((xs, ys), dim=1)
 
 
-#: Ops that move pixels; the pipeline applies them to the coordinate map as well.
-GEOMETRIC_OPS: frozenset[str] = frozenset(
-    {"hflip", "vflip", "rotate90", "rotate", "lorot", "region_confusion"}
-)
-
 #: op(x, gen, params) -> x, or (x, labels) for the ops in ``params.LABELLED_OPS``.
 OPS: dict[str, Callable[..., Tensor | tuple[Tensor, Tensor]]] = {
     "hflip": hflip,

@@ -148,6 +148,15 @@ OP_PARAMS: dict[str, type] = {
     "region_confusion": RegionConfusionParams,
 }
 
+#: Ops that move pixels; the pipeline applies them to the coordinate map as well.
+GEOMETRIC_OPS: frozenset[str] = frozenset(
+    {"hflip", "vflip", "rotate90", "rotate", "lorot", "region_confusion"}
+)
+
+#: Ops that compute each output pixel from the same pixel alone: after a labelled op they
+#: leave its label true (a pretext task may undo the op, or read where its region went).
+POINTWISE_OPS: frozenset[str] = frozenset({"color_jitter", "grayscale", "solarize", "normalize"})
+
 #: Ops that return pretext-task labels beside the views (LoRot's rotation class, DCL's
 #: permutation); a pipeline may contain at most one of each.
 LABELLED_OPS: frozenset[str] = frozenset({"lorot", "region_confusion"})

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from .ops import (
-    GEOMETRIC_OPS,
     OPS,
     box_coordinates,
     center_boxes,
@@ -29,6 +28,7 @@ from .ops import (
     sample_crop_boxes,
 )
 from .params import (
+    GEOMETRIC_OPS,
     LABELLED_OPS,
     NormalizeParams,
     ResizedCropParams,
