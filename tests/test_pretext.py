@@ -250,3 +250,31 @@ def test_lorot_head_learns_while_the_method_loss_falls(tmp_path) -> None:
     assert len(accuracy) == 4
     assert accuracy[-1] > 0.3 and accuracy[-1] > accuracy[0]
     assert method_loss[-1] < method_loss[0]
+
+
+def test_a_config_saved_before_pretext_tasks_loads_as_none(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from sslbench.config import load_run_config
+    from sslbench.pretext import pretext_name
+
+    cfg = compose(["transform=lorot"])
+    saved = OmegaConf.to_container(cfg)
+    del saved["pretext"]
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    loaded = load_run_config(path, ["run_dir=null"])
+    assert pretext_name(loaded.pretext) is None
+    assert loaded.run_dir == cfg.run_dir  # the same hash, so the same folder
+
+
+@needs_fmnist
+def test_a_pretext_run_evaluates_again_from_its_checkpoint(tmp_path) -> None:
+    """`sslbench eval` rebuilds the model with its pretext heads, so the checkpoint loads."""
+    run_dir = tmp_path / "run"
+    args = ["transform=dcl", "pretext=dcl", f"run_dir={run_dir}"]
+    assert main(["pretrain", *TINY_RUN, *args]) == 0
+    first = json.loads((run_dir / "results.json").read_text())["linear_top1"]
+    assert main(["eval", f"run_dir={run_dir}", "progress_bar=false"]) == 0
+    again = json.loads((run_dir / "results.json").read_text())
+    assert again["linear_top1"] == pytest.approx(first, abs=1e-6)

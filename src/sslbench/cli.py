@@ -34,9 +34,9 @@ commands:
   report DIR... [--format md|csv|html|latex|json] [--out FILE] [--reference study]
                             method x pipeline tables and plots from any run folders
 
-Override keys: method, transform, dataset, backbone, experiment, launcher (groups), epochs,
-batch_size, image_size, seed, device, devices, run_dir, dataset.max_train,
-dataset.max_test, method.KEY, transform.ops.OP.PARAM, ...; see README.md.
+Override keys: method, transform, pretext, dataset, backbone, experiment, launcher (groups),
+epochs, batch_size, image_size, seed, device, devices, run_dir, dataset.max_train,
+dataset.max_test, method.KEY, transform.ops.OP.PARAM, pretext.weight, ...; see README.md.
 """
 
 
@@ -160,10 +160,14 @@ def _summary(results: dict, run_dir: str) -> str:
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
+    pretext = results.get("pretext")
+    task = "" if not pretext else f" + pretext {pretext}"
+    head = "" if not pretext else f", pretext accuracy {fmt(results.get('pretext_accuracy'))}"
     return (
-        f"{results['method']} / {results['transform']} on {results['dataset']}: "
+        f"{results['method']} / {results['transform']}{task} on {results['dataset']}: "
         f"linear top-1 {fmt(results['linear_top1'])}, top-5 {fmt(results['linear_top5'])}, "
-        f"kNN top-1 {fmt(results['knn_top1'])}; {results['pretrain_seconds'] / 60:.1f} min "
+        f"kNN top-1 {fmt(results['knn_top1'])}{head}; "
+        f"{results['pretrain_seconds'] / 60:.1f} min "
         f"({results['images_per_second']:.0f} img/s)\nrun folder: {run_dir}"
     )
 

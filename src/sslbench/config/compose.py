@@ -431,9 +431,12 @@ def resolve(cfg: DictConfig) -> DictConfig:
             f"unknown method '{method_name}'; valid: {', '.join(group_options('method'))}"
         )
     _check_transform(cfg.transform)
+    pretext = cfg.get("pretext")  # absent from configs saved before pretext tasks
     try:
-        check_pretext(OmegaConf.to_container(cfg.get("pretext") or {}, resolve=True),
-                      OmegaConf.to_container(cfg.transform, resolve=True))  # fmt: skip
+        check_pretext(
+            None if pretext is None else OmegaConf.to_container(pretext, resolve=True),
+            OmegaConf.to_container(cfg.transform, resolve=True),
+        )
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if cfg.image_size is None:
