@@ -26,8 +26,19 @@ SMALL = {
 }
 
 
-def _spec_without(transform: dict, op: str) -> dict:
-    return {entry: params for entry, params in transform["ops"].items() if entry != op}
+def _views_with_and_without(op: str, size: int, batch, *overrides: str):
+    """One view of each image by a packaged pipeline, and by the same pipeline without
+    ``op``, from the same random stream (ViewBatch, ViewBatch)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose([f"image_size={size}", *overrides])
+    ops = OmegaConf.to_container(cfg.transform, resolve=True)["ops"]
+    images, aspect, _ = batch
+    made = [
+        Pipeline(spec, size).views(images, aspect, make_generator(0, "cpu"))
+        for spec in (ops, {entry: params for entry, params in ops.items() if entry != op})
+    ]
+    return made[0], made[1]
 
 
 @pytest.mark.parametrize("transform", ["dcl", "baseline_dcl"])
@@ -35,14 +46,8 @@ def test_undoing_the_permutation_gives_the_view_without_the_shuffle(transform, f
     """DCL's original view: the shuffled view with its permutation undone is, pixel for
     pixel, the view the same pipeline makes without region confusion (the shuffle is the
     last op before normalize, so every earlier random draw is the same)."""
-    from omegaconf import OmegaConf
-
-    cfg = compose([f"transform={transform}", "image_size=28"])
-    ops = OmegaConf.to_container(cfg.transform, resolve=True)
-    images, aspect, _ = fmnist_batch
-    shuffled = Pipeline(ops["ops"], 28).views(images, aspect, make_generator(0, "cpu"))
-    plain = Pipeline(_spec_without(ops, "region_confusion"), 28).views(
-        images, aspect, make_generator(0, "cpu")
+    shuffled, plain = _views_with_and_without(
+        "region_confusion", 28, fmnist_batch, f"transform={transform}"
     )
     permutation = shuffled.labels["region_confusion"]
     assert (permutation != torch.arange(49)).any(dim=1).all()  # p=1: every view shuffled
@@ -55,14 +60,8 @@ def test_rotating_the_region_back_by_the_label_gives_the_view_without_lorot(vari
     """The labels that reach LoRot's head say what the op did: with LoRot-E (the quadrant is
     in the label) turning that quadrant back by k restores the view made without the op;
     with LoRot-I, label 0 leaves the view as it was and any other label changed it."""
-    from omegaconf import OmegaConf
-
-    cfg = compose(["transform=lorot", "image_size=32", f"transform.ops.lorot.variant={variant}"])
-    ops = OmegaConf.to_container(cfg.transform, resolve=True)
-    images, aspect, _ = fmnist_batch
-    turned = Pipeline(ops["ops"], 32).views(images, aspect, make_generator(1, "cpu"))
-    plain = Pipeline(_spec_without(ops, "lorot"), 32).views(
-        images, aspect, make_generator(1, "cpu")
+    turned, plain = _views_with_and_without(
+        "lorot", 32, fmnist_batch, "transform=lorot", f"transform.ops.lorot.variant={variant}"
     )
     labels = turned.labels["lorot"]
     n = labels.shape[0]

@@ -139,7 +139,14 @@ class SSLMethod(pl.LightningModule):
                 view_size=self.pipeline.size,
             )  # fmt: skip
         name = pretext_name(pretext)
-        self.pretext_op = None if name is None else PRETEXT_OPS[name]
+        op = None if name is None else PRETEXT_OPS[name]
+        # The transform entries of the task's op (an entry is named by its op, or has ``op:``).
+        self.pretext_entries = {
+            entry
+            for view_pipeline in self.view_pipelines
+            for entry, entry_op, _ in view_pipeline.spec
+            if entry_op == op
+        }
         self._tap: FeatureTap | None = None  # set during a training step with a pretext task
 
     # -- what a method implements -------------------------------------------------------
@@ -294,7 +301,7 @@ class SSLMethod(pl.LightningModule):
         ):  # fmt: skip
             for view, view_labels in zip(view_list, label_list, strict=True):
                 found = [label for entry, label in view_labels.items()
-                         if self._op_of_entry(entry) == self.pretext_op]  # fmt: skip
+                         if entry in self.pretext_entries]  # fmt: skip
                 if found:
                     chosen.append(view)
                     labels.append(found[0])
@@ -307,16 +314,8 @@ class SSLMethod(pl.LightningModule):
             feature_maps=fmaps,
             labels=labels,
             pool=lambda fmap: self.backbone.forward_head(fmap, pre_logits=True),
-            encode=self.feature_map,
+            encode=lambda views: self.feature_map(self._memory_format(views)),
         )
-
-    def _op_of_entry(self, entry: str) -> str:
-        """The op of a transform entry (its key, or its ``op:`` field)."""
-        for pipeline in self.view_pipelines:
-            for spec_entry, op, _ in pipeline.spec:
-                if spec_entry == entry:
-                    return op
-        return entry
 
     @property
     def steps_per_epoch(self) -> int:
