@@ -145,8 +145,7 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
     channels_last = accelerator == "gpu" and cfg.backbone.channels_last
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
-    transform = OmegaConf.to_container(cfg.transform, resolve=True)
-    pipelines = view_pipelines(transform, cfg.image_size)
+    pipelines = view_pipelines(OmegaConf.to_container(cfg.transform, resolve=True), cfg.image_size)
     method_cls = method_class(cfg.method.name)
     return method_cls(
         OmegaConf.to_container(cfg.method, resolve=True),
@@ -158,7 +157,6 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         log_every_n_steps=cfg.log_every_n_steps,
         channels_last=channels_last,
         pretext=OmegaConf.to_container(cfg.pretext, resolve=True) if "pretext" in cfg else None,
-        transform=transform,
     )
 
 

@@ -91,8 +91,8 @@ class SSLMethod(pl.LightningModule):
         check_finite_every_n_steps: how often the non-finite flag is read on the host.
         log_every_n_steps: how often the costlier monitors (effective rank) are computed.
         channels_last: views in channels-last memory format (faster convolutions on GPU).
-        pretext: the run's ``pretext`` section; transform: its ``transform`` section, whose
-            op gives the pretext labels (both None: no pretext task).
+        pretext: the run's ``pretext`` section (None: no pretext task); its op's labels and
+            parameters come from the pipelines.
     """
 
     #: Views per image that the method needs (two global views for all the study's methods).
@@ -112,7 +112,6 @@ class SSLMethod(pl.LightningModule):
         log_every_n_steps: int = 10,
         channels_last: bool = False,
         pretext: Mapping[str, Any] | None = None,
-        transform: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.method_cfg = dict(method)
@@ -131,22 +130,20 @@ class SSLMethod(pl.LightningModule):
         )
         # First step whose loss was not finite; -1 while all are. Lives on the device.
         self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
+        name = pretext_name(pretext)
+        op = None if name is None else PRETEXT_OPS[name]
+        # The transform entries of the task's op (an entry is named by its op, or has
+        # ``op:``) and their parameters, in each global-view pipeline.
+        steps = [(entry, params) for view_pipeline in self.view_pipelines
+                 for entry, entry_op, params in view_pipeline.spec if entry_op == op]  # fmt: skip
+        self.pretext_entries = {entry for entry, _ in steps}
         # Drawn from a forked random state: the method's own heads, built after this, get the
         # initial weights they get without a pretext task.
         with torch.random.fork_rng(devices=[]):
             self.pretext = create_pretext(
-                pretext, transform or {}, feature_dim=self.feature_dim, backbone=backbone,
-                view_size=self.pipeline.size,
+                pretext, [params for _, params in steps], feature_dim=self.feature_dim,
+                backbone=backbone, view_size=self.pipeline.size,
             )  # fmt: skip
-        name = pretext_name(pretext)
-        op = None if name is None else PRETEXT_OPS[name]
-        # The transform entries of the task's op (an entry is named by its op, or has ``op:``).
-        self.pretext_entries = {
-            entry
-            for view_pipeline in self.view_pipelines
-            for entry, entry_op, _ in view_pipeline.spec
-            if entry_op == op
-        }
         self._tap: FeatureTap | None = None  # set during a training step with a pretext task
 
     # -- what a method implements -------------------------------------------------------

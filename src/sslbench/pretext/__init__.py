@@ -22,7 +22,12 @@ import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sslbench.transforms.params import POINTWISE_OPS, parse_pipeline_spec, view_specs
+from sslbench.transforms.params import (
+    POINTWISE_OPS,
+    execution_order,
+    parse_pipeline_spec,
+    view_specs,
+)
 
 if TYPE_CHECKING:
     from sslbench.pretext.base import PretextTask
@@ -61,9 +66,7 @@ def check_pretext(pretext: Mapping[str, Any] | None, transform: Mapping[str, Any
         raise ValueError(f"unknown pretext '{name}'; valid: none, {', '.join(sorted(PRETEXTS))}")
     op = PRETEXT_OPS[name]
     for spec in view_specs(transform):
-        steps = parse_pipeline_spec(spec)
-        # The pipeline's order: the crop first, the ops as listed, normalize last.
-        order = [s for s in steps if s[1] not in ("resized_crop", "normalize")]
+        order = execution_order(parse_pipeline_spec(spec))
         entries = [entry for entry, step_op, _ in order if step_op == op]
         if not entries:
             raise ValueError(
@@ -83,26 +86,19 @@ def check_pretext(pretext: Mapping[str, Any] | None, transform: Mapping[str, Any
 
 
 def create_pretext(
-    pretext: Mapping[str, Any] | None, transform: Mapping[str, Any], **kwargs: Any
+    pretext: Mapping[str, Any] | None, op_params: list[Any], **kwargs: Any
 ) -> PretextTask | None:
-    """The head module of the run's pretext task (None for ``pretext=none``); ``kwargs`` go
-    to its constructor (feature_dim, backbone, view_size)."""
+    """The head module of the run's pretext task (None for ``pretext=none``). ``op_params``:
+    the parameters of the task's op in each global-view pipeline (the task checks that they
+    agree where its head depends on them: LoRot's variant, DCL's grid); ``kwargs`` go to its
+    constructor (feature_dim, backbone, view_size). The transform was checked against the
+    task when the config was resolved (:func:`check_pretext`)."""
     name = pretext_name(pretext)
     if name is None:
         return None
-    check_pretext(pretext, transform)
     module, cls = PRETEXTS[name].split(":")
     task = getattr(importlib.import_module(module), cls)
-    op = PRETEXT_OPS[name]
-    # The op's parameters in each global-view variant (the task checks that they agree
-    # where its head depends on them: LoRot's variant, DCL's grid).
-    params = [
-        step_params
-        for spec in view_specs(transform)
-        for _, step_op, step_params in parse_pipeline_spec(spec)
-        if step_op == op
-    ]
-    return task(dict(pretext or {}), op_params=params, **kwargs)
+    return task(dict(pretext or {}), op_params=op_params, **kwargs)
 
 
 __all__ = ["PRETEXTS", "PRETEXT_OPS", "check_pretext", "create_pretext", "pretext_name"]

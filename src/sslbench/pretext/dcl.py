@@ -94,11 +94,11 @@ class DCL(PretextTask):
     def forward(self, inputs: PretextInputs) -> tuple[Tensor, dict[str, Tensor]]:
         g = self.grid
         original = unshuffle(inputs.views[0], inputs.labels[0], g)
-        identity = torch.arange(g * g, device=original.device).expand(original.shape[0], -1)
+        cells = torch.arange(g * g, device=original.device)
         maps = [*inputs.feature_maps, inputs.encode(original)]
-        permutation = torch.cat([*inputs.labels, identity])  # (M, g²)
+        permutation = torch.cat([*inputs.labels, cells.expand(original.shape[0], -1)])  # (M, g²)
 
-        shuffled = (permutation != torch.arange(g * g, device=permutation.device)).any(dim=1)
+        shuffled = (permutation != cells).any(dim=1)
         target = shuffled.long()  # 1: shuffled, 0: original
         logits = self.adversarial_head(torch.cat([inputs.pool(m) for m in maps])).float()
         adversarial = class_balanced_mean(

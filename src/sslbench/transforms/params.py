@@ -283,6 +283,14 @@ def parse_pipeline_spec(
     return parsed
 
 
+def execution_order(spec: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
+    """The steps of a parsed spec after the crop, in the order a pipeline runs them: as
+    listed, ``normalize`` last wherever it is listed (a pipeline that extends another through
+    a YAML defaults list gets its new ops appended after the parent's normalize)."""
+    steps = [step for step in spec if step[1] not in ("resized_crop", "normalize")]
+    return steps + [step for step in spec if step[1] == "normalize"]
+
+
 def view_specs(transform: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The op spec of each global-view variant of a transform config.
 

@@ -32,6 +32,7 @@ from .params import (
     LABELLED_OPS,
     NormalizeParams,
     ResizedCropParams,
+    execution_order,
     parse_pipeline_spec,
     view_specs,
 )
@@ -74,10 +75,7 @@ class Pipeline:
         if crops not in ([], [0]):
             raise ValueError("op 'resized_crop' must be the first op of a transform, used once")
         self.crop: ResizedCropParams | None = self.spec[0][2] if crops else None
-        # normalize runs last wherever it is listed: a pipeline that extends another through a
-        # YAML defaults list gets its new ops appended after the parent's normalize.
-        self.steps = [step for step in self.spec if step[1] not in ("resized_crop", "normalize")]
-        self.steps += [step for step in self.spec if step[1] == "normalize"]
+        self.steps = execution_order(self.spec)
         norms = [params for _, op, params in self.spec if op == "normalize"]
         self.normalize: NormalizeParams | None = norms[-1] if norms else None
         self._check_size()
