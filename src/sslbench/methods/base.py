@@ -392,7 +392,8 @@ SCHEDULES = ("cosine", "constant")
 def build_optimizer(
     name: str, params: Any, *, lr: float, momentum: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """SGD, Adam, AdamW or LARS (lightly's) by name."""
+    """SGD, Adam, AdamW or LARS (:class:`sslbench.optim.LARS`: lightly's, without host syncs)
+    by name."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
@@ -400,7 +401,7 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "lars":
-        from lightly.utils.lars import LARS
+        from sslbench.optim import LARS
 
         return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
