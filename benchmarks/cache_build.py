@@ -1,11 +1,14 @@
-"""Decode-once cache build speed: one process vs several, on a folder of real-sized JPEGs.
+"""Decode-once cache build speed: one process vs several, JPEG draft on and off, on a folder
+of real-sized JPEGs.
 
 Writes ``--images`` JPEGs of ``--width`` x ``--height`` (smooth random pictures, quality 90,
-like a photo folder), then builds the cache at ``--side`` with each ``--workers`` value, in a
-fresh cache folder each time, and reports images per second. One JSON line per build goes
-to ``--out``:
+like a photo folder), then builds the cache at ``--side`` with each ``--workers`` value and
+each ``--jpeg-draft`` setting (``both``: off then on, side by side), the same images in a fresh
+cache folder each time, and reports images per second. A draft only applies to pictures at
+least 2 x ``--side`` on both sides (the defaults, 426 x 320 at 160, decode at 1/2). One JSON
+line per build goes to ``--out``:
 
-    python benchmarks/cache_build.py --images 2000 --workers 1 2
+    python benchmarks/cache_build.py --images 2000 --workers 1 2 --jpeg-draft both
 """
 
 from __future__ import annotations
@@ -35,11 +38,11 @@ def write_jpegs(root: Path, n: int, width: int, height: int, classes: int = 10) 
         picture.save(folder / f"{i:06d}.jpg", quality=90)
 
 
-def build_seconds(folder: Path, side: int, workers: int) -> float:
+def build_seconds(folder: Path, side: int, workers: int, jpeg_draft: bool) -> float:
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
         load_or_build(ImageFolder(folder), "train", side, cache_root=Path(cache),
-                      progress=False, workers=workers)  # fmt: skip
+                      progress=False, workers=workers, jpeg_draft=jpeg_draft)  # fmt: skip
         return time.perf_counter() - start
 
 
@@ -50,24 +53,33 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--side", type=int, default=160)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--jpeg-draft", choices=["on", "off", "both"], default="both",
+        help="dataset.jpeg_draft of the builds; both: off and on, side by side",
+    )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/cache_build.jsonl")
     args = parser.parse_args()
+    drafts = {"on": [True], "off": [False], "both": [False, True]}[args.jpeg_draft]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         write_jpegs(folder, args.images, args.width, args.height)
         for workers in args.workers:
-            seconds = build_seconds(folder, args.side, workers)
-            row = {
-                "benchmark": "cache_build", "date": time.strftime("%Y-%m-%d"),
-                "cpus": os.cpu_count(), "images": args.images,
-                "picture": f"{args.width}x{args.height} JPEG", "side": args.side,
-                "workers": workers, "seconds": seconds, "images_per_second": args.images / seconds,
-                "versions": versions(), "git_sha": git_sha(),
-            }  # fmt: skip
-            with open(args.out, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            print(f"workers={workers}: {args.images} images in {seconds:.1f} s "
-                  f"({args.images / seconds:.0f} img/s)", flush=True)  # fmt: skip
+            speeds = []
+            for draft in drafts:
+                seconds = build_seconds(folder, args.side, workers, draft)
+                row = {
+                    "benchmark": "cache_build", "date": time.strftime("%Y-%m-%d"),
+                    "cpus": os.cpu_count(), "images": args.images,
+                    "picture": f"{args.width}x{args.height} JPEG", "side": args.side,
+                    "workers": workers, "jpeg_draft": draft, "seconds": seconds,
+                    "images_per_second": args.images / seconds,
+                    "versions": versions(), "git_sha": git_sha(),
+                }  # fmt: skip
+                with open(args.out, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                speeds.append(f"draft {'on' if draft else 'off'}: {args.images} images in "
+                              f"{seconds:.1f} s ({args.images / seconds:.0f} img/s)")  # fmt: skip
+            print(f"workers={workers}: " + " | ".join(speeds), flush=True)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def test_an_experiment_grid_needs_multirun(capsys) -> None:
 
 def test_each_concurrent_child_gets_its_share_of_threads_and_its_own_gpu(monkeypatch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr("sslbench.grid._cpu_count", lambda: 16)
+    monkeypatch.setattr("sslbench.grid.available_cores", lambda: 16)
     assert child_env(0, 1, 0).get("OMP_NUM_THREADS") == __import__("os").environ.get(
         "OMP_NUM_THREADS"
     )  # one job: the environment as it is

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from sslbench import __version__
 from sslbench.config import ConfigError, compose, load_run_config
+from sslbench.cpu import prefer_passive_waiting
 
 DESCRIPTION = """\
 Pretrain, evaluate and compare self-supervised vision models.
@@ -33,6 +34,10 @@ commands:
                             a PNG grid of a pipeline's views of a few real images
   report DIR... [--format md|csv|html|latex|json] [--out FILE] [--reference study]
                             method x pipeline tables and plots from any run folders
+  bench [KEY=VALUE ...] [steps=20] [warmup=3] [workers=N] [rows=sslbench,lightly,ceiling]
+        [out=FILE.jsonl]    images/s of a run's training step: sslbench's data path, lightly's
+                            per-image transforms in workers, and compute alone (default:
+                            SimCLR, ResNet-18, 32 px, batch 128, Fashion-MNIST)
 
 Override keys: method, transform, pretext, dataset, backbone, experiment, launcher (groups),
 epochs, batch_size, image_size, seed, device, devices, run_dir, dataset.max_train,
@@ -94,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
         "--reference", choices=["study"],
         help="add the study's published value to each cell, and the difference",
     )  # fmt: skip
+    bench = sub.add_parser(
+        "bench", help="images/s of a run's step: sslbench's data path, lightly's, compute only"
+    )
+    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     return parser
 
 
@@ -101,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return its exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    prefer_passive_waiting()  # before torch is imported (sslbench.cpu says why)
     if args.command is None:
         parser.print_help()
         return 2
@@ -112,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "datasets": _datasets,
             "gallery": _gallery,
             "report": _report,
+            "bench": _bench,
         }[args.command]
         return handler(args)
     except (ConfigError, UsageError) as err:
@@ -245,7 +256,9 @@ def _datasets(args: argparse.Namespace) -> int:
     source = get_source(cfg.dataset.name, cfg.dataset.path, cfg.dataset.url)
     side = requested_side(source, cfg.dataset.cache_size, cfg.image_size)
     for split in source.splits():
-        cached = load_or_build(source, split, side, strict=cfg.dataset.strict)
+        cached = load_or_build(
+            source, split, side, strict=cfg.dataset.strict, jpeg_draft=cfg.dataset.jpeg_draft
+        )
         skipped = len(cached.meta.get("skipped", []))
         note = f", {skipped} unreadable skipped" if skipped else ""
         print(
@@ -259,23 +272,32 @@ def _datasets(args: argparse.Namespace) -> int:
 GALLERY_KEYS = {"out": "views.png", "images": "4", "views": "6"}
 
 
-def _gallery_args(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Split the gallery's own keys (out, images, views) from the run overrides."""
-    own = dict(GALLERY_KEYS)
+def _own_args(
+    overrides: list[str], defaults: dict[str, str], positive: Sequence[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Split a command's own keys (``defaults``, with their default values) from the run
+    overrides; the keys in ``positive`` must be positive integers."""
+    own = dict(defaults)
     rest = []
     for override in overrides:
         key, sep, value = override.partition("=")
-        if sep and key in GALLERY_KEYS:
+        if sep and key in defaults:
             own[key] = value
         else:
             rest.append(override)
-    for key in ("images", "views"):
+    for key in positive:
         try:
             number = int(own[key])
         except ValueError:
             number = 0
         if number < 1:
             raise UsageError(f"{key} must be a positive integer, got '{own[key]}'")
+    return own, rest
+
+
+def _gallery_args(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split the gallery's own keys (out, images, views) from the run overrides."""
+    own, rest = _own_args(overrides, GALLERY_KEYS, positive=("images", "views"))
     if not own["out"].lower().endswith(".png") or own["out"].lower() == ".png":
         raise UsageError(f"out must be a .png file name, got '{own['out']}'")
     return own, rest
@@ -292,6 +314,43 @@ def _gallery(args: argparse.Namespace) -> int:
         cfg, Path(own["out"]).expanduser(), n_images=int(own["images"]), n_views=int(own["views"])
     )
     print(out)
+    return 0
+
+
+#: Keys of ``sslbench bench`` that are not run config keys, with their defaults.
+BENCH_KEYS = {"steps": "20", "warmup": "3", "workers": "auto",
+              "rows": "sslbench,lightly,ceiling", "out": ""}  # fmt: skip
+
+
+def bench_overrides(overrides: Sequence[str]) -> list[str]:
+    """The benchmark's defaults (batch 128, 32 px, no progress bar) under the user's
+    overrides; an experiment brings its own settings, so none are added to one."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    if "experiment" in given:
+        return list(overrides)
+    defaults = [d for d in ("batch_size=128", "image_size=32") if d.split("=")[0] not in given]
+    return [*defaults, "progress_bar=false", *overrides]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    own, overrides = _own_args(args.overrides, BENCH_KEYS, positive=("steps", "warmup"))
+    if own["workers"] != "auto" and not own["workers"].isdigit():
+        raise UsageError(f"workers must be auto or a number >= 0, got '{own['workers']}'")
+    cfg = compose(bench_overrides(overrides))
+    from sslbench.bench import BenchSettings, run_bench, write_json_line  # torch only now
+
+    try:
+        settings = BenchSettings(
+            steps=int(own["steps"]), warmup=int(own["warmup"]),
+            rows=[r.strip() for r in own["rows"].split(",") if r.strip()],
+            workers=None if own["workers"] == "auto" else int(own["workers"]),
+        )  # fmt: skip
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    result = run_bench(cfg, settings)
+    print(result.render())
+    if own["out"]:
+        write_json_line(result, own["out"])
     return 0
 
 

@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 from sslbench.config import ConfigError, compose
 from sslbench.config.compose import config_hash, load_run_config, parse_overrides
 from sslbench.config.schema import GRID_SECTIONS, GROUPS, group_options
+from sslbench.cpu import available_cores
 from sslbench.results import read_results, run_identity, save_config, write_results
 
 
@@ -285,13 +286,6 @@ def child_command(run_dir: Path) -> list[str]:
             str(run_dir / "config.yaml")]  # fmt: skip
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _gpu_count() -> int:
     """GPUs a child could be given (only asked when several runs go at once)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -309,7 +303,7 @@ def child_env(slot: int, jobs: int, gpus: int) -> dict[str, str]:
     and, with 2 or more GPUs, GPU ``slot mod GPUs`` to itself."""
     env = dict(os.environ)
     if jobs > 1:
-        threads = str(max(1, _cpu_count() // jobs))
+        threads = str(max(1, available_cores() // jobs))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         if gpus >= 2:
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")

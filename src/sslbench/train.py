@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from sslbench.backbones import create_backbone
+from sslbench.cpu import set_torch_threads
 from sslbench.data import (
     CachedSplit,
     IndexedImages,
@@ -106,7 +107,14 @@ def open_data(cfg: DictConfig, progress: bool = True) -> RunData:
     side = requested_side(source, cfg.dataset.cache_size, cfg.image_size)
 
     def cached(split: str) -> CachedSplit:
-        return load_or_build(source, split, side, progress=progress, strict=cfg.dataset.strict)
+        return load_or_build(
+            source,
+            split,
+            side,
+            progress=progress,
+            strict=cfg.dataset.strict,
+            jpeg_draft=cfg.dataset.jpeg_draft,
+        )
 
     train = cached("train")
     train_idx = stratified_subset(train.labels, cfg.dataset.max_train, cfg.seed)
@@ -158,6 +166,47 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         channels_last=channels_last,
         pretext=OmegaConf.to_container(cfg.pretext, resolve=True) if "pretext" in cfg else None,
     )
+
+
+def build_trainer(
+    cfg: DictConfig,
+    accelerator: str,
+    root_dir: Path,
+    *,
+    logger: Any,
+    callbacks: list[pl.Callback],
+    max_steps: int = -1,
+) -> pl.Trainer:
+    """Lightning's Trainer for the run's epochs (or ``max_steps`` steps), precision and
+    devices; with the run's progress bar."""
+    if cfg.progress_bar:
+        # Refreshing the bar reads the loss: a host sync, so only every N steps.
+        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=cfg.log_every_n_steps)]
+    return pl.Trainer(
+        max_epochs=cfg.epochs if max_steps < 0 else -1,
+        max_steps=max_steps,
+        accelerator=accelerator,
+        devices=cfg.devices,
+        precision=precision_of(cfg, accelerator),
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        log_every_n_steps=cfg.log_every_n_steps,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root_dir),
+    )
+
+
+def fit(trainer: pl.Trainer, model: SSLMethod, loader: Any) -> None:
+    """``trainer.fit`` without Lightning's warnings that do not apply here."""
+    with warnings.catch_warnings():
+        # Lightning suggests more workers; the cache is memory-mapped, so reads are cheap.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # The run folder holds config.yaml and results.json already; only metrics.csv is new.
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
+        trainer.fit(model, loader)
 
 
 def train_loader(cfg: DictConfig, data: RunData, world_size: int) -> DataLoader:
@@ -254,41 +303,29 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    threads = set_torch_threads(cfg.get("threads"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     accelerator = accelerator_of(cfg)
     model = build_method(cfg, accelerator)  # first: a bad backbone fails before any caching
     data = open_data(cfg, progress=cfg.progress_bar)
     world_size = cfg.devices  # one node; multi-node runs come through torchrun/srun
     loader = train_loader(cfg, data, world_size)
-    trainer = pl.Trainer(
-        max_epochs=cfg.epochs,
-        accelerator=accelerator,
-        devices=cfg.devices,
-        precision=precision_of(cfg, accelerator),
+    trainer = build_trainer(
+        cfg,
+        accelerator,
+        run_dir,
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
         callbacks=[
             AtomicCheckpoint(
                 dirpath=str(run_dir), save_last=True, save_top_k=0, enable_version_counter=False
             ),
             EpochTimer(),
-            # Refreshing the bar reads the loss: a host sync, so only every N steps.
-            *([TQDMProgressBar(refresh_rate=cfg.log_every_n_steps)] if cfg.progress_bar else []),
-        ],  # fmt: skip
-        log_every_n_steps=cfg.log_every_n_steps,
-        enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(run_dir),
+        ],
     )
     if accelerator == "gpu":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        # Lightning suggests more workers; the cache is memory-mapped, so reads are cheap.
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        # The run folder holds config.yaml and results.json already; only metrics.csv is new.
-        warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
-        trainer.fit(model, loader)
+    fit(trainer, model, loader)
     pretrain_seconds = time.perf_counter() - start
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")
@@ -303,6 +340,7 @@ def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "images_per_second": images_seen / pretrain_seconds,
         "peak_gpu_memory_bytes": peak_gpu,
         "peak_host_memory_bytes": peak_host_memory_bytes(),
+        "torch_threads": threads,
         "train_images": int(len(data.pretrain_indices)),
         "test_images": None if data.test_indices is None else int(len(data.test_indices)),
     }
@@ -329,6 +367,7 @@ def evaluate_run(run_dir: str | Path, cfg: DictConfig, random_init: bool = False
     """Evaluate the backbone of a finished run (its ``last.ckpt``), or with
     ``random_init`` the same backbone freshly initialised with the run's seed."""
     run_dir = Path(run_dir)
+    set_torch_threads(cfg.get("threads"))
     pl.seed_everything(cfg.seed, verbose=False)
     accelerator = accelerator_of(cfg)
     device = "cuda" if accelerator == "gpu" else "cpu"

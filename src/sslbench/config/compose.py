@@ -377,7 +377,7 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
 
 #: Keys that say where and how a run is carried out, not what it computes: a run's folder name
 #: ignores them, so the same run found by a single command or by any grid has one folder.
-NOT_IN_HASH = ("run_dir", "runs_root", "progress_bar", "num_workers", *GRID_SECTIONS)
+NOT_IN_HASH = ("run_dir", "runs_root", "progress_bar", "num_workers", "threads", *GRID_SECTIONS)
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -388,6 +388,8 @@ def config_hash(cfg: DictConfig) -> str:
         data.pop(key, None)
     if pretext_name(data.get("pretext")) is None:
         data.pop("pretext", None)  # no task: the hash (and folder) of runs from before pretext
+    if not data.get("dataset", {}).get("jpeg_draft", False):
+        data["dataset"].pop("jpeg_draft", None)  # full decode: as runs from before the key
     text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

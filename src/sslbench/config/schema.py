@@ -79,6 +79,10 @@ class DatasetConfig:
     cache_size: int | None = None
     default_image_size: int = 224  # global crop side when the run does not set image_size
     strict: bool = False  # unreadable images: an error instead of a warning
+    # true: JPEGs decoded at a reduced scale (1/2..1/8) still >= the cache side, faster cache
+    # builds of full-size pictures, pixels within ~2 grey levels; false (the reference):
+    # full-size decode, then resize (docs/datasets.md)
+    jpeg_draft: bool = False
 
 
 @dataclass
@@ -143,6 +147,9 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     devices: int = 1  # devices of this node used by Lightning
     num_workers: int = 0  # DataLoader workers (the cache is memory-mapped: 0 is often best)
+    # torch's CPU threads; null: the cores this process may use (affinity, container quota),
+    # or its share of them in a grid (sslbench.cpu)
+    threads: int | None = None
     # auto (bf16-mixed on GPU, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
     precision: str = "auto"
     run_dir: str | None = None  # null: runs/<method>-<transform>-<dataset>-<backbone>-<hash>

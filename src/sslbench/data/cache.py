@@ -7,7 +7,8 @@ once into ``<cache_root>/<source.cache_key()>/<split>-<S>/``::
     labels.npy  int64 (N,), -1 for unlabeled images
     sizes.npy   int32 (N, 2), original (width, height) of each image
     meta.json   source, split, count, stored side ``size`` and ``requested_size``, fingerprint,
-                classes, format version, skipped files (``skipped``, ``skipped_reasons``)
+                ``jpeg_draft``, classes, format version, skipped files (``skipped``,
+                ``skipped_reasons``)
 
 Images are squashed to S x S (aspect ratio kept in ``sizes`` for aspect-aware crops), with S the
 requested size (by default :func:`default_side`: the source's own detail) but never more than
@@ -24,16 +25,26 @@ Sources that list their items (:meth:`Source.items`) are decoded by several proc
 split is large: each worker decodes contiguous chunks and writes the pixels straight into the
 ``images.npy`` being built, returning only per-image flags, sizes and errors, so RAM stays
 bounded whatever the dataset's size. Parallel and sequential builds give byte-identical files.
+
+JPEG draft (``jpeg_draft=True``; off by default, as the reference decodes in full): image
+files are opened here with Pillow's ``draft``, so the JPEG decoder decodes at 1/2, 1/4 or 1/8
+scale (DCT scaling) when the result is still at least S on both sides, then squashed to S x S as
+any image; most of a build's time is the full-size decode, which this cuts. Pictures under 2 S on
+a side are decoded in full, as are other formats. ``sizes`` keeps the original (width, height)
+read before the draft. The pixels differ slightly from a full-size decode, so such caches have
+their own fingerprint (see :func:`load_or_build`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
 import shutil
 import sys
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,7 +53,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 from tqdm.auto import tqdm
+
+from sslbench.cpu import available_cores
 
 from .folders import exclusive, partial_dir, publish, remove_stale
 from .sources import Source
@@ -178,6 +192,7 @@ def load_or_build(
     progress: bool = True,
     strict: bool = False,
     workers: int | None = None,
+    jpeg_draft: bool = False,
 ) -> CachedSplit:
     """Return the cached ``split`` of ``source``, decoding it first if needed.
 
@@ -187,11 +202,20 @@ def load_or_build(
     in ``meta["skipped_reasons"]``); ``strict=True`` raises at the first instead. ``workers``:
     decoding processes for sources with :meth:`Source.items` (None: ``min(CPUs, 8)``; 1: in
     this process). ``progress`` shows a progress bar and the waiting message.
+
+    ``jpeg_draft``: decode JPEG files at a reduced scale that is still at least the stored
+    side (module docstring), for sources of image files (:func:`_drafts`). Cache key: the
+    folder is the same either way; a drafted cache's fingerprint is the source's fingerprint
+    hashed with ``"jpeg-draft"``, so a cache built one way is rebuilt, never reused, when asked
+    for the other. Full-size decoding (``jpeg_draft=False``) and sources that are never drafted
+    (arrays: Fashion-MNIST, CIFAR, STL-10) keep the fingerprint caches had before drafts
+    existed, so their caches stay valid.
     """
     n_workers = _worker_count(workers)
     side = stored_side(source, size)
     target = cache_dir(source, split, size, cache_root)
-    fingerprint = source.fingerprint(split)
+    draft = jpeg_draft and _drafts(source)
+    fingerprint = _cache_fingerprint(source.fingerprint(split), draft)
     cached = _load(target, fingerprint, side)
     if cached is not None:
         return cached
@@ -205,7 +229,9 @@ def load_or_build(
         partial = partial_dir(target)
         partial.mkdir()
         try:
-            _build(source, split, side, size, fingerprint, partial, progress, strict, n_workers)
+            _build(
+                source, split, side, size, fingerprint, partial, progress, strict, n_workers, draft
+            )
             publish(partial, target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)  # no-op after a successful publish
@@ -215,13 +241,58 @@ def load_or_build(
     return cached
 
 
+def _cache_fingerprint(source_fingerprint: str, draft: bool) -> str:
+    """The fingerprint stored in (and checked against) meta.json: the source's own for a
+    full-size decode, as before drafts existed; a hash of it and ``"jpeg-draft"`` for a
+    drafted one, whose pixels differ."""
+    if not draft:
+        return source_fingerprint
+    return hashlib.sha256(f"{source_fingerprint}\0jpeg-draft".encode()).hexdigest()
+
+
+def _drafts(source: Source) -> bool:
+    """Whether the builder opens ``source``'s items itself, as JPEG drafts (:func:`_open_file`).
+
+    Only for sources whose items are image files decoded by the default
+    :meth:`Source.iter_images` and ImageFolder's or NABirds' ``decode``
+    (``sources.open_image(item)``, which :func:`_open_file` repeats with a draft). A source
+    with its own ``decode`` or ``iter_images`` (arrays, or a subclass that does more) keeps its
+    own decoding, never drafted, and its cache keeps its fingerprint.
+    """
+    from .catalog import NABirds  # here: the catalogue is not needed to import this module
+    from .sources import ImageFolder
+
+    kind = type(source)
+    return kind.iter_images is Source.iter_images and kind.decode in (
+        ImageFolder.decode,
+        NABirds.decode,
+    )
+
+
+def _open_file(path: str, side: int) -> tuple[Image.Image, tuple[int, int]]:
+    """``sources.open_image(path)`` with a JPEG draft for a cache of side ``side``; also
+    returns the original (width, height), read before the draft shrinks ``image.size``.
+
+    Pillow picks the largest scale 1/2, 1/4 or 1/8 that keeps both sides >= ``side`` (none
+    for a picture under 2 x ``side`` on a side), so the squash to ``side`` never upsamples a
+    draft. Other formats are decoded as by ``open_image``.
+    """
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        original = image.size
+        if isinstance(image, JpegImageFile):  # JPEG and MPO (camera JPEGs)
+            image.draft("RGB", (side, side))  # RGB: keeps the mode (L stays L)
+            width, height = image.size
+            if width < min(side, original[0]) or height < min(side, original[1]):
+                f.seek(0)  # never below the cache side (Pillow guarantees it; checked here)
+                image = Image.open(f)
+        image.load()
+    return (image if image.mode in ("RGB", "L") else image.convert("RGB")), original
+
+
 def _worker_count(workers: int | None) -> int:
     if workers is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use
-        except AttributeError:  # not Linux
-            cpus = os.cpu_count() or 1
-        return max(1, min(cpus, 8))
+        return min(available_cores(), 8)
     if workers < 1:
         raise ValueError(f"workers must be >= 1 or None, got {workers}")
     return workers
@@ -248,8 +319,11 @@ def _load(path: Path, fingerprint: str, side: int) -> CachedSplit | None:
     return CachedSplit(images, labels, sizes, meta, list(meta.get("classes", [])), path)
 
 
-def _to_chw(image: np.ndarray | Image.Image, side: int) -> tuple[np.ndarray, int, int]:
-    """Squash one image to uint8 (3 or 1, side, side); also return its original width, height."""
+def _to_chw(
+    image: np.ndarray | Image.Image, side: int, original: tuple[int, int] | None = None
+) -> tuple[np.ndarray, int, int]:
+    """Squash one image to uint8 (3 or 1, side, side); also return its original width, height
+    (``original`` when given: the size of a JPEG before its draft, else the image's own)."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (
             image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))
@@ -264,6 +338,8 @@ def _to_chw(image: np.ndarray | Image.Image, side: int) -> tuple[np.ndarray, int
         width, height = image.size
         if image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
+    if original is not None:
+        width, height = original
     if isinstance(image, Image.Image):
         if image.size != (side, side):
             # LANCZOS is antialiased when downscaling, unlike the PIL "nearest" default.
@@ -287,8 +363,10 @@ def _build(
     progress: bool,
     strict: bool,
     workers: int,
+    draft: bool,
 ) -> None:
-    """Decode ``split`` into ``out``; meta.json is written last."""
+    """Decode ``split`` into ``out`` (JPEG files as drafts if ``draft``); meta.json is
+    written last."""
     items = source.items(split)
     capacity = len(items) if items is not None else source.count(split)
     # Images go straight to a disk-backed memmap so RAM use does not grow with the dataset.
@@ -304,10 +382,12 @@ def _build(
         if items is not None and workers > 1 and len(items) > PARALLEL_MIN_ITEMS:
             del images  # the workers map the file themselves
             keep, skipped = _decode_parallel(
-                source, items, out / "images.npy", side, labels, sizes, workers, bar, strict
+                source, items, out / "images.npy", side, labels, sizes, workers, bar, strict, draft
             )
         else:
-            keep, skipped = _decode_sequential(source, split, images, labels, sizes, bar, strict)
+            keep, skipped = _decode_sequential(
+                source, split, images, labels, sizes, bar, strict, draft
+            )
             images.flush()
             del images
     n = int(keep.sum())
@@ -335,6 +415,7 @@ def _build(
         "size": side,
         "requested_size": requested,
         "fingerprint": fingerprint,
+        "jpeg_draft": draft,  # JPEG files decoded as drafts (_open_file)
         "classes": list(source.classes),
         "created": datetime.now(timezone.utc).isoformat(),
         "skipped": [name for name, _ in skipped],
@@ -351,8 +432,10 @@ def _decode_sequential(
     sizes: np.ndarray,
     bar: tqdm,
     strict: bool,
+    draft: bool,
 ) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Decode with ``iter_images`` in this process, filling rows from the top.
+    """Decode with ``iter_images`` in this process, filling rows from the top (with ``draft``:
+    the items, each opened by :func:`_open_file`, as ``iter_images`` would decode them).
 
     Returns the mask of filled rows and the skipped ``(name, reason)`` pairs."""
     capacity = len(labels)
@@ -364,11 +447,26 @@ def _decode_sequential(
         skipped.append((name, _reason(error)))
         bar.update(1)
 
+    side = images.shape[-1]
+
+    def decoded() -> Iterator[tuple[np.ndarray | Image.Image, int, tuple[int, int] | None]]:
+        if not draft:
+            for image, label in source.iter_images(split, on_error=on_error):
+                yield image, label, None
+            return
+        for item, label in source.items(split) or []:
+            try:
+                image, original = _open_file(item, side)
+            except Exception as err:  # PIL raises many types for corrupt files
+                on_error(item, err)
+                continue
+            yield image, label, original
+
     n = 0
-    for image, label in source.iter_images(split, on_error=on_error):
+    for image, label, original in decoded():
         if n == capacity:
             raise RuntimeError(f"{source!r} split {split!r} grew while being cached")
-        chw, width, height = _to_chw(image, images.shape[-1])
+        chw, width, height = _to_chw(image, side, original)
         images[n] = chw  # greyscale (1, S, S) broadcasts to 3 identical channels
         labels[n], sizes[n] = label, (width, height)
         n += 1
@@ -394,6 +492,7 @@ def _decode_parallel(
     workers: int,
     bar: tqdm,
     strict: bool,
+    draft: bool,
 ) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Decode ``items`` in worker processes, each writing its rows into the .npy at ``path``.
 
@@ -409,7 +508,7 @@ def _decode_parallel(
         max_workers=min(workers, len(starts)),
         mp_context=_mp_context(),
         initializer=_init_worker,
-        initargs=(source,),
+        initargs=(source, draft),
     )
     try:
         futures = {
@@ -439,17 +538,19 @@ def _decode_parallel(
 
 
 _worker_source: Source | None = None
+_worker_draft = False  # open JPEG files as drafts (_open_file) instead of source.decode
 
 
-def _init_worker(source: Source) -> None:
-    global _worker_source
-    _worker_source = source
+def _init_worker(source: Source, draft: bool = False) -> None:
+    global _worker_source, _worker_draft
+    _worker_source, _worker_draft = source, draft
 
 
 def _decode_rows(
     items: list[str], start: int, path: str, side: int, strict: bool
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]:
-    """Worker: decode ``items`` into rows ``start, start + 1, ...`` of the .npy at ``path``.
+    """Worker: decode ``items`` into rows ``start, start + 1, ...`` of the .npy at ``path``
+    (JPEG files as drafts when the pool was started with ``draft``: :func:`_init_worker`).
 
     Only small per-image results travel back: ok flags (k,), original sizes (k, 2) and
     ``(row, name, reason)`` of unreadable items; the pixels go through the file. The mapping
@@ -462,14 +563,18 @@ def _decode_rows(
     errors: list[tuple[int, str, str]] = []
     try:
         for k, item in enumerate(items):
+            original = None
             try:
-                image = _worker_source.decode(item)
+                if _worker_draft:
+                    image, original = _open_file(item, side)
+                else:
+                    image = _worker_source.decode(item)
             except Exception as e:  # PIL raises many types for corrupt files
                 errors.append((start + k, str(item), _reason(e)))
                 if strict:
                     break
                 continue
-            chw, width, height = _to_chw(image, side)
+            chw, width, height = _to_chw(image, side, original)
             images[start + k] = chw
             ok[k], sizes[k] = True, (width, height)
         images.flush()

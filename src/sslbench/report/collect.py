@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from sslbench.config.compose import NOT_IN_HASH
 from sslbench.results import SCHEMA_VERSION
 
 RESULTS_FILE = "results.json"
@@ -45,9 +46,7 @@ STATUSES = ("running", "completed", "failed")
 
 #: Top-level config keys that never change what a run computes: runs that differ only in
 #: these (and the seed) are repeats of one setting and are averaged together.
-IGNORED_CONFIG_KEYS = frozenset(
-    {"seed", "run_dir", "runs_root", "progress_bar", "num_workers", "grid", "launcher"}
-)
+IGNORED_CONFIG_KEYS = frozenset({"seed", *NOT_IN_HASH})
 
 #: Method, pipeline, dataset and backbone names: plain names, starting with a letter or a
 #: digit (so no cell of the CSV output can start a spreadsheet formula).
