@@ -53,17 +53,22 @@ from lightly.loss import (
 )
 from lightly.models.modules import heads
 from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.transforms import SimCLRTransform, SwaVTransform, VICRegLTransform
-from lightly.transforms.utils import IMAGENET_NORMALIZE
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from sslbench.backbones import create_backbone
 from sslbench.config import compose
+from sslbench.lightly_views import (
+    ImageTransform,
+    PILViews,
+    swav_transform,
+    two_view_transform,
+    vicregl_grid_sides,
+    vicregl_transform,
+)
 from sslbench.results import git_sha, versions
 from sslbench.train import RunData, evaluate_backbone, open_data, pretrain
 from sslbench.transforms import Pipeline
@@ -175,73 +180,6 @@ def sslbench_backbone(cfg: DictConfig) -> nn.Module:
     )
 
 
-# -- data: the same cached images and subsets as sslbench, as PIL images ---------------------
-class PILViews(Dataset):
-    """Items ``indices`` of a cached uint8 split (N, 3, S, S), each turned into a PIL image
-    and then into views by a lightly transform: ``(list of views, label)``."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform):
-        self.images, self.labels, self.indices = images, labels, indices
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[list[Tensor], int]:
-        j = self.indices[i]
-        image = Image.fromarray(np.ascontiguousarray(self.images[j].transpose(1, 2, 0)), "RGB")
-        return self.transform(image), int(self.labels[j])
-
-
-def simclr_view_parameters(cfg: DictConfig) -> dict[str, Any]:
-    """lightly transform keywords equal to sslbench's SimCLR pipeline of this run."""
-    ops = cfg.transform.ops
-    crop, jitter, blur = ops.resized_crop, ops.color_jitter, ops.gaussian_blur
-    # lightly's transforms fix the largest crop scale to 1 and the ratio to (3/4, 4/3).
-    assert crop.scale[1] == 1.0 and abs(crop.ratio[0] - 0.75) < 1e-6, crop
-    assert abs(crop.ratio[1] - 4 / 3) < 1e-6, crop
-    assert list(ops.normalize.mean) == IMAGENET_NORMALIZE["mean"], ops.normalize
-    return {
-        "hf_prob": ops.hflip.p,
-        "cj_prob": jitter.p,
-        "cj_strength": 1.0,
-        "cj_bright": jitter.brightness,
-        "cj_contrast": jitter.contrast,
-        "cj_sat": jitter.saturation,
-        "cj_hue": jitter.hue,
-        "random_gray_scale": ops.grayscale.p,
-        # sslbench (SimCLR) skips the blur on images of 32 px or less
-        "gaussian_blur": 0.0 if cfg.image_size <= blur.skip_at_or_below else blur.p,
-        "sigmas": tuple(blur.sigma),
-        "normalize": IMAGENET_NORMALIZE,
-    }
-
-
-def simclr_two_views(cfg: DictConfig) -> SimCLRTransform:
-    """sslbench trains every two-view method on its SimCLR pipeline (lightly's benchmark uses
-    per-method transforms: BYOLTransform, VICRegTransform, SimSiamTransform)."""
-    return SimCLRTransform(
-        input_size=cfg.image_size,
-        min_scale=cfg.transform.ops.resized_crop.scale[0],
-        **simclr_view_parameters(cfg),
-    )
-
-
-def local_side(cfg: DictConfig) -> int:
-    """sslbench's local crop side: round(image_size * size_ratio) (SwAV: 14, VICRegL: 16)."""
-    return max(1, round(cfg.image_size * float(cfg.method.local_views.size_ratio)))
-
-
-@torch.no_grad()
-def feature_map_side(backbone: nn.Module, side: int) -> int:
-    """Side of the backbone's (square) feature map for side x side images."""
-    backbone.eval()
-    h, w = backbone.forward_features(torch.zeros(1, 3, side, side)).shape[-2:]
-    backbone.train()
-    assert h == w, (h, w)
-    return int(h)
-
-
 # -- one function per method: lightly's heads and losses, with sslbench's sizes --------------
 @dataclass
 class Recipe:
@@ -249,7 +187,7 @@ class Recipe:
     transform giving each image's views, and ``loss(views, epoch)`` for one batch."""
 
     model: nn.ModuleDict
-    transform: Callable[[Image.Image], list[Tensor]]
+    transform: ImageTransform
     loss: Callable[[list[Tensor], int], Tensor]
     differences: list[str] = field(default_factory=list)
 
@@ -264,7 +202,9 @@ def symmetric_recipe(
         x0, x1 = views
         return criterion(head(backbone(x0)), head(backbone(x1)))
 
-    return Recipe(nn.ModuleDict({"backbone": backbone, "head": head}), simclr_two_views(cfg), loss)
+    return Recipe(
+        nn.ModuleDict({"backbone": backbone, "head": head}), two_view_transform(cfg), loss
+    )
 
 
 def build_simclr(cfg: DictConfig, backbone: nn.Module) -> Recipe:
@@ -294,7 +234,7 @@ def build_simsiam(cfg: DictConfig, backbone: nn.Module) -> Recipe:
     model = nn.ModuleDict(
         {"backbone": backbone, "projection": projection, "prediction": prediction}
     )
-    return Recipe(model, simclr_two_views(cfg), loss)
+    return Recipe(model, two_view_transform(cfg), loss)
 
 
 def build_byol(cfg: DictConfig, backbone: nn.Module) -> Recipe:
@@ -323,7 +263,7 @@ def build_byol(cfg: DictConfig, backbone: nn.Module) -> Recipe:
     model = nn.ModuleDict(
         {"backbone": backbone, "projection": projection, "prediction": prediction, "target": target}
     )
-    return Recipe(model, simclr_two_views(cfg), loss)
+    return Recipe(model, two_view_transform(cfg), loss)
 
 
 def build_barlowtwins(cfg: DictConfig, backbone: nn.Module) -> Recipe:
@@ -367,14 +307,7 @@ def build_swav(cfg: DictConfig, backbone: nn.Module) -> Recipe:
         ]
         return criterion(scores[:n_global], scores[n_global:])
 
-    local = m.local_views
-    transform = SwaVTransform(
-        crop_sizes=(cfg.image_size, local_side(cfg)),
-        crop_counts=(n_global, local.count),
-        crop_min_scales=(cfg.transform.ops.resized_crop.scale[0], local.scale[0]),
-        crop_max_scales=(1.0, local.scale[1]),
-        **simclr_view_parameters(cfg),
-    )
+    transform = swav_transform(cfg)
     model = nn.ModuleDict(
         {"backbone": backbone, "projection": projection, "prototypes": prototypes}
     )
@@ -391,9 +324,7 @@ def build_vicregl(cfg: DictConfig, backbone: nn.Module) -> Recipe:
     )
     # lightly's grids must have the backbone's feature-map size: 4x4 at 32 px, 2x2 at 16 px
     # with the small stem (lightly's 128-px benchmark: 4x4 and 2x2, num_matches (16, 4)).
-    global_grid, local_grid = (
-        feature_map_side(backbone, s) for s in (cfg.image_size, local_side(cfg))
-    )
+    global_grid, local_grid = vicregl_grid_sides(cfg, backbone)
     if min(global_grid, local_grid) < 2:
         raise ValueError(f"VICRegL needs feature maps > 1x1, got {global_grid}, {local_grid}")
     num_matches = (min(20, global_grid**2), min(4, local_grid**2))  # lightly's (20, 4) at most
@@ -422,32 +353,7 @@ def build_vicregl(cfg: DictConfig, backbone: nn.Module) -> Recipe:
             local_view_grids=grids[n_global:],
         )
 
-    view = simclr_view_parameters(cfg)
-    transform = VICRegLTransform(
-        global_crop_size=cfg.image_size,
-        local_crop_size=local_side(cfg),
-        n_global_views=n_global,
-        n_local_views=n_local,
-        global_crop_scale=(cfg.transform.ops.resized_crop.scale[0], 1.0),
-        local_crop_scale=tuple(m.local_views.scale),
-        global_grid_size=global_grid,
-        local_grid_size=local_grid,
-        global_gaussian_blur_prob=view["gaussian_blur"],
-        local_gaussian_blur_prob=view["gaussian_blur"],
-        global_gaussian_blur_sigmas=view["sigmas"],
-        local_gaussian_blur_sigmas=view["sigmas"],
-        global_solarize_prob=0.0,  # sslbench's pipeline has no solarisation
-        local_solarize_prob=0.0,
-        hf_prob=view["hf_prob"],
-        cj_prob=view["cj_prob"],
-        cj_strength=view["cj_strength"],
-        cj_bright=view["cj_bright"],
-        cj_contrast=view["cj_contrast"],
-        cj_sat=view["cj_sat"],
-        cj_hue=view["cj_hue"],
-        random_gray_scale=view["random_gray_scale"],
-        normalize=view["normalize"],
-    )
+    transform = vicregl_transform(cfg, global_grid, local_grid)
     g, lg = global_grid, local_grid
     differences = [
         "local views: VICRegLTransform gives its local crops vertical flips with p=0.5 "

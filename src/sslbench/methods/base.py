@@ -24,6 +24,7 @@ concatenates same-sized views instead; see :meth:`SSLMethod.forward_views`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import warnings
@@ -266,10 +267,22 @@ class SSLMethod(pl.LightningModule):
                 stacklevel=1,
             )
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor] | Views, batch_idx: int) -> Tensor:
+        if isinstance(batch, Views):  # made elsewhere (``sslbench bench``'s reference rows)
+            return self.loss_of_views(
+                dataclasses.replace(
+                    batch,
+                    global_views=[self._memory_format(v) for v in batch.global_views],
+                    local_views=[self._memory_format(v) for v in batch.local_views],
+                )
+            )
         images, aspect, _labels = batch
-        n = images.shape[0]
-        views = self.make_views(images, aspect)
+        return self.loss_of_views(self.make_views(images, aspect))
+
+    def loss_of_views(self, views: Views) -> Tensor:
+        """One step's loss from its views: the method's, plus the pretext task's; logged,
+        and checked for non-finite values without a host sync."""
+        n = views.global_views[0].shape[0]
         if self.pretext is None:
             loss = self.training_loss(views)
         else:

@@ -94,13 +94,13 @@ class BYOL(SSLMethod):
         # Known only once the Trainer has its data: every optimiser step of every epoch.
         self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+    def loss_of_views(self, views: Views) -> Tensor:
         # The EMA update comes before the forward pass, once per step (lightly's order): the
         # target used below already includes the online network's last optimiser step.
         momentum = self.momentum_at(self.global_step, self.total_steps)
         self.update_target(momentum)
         self.log("target_momentum", momentum, on_step=True, on_epoch=False)
-        return super().training_step(batch, batch_idx)
+        return super().loss_of_views(views)
 
     def training_loss(self, views: Views) -> Tensor:
         # Each view through each network on its own (lightly's benchmark, the BYOL code):

@@ -1,0 +1,347 @@
+"""``sslbench bench``: a run's training step, fed three ways, side by side.
+
+For the run a config describes (every ``KEY=VALUE`` of ``sslbench pretrain``), one process
+measures, after the same warm-up, the same number of optimiser steps of three rows:
+
+- ``sslbench``: the training step with its own data path, as ``sslbench pretrain`` runs it:
+  Lightning's Trainer, batches of uint8 images from the decode-once cache, views made by the
+  batched pipeline on the device;
+- ``lightly``: the same LightningModule (model, loss, optimiser) and Trainer, fed by lightly's
+  reference data path: the method's lightly transform at the run's settings applied per
+  image to PIL images in DataLoader workers, one per core, as lightly's benchmarks do
+  (:mod:`sslbench.lightly_views`);
+- ``ceiling``: the same step on views already on the device (one batch's, made once):
+  compute only, what no data path can beat.
+
+Each row reports images/s (the run's images, each giving the method's views), peak host
+memory (this process, and its DataLoader workers summed) and on a GPU peak device memory.
+The last line reads ``ratio_vs_lightly=A share_of_ceiling=B``, A = sslbench / lightly and
+B = sslbench / ceiling. Timing starts after the warm-up steps (cuDNN autotuning, worker
+start-up, allocator growth) and, on a GPU, reads the clock after a device synchronisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from sslbench.cpu import available_cores, set_torch_threads
+from sslbench.lightly_views import PILViews, collate_views, lightly_transform
+from sslbench.methods import SSLMethod, Views
+from sslbench.results import versions
+from sslbench.train import (
+    RunData,
+    accelerator_of,
+    build_method,
+    build_trainer,
+    fit,
+    open_data,
+    precision_of,
+    train_loader,
+)
+
+#: The rows, in the order they run and print.
+ROWS = ("sslbench", "lightly", "ceiling")
+
+
+@dataclass
+class BenchSettings:
+    """How many steps each row runs, and which rows."""
+
+    steps: int = 20
+    warmup: int = 3
+    workers: int | None = None  # the lightly row's DataLoader workers; None: the cores
+    rows: Sequence[str] = ROWS
+
+    def __post_init__(self) -> None:
+        unknown = [row for row in self.rows if row not in ROWS]
+        if unknown:
+            raise ValueError(f"unknown bench row '{unknown[0]}'; valid: {', '.join(ROWS)}")
+        if not self.rows:
+            raise ValueError(f"no bench rows; valid: {', '.join(ROWS)}")
+        if self.steps < 1 or self.warmup < 1:
+            raise ValueError(
+                f"steps and warmup must be >= 1, got steps={self.steps} warmup={self.warmup}"
+            )
+
+
+@dataclass
+class BenchRow:
+    """One row's measurement."""
+
+    row: str
+    images_per_second: float
+    step_seconds: float
+    peak_host_bytes: int
+    peak_worker_host_bytes: int
+    peak_device_bytes: int | None
+    detail: str
+
+    def cells(self) -> list[str]:
+        device = "-" if self.peak_device_bytes is None else _gib(self.peak_device_bytes)
+        workers = _gib(self.peak_worker_host_bytes) if self.peak_worker_host_bytes else "-"
+        return [self.row, f"{self.images_per_second:,.0f}", f"{self.step_seconds * 1e3:,.0f}",
+                _gib(self.peak_host_bytes), workers, device, self.detail]  # fmt: skip
+
+
+@dataclass
+class BenchResult:
+    """A whole benchmark: its settings, the machine, each row, and the two ratios."""
+
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    rows: list[BenchRow] = field(default_factory=list)
+
+    def rate(self, row: str) -> float | None:
+        return next((r.images_per_second for r in self.rows if r.row == row), None)
+
+    @property
+    def ratio_vs_lightly(self) -> float | None:
+        return _ratio(self.rate("sslbench"), self.rate("lightly"))
+
+    @property
+    def share_of_ceiling(self) -> float | None:
+        return _ratio(self.rate("sslbench"), self.rate("ceiling"))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings, "machine": self.machine,
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+            "ratio_vs_lightly": self.ratio_vs_lightly, "share_of_ceiling": self.share_of_ceiling,
+        }  # fmt: skip
+
+    def render(self) -> str:
+        s, m = self.settings, self.machine
+        lines = [
+            f"sslbench bench: {s['method']} / {s['transform']}, {s['backbone']}, "
+            f"{s['image_size']} px, batch {s['batch_size']}, {s['precision']}, "
+            f"{s['dataset']}; {s['warmup']} warm-up + {s['steps']} timed steps a row",
+            f"machine: {m['cpu']}, {m['cores']} cores available, {m['torch_threads']} torch "
+            f"threads; device {m['device']}",
+            "versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+            "",
+        ]
+        header = ["row", "images/s", "ms/step", "peak host", "workers", "peak device", "data path"]
+        table = [header, *(r.cells() for r in self.rows)]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+        for row in table:
+            pairs = enumerate(zip(row[:-1], widths, strict=True))
+            cells = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs]
+            lines.append("  ".join([*cells, row[-1]]))
+        lines += ["", f"ratio_vs_lightly={_fmt(self.ratio_vs_lightly)} "
+                      f"share_of_ceiling={_fmt(self.share_of_ceiling)}"]  # fmt: skip
+        return "\n".join(lines)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+# -- memory ------------------------------------------------------------------------------------
+def _status_kib(pid: int | str, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def reset_peak_host_memory() -> None:
+    """Start this process's peak resident set size (VmHWM) afresh (Linux; elsewhere the
+    peak stays the process's lifetime peak)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_host_memory() -> int:
+    """This process's peak resident set size since the last reset, in bytes."""
+    kib = _status_kib("self", "VmHWM")
+    if kib:
+        return kib * 1024
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def children_peak_host_memory() -> int:
+    """Summed peak resident set size of this process's children (DataLoader workers)."""
+    me, total = str(os.getpid()), 0
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            continue
+        if parent == me:
+            total += _status_kib(entry.name, "VmHWM") * 1024
+    return total
+
+
+# -- timing ------------------------------------------------------------------------------------
+class StepClock(pl.Callback):
+    """The wall time of optimiser steps ``warmup + 1 .. warmup + steps`` (and the workers'
+    peak memory at the end, while they still run)."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.start: float | None = None
+        self.seconds: float | None = None
+        self.worker_peak = 0
+
+    def _now(self, module: pl.LightningModule) -> float:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
+        done = trainer.global_step  # optimiser steps so far
+        if done == self.warmup:
+            self.start = self._now(pl_module)
+            if pl_module.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+        elif done == self.warmup + self.steps and self.start is not None:
+            self.seconds = self._now(pl_module) - self.start
+            self.worker_peak = children_peak_host_memory()
+
+
+class RepeatedViews:
+    """The same ready views ``length`` times: the ceiling row's data path (none)."""
+
+    def __init__(self, views: Views, length: int) -> None:
+        self.views, self.length = views, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[Views]:
+        return (self.views for _ in range(self.length))
+
+
+def lightly_loader(
+    cfg: DictConfig, data: RunData, model: SSLMethod, workers: int
+) -> tuple[DataLoader, str]:
+    """lightly's data path for the run: its transform per PIL image in ``workers`` workers."""
+    transform, name = lightly_transform(cfg, model.backbone)
+    dataset = PILViews(data.pretrain.images, data.pretrain.labels, data.pretrain_indices, transform)
+    collate = partial(
+        collate_views, num_global=model.num_global_views, num_local=model.num_local_views,
+        with_grids=model.needs_coordinates,
+    )  # fmt: skip
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        persistent_workers=workers > 0, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )  # fmt: skip
+    return loader, f"lightly {name} per image, {workers} DataLoader workers"
+
+
+def measure_row(row: str, cfg: DictConfig, data: RunData, settings: BenchSettings,
+                accelerator: str, workers: int) -> BenchRow:  # fmt: skip
+    """Build a fresh model (the run's seed), feed it ``row``'s way, time the steps."""
+    reset_peak_host_memory()
+    pl.seed_everything(cfg.seed, verbose=False)
+    model = build_method(cfg, accelerator)
+    total = settings.warmup + settings.steps
+    if row == "sslbench":
+        loader: Any = train_loader(cfg, data, world_size=1)
+        detail = "sslbench: uint8 cache batches, views made by the batched pipeline on the device"
+    elif row == "lightly":
+        loader, detail = lightly_loader(cfg, data, model, workers)
+    else:
+        device = torch.device("cuda" if accelerator == "gpu" else "cpu")
+        model.to(device)
+        images, aspect, _ = next(iter(train_loader(cfg, data, world_size=1)))
+        views = model.make_views(images.to(device), aspect.to(device))
+        loader, detail = RepeatedViews(views, total), "views made once, on the device"
+    clock = StepClock(settings.warmup, settings.steps)
+    with tempfile.TemporaryDirectory(prefix="sslbench-bench-") as root:
+        trainer = build_trainer(cfg, accelerator, Path(root), logger=False,
+                                callbacks=[clock], max_steps=total)  # fmt: skip
+        fit(trainer, model, loader)
+    if clock.seconds is None:
+        raise RuntimeError(
+            f"the {row} row ran fewer than {total} steps; the training set has "
+            f"{len(data.pretrain_indices)} images: lower steps/warmup or raise dataset.max_train"
+        )
+    return BenchRow(
+        row=row,
+        images_per_second=settings.steps * cfg.batch_size / clock.seconds,
+        step_seconds=clock.seconds / settings.steps,
+        peak_host_bytes=peak_host_memory(),
+        peak_worker_host_bytes=clock.worker_peak,
+        peak_device_bytes=torch.cuda.max_memory_allocated() if accelerator == "gpu" else None,
+        detail=detail,
+    )
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_bench(cfg: DictConfig, settings: BenchSettings) -> BenchResult:
+    """Measure the rows of ``settings`` for the run ``cfg``; progress lines on stdout."""
+    if cfg.devices != 1:
+        raise ValueError(f"bench measures one device; got devices={cfg.devices}")
+    threads = set_torch_threads(cfg.get("threads"))
+    accelerator = accelerator_of(cfg)
+    workers = available_cores() if settings.workers is None else settings.workers
+    device = torch.cuda.get_device_name() if accelerator == "gpu" else "cpu"
+    result = BenchResult(
+        settings={
+            "method": cfg.method.name, "transform": cfg.transform.name,
+            "backbone": cfg.backbone.name, "image_size": cfg.image_size,
+            "batch_size": cfg.batch_size, "precision": precision_of(cfg, accelerator),
+            "dataset": cfg.dataset.name, "steps": settings.steps, "warmup": settings.warmup,
+            "lightly_workers": workers, "overrides": OmegaConf.to_container(cfg, resolve=True),
+        },
+        machine={"cpu": _cpu_name(), "cores": available_cores(), "torch_threads": threads,
+                 "device": device, "versions": versions(),
+                 "date": time.strftime("%Y-%m-%d")},
+    )  # fmt: skip
+    if "lightly" in settings.rows:  # a pipeline lightly cannot make fails before any work
+        lightly_transform(cfg, build_method(cfg, accelerator).backbone)
+    data = open_data(cfg, progress=cfg.progress_bar)
+    for row in settings.rows:
+        print(f"bench: {row} ...", flush=True)
+        result.rows.append(measure_row(row, cfg, data, settings, accelerator, workers))
+    return result
+
+
+def write_json_line(result: BenchResult, out: str | os.PathLike[str]) -> None:
+    """Append the result as one JSON line to ``out``."""
+    with open(out, "a") as f:
+        f.write(json.dumps(result.as_json(), default=str) + "\n")

@@ -1,0 +1,216 @@
+"""lightly's per-image transforms at a run's settings: the reference data path.
+
+lightly's benchmarks (the study's code) make each image's views with a lightly transform on
+a PIL image inside DataLoader workers. ``sslbench bench`` (its ``lightly`` row) and
+``benchmarks/lightly_reference.py`` feed the same cached images through those transforms,
+set to the run's pipeline where lightly has an equal one:
+
+- two-view methods: ``SimCLRTransform`` for the ``simclr`` pipeline, ``BYOLTransform`` (its
+  two asymmetric views) for ``byol``;
+- SwAV: ``SwaVTransform`` (global and local crops); VICRegL: ``VICRegLTransform`` (crops and
+  their location grids).
+
+Other pipelines (baseline, LoRot, DCL, ...) have no lightly transform: a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightly.transforms import (
+    BYOLTransform,
+    BYOLView1Transform,
+    BYOLView2Transform,
+    SimCLRTransform,
+    SwaVTransform,
+    VICRegLTransform,
+)
+from lightly.transforms.utils import IMAGENET_NORMALIZE
+from omegaconf import DictConfig
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from sslbench.backbones import feature_map_shape
+from sslbench.methods.base import Views
+
+#: Pipelines with an equal lightly transform (for the two-view methods).
+LIGHTLY_PIPELINES = ("simclr", "byol")
+
+#: A lightly transform: one PIL image in, its views (and, for VICRegL, their grids) out.
+ImageTransform = Callable[[Image.Image], list[Tensor]]
+
+
+class PILViews(Dataset):
+    """Items ``indices`` of a cached uint8 split (N, 3, S, S), each turned into a PIL image
+    and then into views by a lightly transform: ``(list of views, label)``."""
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform: ImageTransform
+    ) -> None:
+        self.images, self.labels, self.indices = images, labels, indices
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[list[Tensor], int]:
+        j = self.indices[i]
+        image = Image.fromarray(np.ascontiguousarray(self.images[j].transpose(1, 2, 0)), "RGB")
+        return self.transform(image), int(self.labels[j])
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(f"lightly's transforms cannot match this pipeline: {message}")
+
+
+def simclr_view_parameters(cfg: DictConfig) -> dict[str, Any]:
+    """lightly transform keywords equal to the run's SimCLR-style ops (crop, flip, colour
+    jitter, greyscale, blur, normalisation)."""
+    ops = cfg.transform.ops
+    crop, jitter, blur = ops.resized_crop, ops.color_jitter, ops.gaussian_blur
+    _require(crop.scale[1] == 1.0, f"largest crop scale {crop.scale[1]} (lightly: 1)")
+    _require(
+        abs(crop.ratio[0] - 0.75) < 1e-6 and abs(crop.ratio[1] - 4 / 3) < 1e-6,
+        f"crop ratio {list(crop.ratio)} (lightly: [3/4, 4/3])",
+    )
+    _require(list(ops.normalize.mean) == IMAGENET_NORMALIZE["mean"], "not ImageNet's mean")
+    return {
+        "hf_prob": ops.hflip.p,
+        "cj_prob": jitter.p,
+        "cj_strength": 1.0,
+        "cj_bright": jitter.brightness,
+        "cj_contrast": jitter.contrast,
+        "cj_sat": jitter.saturation,
+        "cj_hue": jitter.hue,
+        "random_gray_scale": ops.grayscale.p,
+        # sslbench skips the blur on images of skip_at_or_below px or less (SimCLR's 32)
+        "gaussian_blur": 0.0 if cfg.image_size <= blur.skip_at_or_below else blur.p,
+        "sigmas": tuple(blur.sigma),
+        "normalize": IMAGENET_NORMALIZE,
+    }
+
+
+def local_side(cfg: DictConfig) -> int:
+    """sslbench's local crop side: round(image_size * size_ratio) (SwAV: 14, VICRegL: 16)."""
+    return max(1, round(cfg.image_size * float(cfg.method.local_views.size_ratio)))
+
+
+def two_view_transform(cfg: DictConfig) -> ImageTransform:
+    """The lightly transform equal to the run's two-view pipeline (simclr or byol)."""
+    name = cfg.transform.name
+    if name == "simclr":
+        return SimCLRTransform(
+            input_size=cfg.image_size,
+            min_scale=cfg.transform.ops.resized_crop.scale[0],
+            **simclr_view_parameters(cfg),
+        )
+    if name == "byol":
+        view = simclr_view_parameters(cfg)
+        common = {k: v for k, v in view.items() if k != "gaussian_blur"}
+        common.update(input_size=cfg.image_size, min_scale=cfg.transform.ops.resized_crop.scale[0])
+        skip = cfg.image_size <= cfg.transform.ops.gaussian_blur.skip_at_or_below
+        return BYOLTransform(
+            view_1_transform=BYOLView1Transform(
+                **common, gaussian_blur=0.0 if skip else 1.0, solarization_prob=0.0
+            ),
+            view_2_transform=BYOLView2Transform(
+                **common, gaussian_blur=0.0 if skip else 0.1, solarization_prob=0.2
+            ),
+        )
+    raise ValueError(
+        f"lightly has no transform equal to pipeline '{name}'; "
+        f"valid: {', '.join(LIGHTLY_PIPELINES)}"
+    )
+
+
+def swav_transform(cfg: DictConfig) -> ImageTransform:
+    """lightly's multi-crop transform at the run's global and local crop settings."""
+    local = cfg.method.local_views
+    return SwaVTransform(
+        crop_sizes=(cfg.image_size, local_side(cfg)),
+        crop_counts=(2, local.count),
+        crop_min_scales=(cfg.transform.ops.resized_crop.scale[0], local.scale[0]),
+        crop_max_scales=(1.0, local.scale[1]),
+        **simclr_view_parameters(cfg),
+    )
+
+
+def vicregl_grid_sides(cfg: DictConfig, backbone: nn.Module) -> tuple[int, int]:
+    """Sides of the backbone's feature maps of global and local crops: lightly's location
+    grids must have them (4x4 and 2x2 in lightly's 128-px benchmark)."""
+    sides = []
+    for side in (cfg.image_size, local_side(cfg)):
+        _, h, w = feature_map_shape(backbone, side)
+        _require(h == w, f"feature maps must be square, got {h}x{w}")
+        sides.append(h)
+    return sides[0], sides[1]
+
+
+def vicregl_transform(cfg: DictConfig, global_grid: int, local_grid: int) -> ImageTransform:
+    """lightly's VICRegL transform (views, then their location grids) at the run's crop and
+    colour settings, without solarisation (sslbench's pipeline has none)."""
+    view = simclr_view_parameters(cfg)
+    return VICRegLTransform(
+        global_crop_size=cfg.image_size,
+        local_crop_size=local_side(cfg),
+        n_global_views=2,
+        n_local_views=cfg.method.local_views.count,
+        global_crop_scale=(cfg.transform.ops.resized_crop.scale[0], 1.0),
+        local_crop_scale=tuple(cfg.method.local_views.scale),
+        global_grid_size=global_grid,
+        local_grid_size=local_grid,
+        global_gaussian_blur_prob=view["gaussian_blur"],
+        local_gaussian_blur_prob=view["gaussian_blur"],
+        global_gaussian_blur_sigmas=view["sigmas"],
+        local_gaussian_blur_sigmas=view["sigmas"],
+        global_solarize_prob=0.0,
+        local_solarize_prob=0.0,
+        hf_prob=view["hf_prob"],
+        cj_prob=view["cj_prob"],
+        cj_strength=view["cj_strength"],
+        cj_bright=view["cj_bright"],
+        cj_contrast=view["cj_contrast"],
+        cj_sat=view["cj_sat"],
+        cj_hue=view["cj_hue"],
+        random_gray_scale=view["random_gray_scale"],
+        normalize=view["normalize"],
+    )
+
+
+def lightly_transform(cfg: DictConfig, backbone: nn.Module) -> tuple[ImageTransform, str]:
+    """The run's views as lightly makes them, and the transform's name."""
+    method = cfg.method.name
+    if method == "swav":
+        return swav_transform(cfg), "SwaVTransform"
+    if method == "vicregl":
+        return vicregl_transform(cfg, *vicregl_grid_sides(cfg, backbone)), "VICRegLTransform"
+    transform = two_view_transform(cfg)
+    return transform, type(transform).__name__
+
+
+def grids_to_coordinates(grids: Tensor, side: int) -> Tensor:
+    """lightly's location grids (N, g, g, 2) as sslbench's coordinate maps (N, 2, side,
+    side): each grid cell's location over the pixels of its cell, so that pooling the map
+    to the g x g feature map gives the grid back."""
+    return F.interpolate(grids.permute(0, 3, 1, 2).float(), size=(side, side), mode="nearest")
+
+
+def collate_views(
+    items: list[tuple[list[Tensor], int]], num_global: int, num_local: int, with_grids: bool
+) -> Views:
+    """Stack per-image views into the method's batch of views: global views, local views
+    and (VICRegL) coordinate maps from lightly's grids."""
+    per_view = [torch.stack(views) for views in zip(*(item[0] for item in items), strict=True)]
+    n_views = num_global + num_local
+    views, grids = per_view[:n_views], per_view[n_views:]
+    batch = Views(global_views=views[:num_global], local_views=views[num_global:])
+    if with_grids:
+        coords = [grids_to_coordinates(g, v.shape[-1]) for g, v in zip(grids, views, strict=True)]
+        batch.global_coords, batch.local_coords = coords[:num_global], coords[num_global:]
+    return batch

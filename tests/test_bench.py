@@ -1,0 +1,204 @@
+"""`sslbench bench` and the pieces it stands on: the CPU thread settings, lightly's
+reference data path at a run's settings, and training steps fed ready-made views."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from conftest import TINY_RUN, build_method, needs_fmnist
+from omegaconf import OmegaConf
+
+from sslbench import cpu
+from sslbench.cli import main
+from sslbench.config import compose
+from sslbench.lightly_views import collate_views, lightly_transform, two_view_transform
+from sslbench.methods import Views
+
+
+# -- CPU threads -------------------------------------------------------------------------------
+def test_cgroup_quota_is_read_from_v2_then_v1(tmp_path) -> None:
+    v2, quota, period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    missing = (tmp_path / "none", tmp_path / "none")
+    v2.write_text("150000 100000\n")
+    assert cpu.cgroup_cpu_limit(v2, missing) == 1.5
+    v2.write_text("max 100000\n")
+    assert cpu.cgroup_cpu_limit(v2, missing) is None
+    quota.write_text("300000\n")
+    period.write_text("100000\n")
+    assert cpu.cgroup_cpu_limit(tmp_path / "absent", (quota, period)) == 3.0
+    quota.write_text("-1\n")  # v1: no quota
+    assert cpu.cgroup_cpu_limit(tmp_path / "absent", (quota, period)) is None
+
+
+def test_available_cores_are_capped_by_the_quota(monkeypatch) -> None:
+    affinity = cpu.available_cores()
+    monkeypatch.setattr(cpu, "cgroup_cpu_limit", lambda: 0.5)
+    assert cpu.available_cores() == 1  # half a core still gets one thread
+    monkeypatch.setattr(cpu, "cgroup_cpu_limit", lambda: 1000.0)
+    assert cpu.available_cores() == affinity
+
+
+def test_torch_threads_come_from_the_key_then_the_grid_then_the_cores(monkeypatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        assert cpu.set_torch_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert cpu.set_torch_threads(None) == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(cpu, "available_cores", lambda: 1)
+        assert cpu.set_torch_threads(None) == 1
+        with pytest.raises(ValueError, match="threads must be a positive"):
+            cpu.set_torch_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_passive_waiting_keeps_the_users_choice(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    cpu.prefer_passive_waiting()
+    assert cpu.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    cpu.prefer_passive_waiting()
+    assert cpu.os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_threads_do_not_change_a_runs_folder() -> None:
+    assert compose(["threads=1"]).run_dir == compose([]).run_dir
+
+
+# -- ready-made views --------------------------------------------------------------------------
+def test_a_step_on_ready_views_equals_the_step_that_makes_them(fmnist_batch) -> None:
+    images, aspect, labels = fmnist_batch
+    model, _ = build_method()
+    views = model.make_views(images, aspect)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    from_images = model.training_step((images, aspect, labels), 0)
+    model.load_state_dict(state)
+    from_views = model.training_step(views, 0)
+    torch.testing.assert_close(from_views, from_images)
+
+
+# -- lightly's data path -----------------------------------------------------------------------
+def _pil_items(n: int, side: int = 28):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (n, side, side, 3), generator=generator, dtype=torch.uint8)
+    return [Image.fromarray(p.numpy(), "RGB") for p in pixels]
+
+
+@pytest.mark.parametrize(
+    ("method", "globals_", "locals_", "coords"),
+    [("simclr", 2, 0, False), ("swav", 2, 6, False), ("vicregl", 2, 2, True)],
+)
+def test_lightly_views_match_the_methods_layout(method, globals_, locals_, coords) -> None:
+    overrides = [f"method={method}"]
+    if method == "vicregl":  # feature maps of at least 2x2 for the local crops
+        overrides += ["backbone.small_stem=true", "method.local_views.count=2"]
+    model, cfg = build_method(*overrides)
+    transform, name = lightly_transform(cfg, model.backbone)
+    assert name == {"simclr": "SimCLRTransform", "swav": "SwaVTransform",
+                    "vicregl": "VICRegLTransform"}[method]  # fmt: skip
+    items = [(transform(image), 0) for image in _pil_items(4)]
+    views = collate_views(items, model.num_global_views, model.num_local_views, coords)
+    assert isinstance(views, Views)
+    assert len(views.global_views) == globals_ and len(views.local_views) == locals_
+    assert views.global_views[0].shape == (4, 3, 32, 32)
+    assert views.global_views[0].dtype == torch.float32
+    assert (views.global_coords is not None) == coords
+    if coords:
+        assert views.global_coords[0].shape == (4, 2, 32, 32)
+    loss = model.training_step(views, 0)  # the method trains on them as on its own views
+    assert torch.isfinite(loss)
+
+
+def test_lightly_transform_takes_the_runs_parameters() -> None:
+    jitter, flip = "transform.ops.color_jitter.p=0.3", "transform.ops.hflip.p=0.1"
+    cfg = compose(["image_size=32", jitter, flip])
+    ops = {
+        type(op).__name__: op for op in two_view_transform(cfg).transforms[0].transform.transforms
+    }
+    assert ops["RandomHorizontalFlip"].p == 0.1 and ops["RandomApply"].p == 0.3
+    assert ops["GaussianBlur"].prob == 0.0  # sslbench skips the blur at 32 px, so lightly must
+    byol = compose(["image_size=64", "transform=byol"])
+    assert type(two_view_transform(byol)).__name__ == "BYOLTransform"
+
+
+def test_a_pipeline_lightly_cannot_make_is_one_clear_error() -> None:
+    cfg = compose(["transform=baseline"])
+    with pytest.raises(ValueError, match="pipeline 'baseline'; valid: simclr, byol"):
+        two_view_transform(cfg)
+    cfg = compose(["transform.ops.resized_crop.ratio=[0.5,2.0]"])
+    with pytest.raises(ValueError, match=r"crop ratio \[0.5, 2.0\]"):
+        two_view_transform(cfg)
+
+
+# -- the command -------------------------------------------------------------------------------
+BENCH = [o for o in TINY_RUN if not o.startswith(("epochs", "eval."))]
+
+
+@needs_fmnist
+def test_bench_prints_three_rows_and_the_ratio_line(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.jsonl"
+    code = main(["bench", *BENCH, "dataset.max_train=256", "steps=2", "warmup=1", "workers=1",
+                 f"out={out}"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    last = printed.strip().splitlines()[-1]
+    match = re.fullmatch(r"ratio_vs_lightly=(\d+\.\d\d) share_of_ceiling=(\d+\.\d\d)", last)
+    assert match, last
+    for row in ("sslbench", "lightly", "ceiling"):
+        assert re.search(rf"^{row}\s+\d", printed, re.MULTILINE), row
+    assert "SimCLRTransform per image, 1 DataLoader workers" in printed
+    (line,) = out.read_text().splitlines()
+    result = json.loads(line)
+    rows = {row["row"]: row for row in result["rows"]}
+    assert set(rows) == {"sslbench", "lightly", "ceiling"}
+    for row in rows.values():
+        assert row["images_per_second"] > 0 and row["peak_host_bytes"] > 50e6
+        assert row["peak_device_bytes"] is None  # no GPU here
+    assert rows["lightly"]["peak_worker_host_bytes"] > 10e6  # its worker was measured
+    assert rows["sslbench"]["peak_worker_host_bytes"] == 0  # no workers
+    ratio = rows["sslbench"]["images_per_second"] / rows["lightly"]["images_per_second"]
+    assert result["ratio_vs_lightly"] == pytest.approx(ratio)
+    assert float(match.group(1)) == pytest.approx(ratio, abs=0.006)
+    settings = result["settings"]
+    assert (settings["batch_size"], settings["image_size"], settings["steps"]) == (64, 32, 2)
+    assert {"torch", "lightly", "pytorch_lightning"} <= set(result["machine"]["versions"])
+
+
+@needs_fmnist
+def test_bench_rows_can_be_chosen(capsys) -> None:
+    assert main(["bench", *BENCH, "steps=1", "warmup=1", "rows=ceiling"]) == 0
+    printed = capsys.readouterr().out
+    assert "ratio_vs_lightly=n/a share_of_ceiling=n/a" in printed
+    assert re.search(r"^ceiling\s+\d", printed, re.MULTILINE)
+    assert not re.search(r"^sslbench\s+\d", printed, re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["rows=sslbench,fast"], "unknown bench row 'fast'; valid: sslbench, lightly, ceiling"),
+        (["steps=0"], "steps must be a positive integer, got '0'"),
+        (["workers=two"], "workers must be auto or a number >= 0, got 'two'"),
+        (["transform=baseline", "rows=lightly"], "pipeline 'baseline'; valid: simclr, byol"),
+    ],
+)
+def test_bench_bad_input_is_one_line(args, message, capsys) -> None:
+    assert main(["bench", "backbone=resnet10t", *args]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_bench_defaults_step_aside_for_the_users_and_an_experiment() -> None:
+    from sslbench.cli import bench_overrides
+
+    assert compose(bench_overrides([])).batch_size == 128
+    assert compose(bench_overrides([])).image_size == 32
+    assert compose(bench_overrides(["batch_size=64"])).batch_size == 64
+    demo = compose(bench_overrides(["experiment=demo"]))
+    assert OmegaConf.select(demo, "dataset.max_train") == 10000
