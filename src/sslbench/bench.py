@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from sslbench.cpu import available_cores, set_torch_threads
+from sslbench.data.held import HeldBatches
 from sslbench.lightly_views import PILViews, collate_views, lightly_transform
 from sslbench.methods import SSLMethod, Views
 from sslbench.results import versions
@@ -48,9 +49,11 @@ from sslbench.train import (
     accelerator_of,
     build_method,
     build_trainer,
+    data_path_of,
     fit,
     open_data,
     precision_of,
+    train_batches,
     train_loader,
 )
 
@@ -88,11 +91,14 @@ class BenchRow:
     step_seconds: float
     peak_host_bytes: int
     peak_worker_host_bytes: int
-    peak_device_bytes: int | None
+    peak_device_bytes: int | None  # training's peak, the held images included
+    held_images_bytes: int | None  # training images held in memory (data_path device/pinned)
     detail: str
 
     def cells(self) -> list[str]:
         device = "-" if self.peak_device_bytes is None else _gib(self.peak_device_bytes)
+        if self.peak_device_bytes is not None and self.held_images_bytes:
+            device += f" (data {_gib(self.held_images_bytes)})"
         workers = _gib(self.peak_worker_host_bytes) if self.peak_worker_host_bytes else "-"
         return [self.row, f"{self.images_per_second:,.0f}", f"{self.step_seconds * 1e3:,.0f}",
                 _gib(self.peak_host_bytes), workers, device, self.detail]  # fmt: skip
@@ -270,9 +276,15 @@ def measure_row(row: str, cfg: DictConfig, data: RunData, settings: BenchSetting
     pl.seed_everything(cfg.seed, verbose=False)
     model = build_method(cfg, accelerator)
     total = settings.warmup + settings.steps
+    held = None
     if row == "sslbench":
-        loader: Any = train_loader(cfg, data, world_size=1)
-        detail = "sslbench: uint8 cache batches, views made by the batched pipeline on the device"
+        loader: Any = train_batches(cfg, data, 1, accelerator)
+        if isinstance(loader, HeldBatches):
+            held = loader.nbytes
+        detail = (
+            f"sslbench: uint8 batches ({data_path_of(loader)}), views made by the batched "
+            f"pipeline on the device"
+        )
     elif row == "lightly":
         loader, detail = lightly_loader(cfg, data, model, workers)
     else:
@@ -298,6 +310,7 @@ def measure_row(row: str, cfg: DictConfig, data: RunData, settings: BenchSetting
         peak_host_bytes=peak_host_memory(),
         peak_worker_host_bytes=clock.worker_peak,
         peak_device_bytes=torch.cuda.max_memory_allocated() if accelerator == "gpu" else None,
+        held_images_bytes=held,
         detail=detail,
     )
 

@@ -36,6 +36,7 @@ from sslbench.data import (
     stratified_subset,
     subset_fingerprint,
 )
+from sslbench.data.held import HeldBatches, choose_placement
 from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
 from sslbench.methods import SSLMethod, method_class
 from sslbench.results import (
@@ -155,7 +156,7 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         backbone = backbone.to(memory_format=torch.channels_last)
     pipelines = view_pipelines(OmegaConf.to_container(cfg.transform, resolve=True), cfg.image_size)
     method_cls = method_class(cfg.method.name)
-    return method_cls(
+    method = method_cls(
         OmegaConf.to_container(cfg.method, resolve=True),
         backbone,
         pipelines,
@@ -166,6 +167,13 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         channels_last=channels_last,
         pretext=OmegaConf.to_container(cfg.pretext, resolve=True) if "pretext" in cfg else None,
     )
+    mode = str(cfg.get("compile", "none"))
+    if mode != "none":
+        # The feature extractor is most of the compute; the methods call forward_features
+        # (and forward_head) themselves, so that is the function compiled. After the
+        # method is built: BYOL's momentum target is a copy of the plain backbone.
+        backbone.forward_features = torch.compile(backbone.forward_features, mode=mode)
+    return method
 
 
 def build_trainer(
@@ -209,14 +217,48 @@ def fit(trainer: pl.Trainer, model: SSLMethod, loader: Any) -> None:
         trainer.fit(model, loader)
 
 
-def train_loader(cfg: DictConfig, data: RunData, world_size: int) -> DataLoader:
-    """Shuffled batches of uint8 images from the memory-mapped cache."""
+def _per_device_batch(cfg: DictConfig, data: RunData, world_size: int) -> int:
     per_device = cfg.batch_size // world_size
     if per_device < 2 or len(data.pretrain_indices) < cfg.batch_size:
         raise ValueError(
             f"batch_size={cfg.batch_size} needs at least that many training images "
             f"(have {len(data.pretrain_indices)}) and 2 per device; lower batch_size"
         )
+    return per_device
+
+
+def train_batches(
+    cfg: DictConfig, data: RunData, world_size: int, accelerator: str
+) -> DataLoader | HeldBatches:
+    """The run's training batches, by ``data_path``: a DataLoader over the memory-mapped
+    cache, or the training images held on the device (or pinned) and gathered per batch;
+    ``auto`` holds them on a single GPU when they fit. The batches are the same every way."""
+    path = str(cfg.get("data_path", "auto"))
+    if path == "dataloader":
+        return train_loader(cfg, data, world_size)
+    device = torch.device("cuda" if accelerator == "gpu" else "cpu")
+    if path == "auto":
+        side = data.pretrain.images.shape[1:]
+        nbytes = len(data.pretrain_indices) * int(np.prod(side))
+        placement = choose_placement(nbytes, device) if world_size == 1 else None
+        if placement is None:
+            return train_loader(cfg, data, world_size)
+    elif world_size > 1:
+        raise ValueError(
+            f"data_path={path} feeds one device; with devices={world_size} use "
+            f"data_path=dataloader (or auto)"
+        )
+    else:
+        placement = path
+    return HeldBatches(
+        data.pretrain, data.pretrain_indices, _per_device_batch(cfg, data, world_size),
+        seed=cfg.seed, device=device, placement=placement,
+    )  # fmt: skip
+
+
+def train_loader(cfg: DictConfig, data: RunData, world_size: int) -> DataLoader:
+    """Shuffled batches of uint8 images from the memory-mapped cache."""
+    per_device = _per_device_batch(cfg, data, world_size)
     return DataLoader(
         IndexedImages(data.pretrain, data.pretrain_indices),
         batch_size=per_device,
@@ -309,7 +351,7 @@ def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model = build_method(cfg, accelerator)  # first: a bad backbone fails before any caching
     data = open_data(cfg, progress=cfg.progress_bar)
     world_size = cfg.devices  # one node; multi-node runs come through torchrun/srun
-    loader = train_loader(cfg, data, world_size)
+    loader = train_batches(cfg, data, world_size, accelerator)
     trainer = build_trainer(
         cfg,
         accelerator,
@@ -341,9 +383,16 @@ def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "peak_gpu_memory_bytes": peak_gpu,
         "peak_host_memory_bytes": peak_host_memory_bytes(),
         "torch_threads": threads,
+        "data_path": data_path_of(loader),
+        "held_images_bytes": loader.nbytes if isinstance(loader, HeldBatches) else None,
         "train_images": int(len(data.pretrain_indices)),
         "test_images": None if data.test_indices is None else int(len(data.test_indices)),
     }
+
+
+def data_path_of(batches: DataLoader | HeldBatches) -> str:
+    """How training batches reached the model: dataloader, device or pinned."""
+    return batches.placement if isinstance(batches, HeldBatches) else "dataloader"
 
 
 def pretext_results(model: SSLMethod, trainer: pl.Trainer) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from sslbench.config.schema import (
+    COMPILE_MODES,
     CONFIG_VERSION,
+    DATA_PATHS,
     GRID_SECTIONS,
     GROUPS,
     REQUIRED_GROUPS,
@@ -377,7 +379,10 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
 
 #: Keys that say where and how a run is carried out, not what it computes: a run's folder name
 #: ignores them, so the same run found by a single command or by any grid has one folder.
-NOT_IN_HASH = ("run_dir", "runs_root", "progress_bar", "num_workers", "threads", *GRID_SECTIONS)
+NOT_IN_HASH = (
+    "run_dir", "runs_root", "progress_bar", "num_workers", "threads", "data_path", "compile",
+    *GRID_SECTIONS,
+)  # fmt: skip
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -452,6 +457,11 @@ def resolve(cfg: DictConfig) -> DictConfig:
         raise ConfigError(
             f"precision must be one of {', '.join(PRECISIONS)}; got '{cfg.precision}'"
         )
+    for key, valid in (("data_path", DATA_PATHS), ("compile", COMPILE_MODES)):
+        if str(cfg[key]) not in valid:
+            raise ConfigError(f"{key} must be one of {', '.join(valid)}; got '{cfg[key]}'")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads must be at least 1 (or null: the cores), got {cfg.threads}")
     if cfg.dataset.path_required and not cfg.dataset.path:
         raise ConfigError(f"dataset {cfg.dataset.name} needs dataset.path=DIR")
     if cfg.run_dir is None:

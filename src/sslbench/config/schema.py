@@ -19,6 +19,10 @@ from typing import Any
 #: the test subset drawn with eval.subset_seed, the cache side from the source's detail.
 CONFIG_VERSION = 2
 
+#: Values of ``data_path`` and ``compile`` (torch.compile's modes, or none).
+DATA_PATHS: tuple[str, ...] = ("auto", "dataloader", "device", "pinned")
+COMPILE_MODES: tuple[str, ...] = ("none", "default", "reduce-overhead", "max-autotune")
+
 #: The configuration groups; each is a folder of YAML files under ``conf/``.
 GROUPS: tuple[str, ...] = (
     "method", "transform", "pretext", "dataset", "backbone", "experiment", "launcher",
@@ -150,6 +154,13 @@ class RunConfig:
     # torch's CPU threads; null: the cores this process may use (affinity, container quota),
     # or its share of them in a grid (sslbench.cpu)
     threads: int | None = None
+    # how training batches reach the model: dataloader (from the memory-mapped cache),
+    # device (the run's images copied once to the GPU, each batch one gather there), pinned
+    # (held in page-locked RAM, copied per batch); auto: device or pinned on one GPU when
+    # they fit, else dataloader. The same batches every way (sslbench.data.held)
+    data_path: str = "auto"
+    # torch.compile the backbone: none | default | reduce-overhead | max-autotune (its modes)
+    compile: str = "none"
     # auto (bf16-mixed on GPU, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
     precision: str = "auto"
     run_dir: str | None = None  # null: runs/<method>-<transform>-<dataset>-<backbone>-<hash>

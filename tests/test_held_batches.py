@@ -1,0 +1,116 @@
+"""Training batches gathered from images held in memory (``data_path=device|pinned``) are
+the DataLoader's batches, so a run gives the same result either way; ``compile`` wraps the
+backbone's feature extractor."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_RUN, build_method, needs_fmnist
+
+from sslbench.cli import main
+from sslbench.config import ConfigError, compose
+from sslbench.data.cache import CachedSplit
+from sslbench.data.held import HeldBatches, choose_placement
+from sslbench.train import RunData, train_batches, train_loader
+
+
+def _split(n: int = 50, side: int = 6) -> CachedSplit:
+    rng = np.random.default_rng(0)
+    return CachedSplit(
+        images=rng.integers(0, 256, (n, 3, side, side), dtype=np.uint8),
+        labels=rng.integers(0, 5, n).astype(np.int64),
+        sizes=rng.integers(10, 40, (n, 2)).astype(np.int32),
+    )
+
+
+def _run_data(split: CachedSplit, indices: np.ndarray) -> RunData:
+    return RunData(split, None, indices, None, split, indices)
+
+
+@pytest.mark.parametrize("placement", ["device", "pinned"])
+def test_held_batches_are_the_dataloaders_batches(placement) -> None:
+    split = _split()
+    indices = np.array([7, 3, 44, 12, 0, 31, 25, 9, 18, 40, 2, 36, 21, 5, 48, 14])
+    cfg = compose(["batch_size=4", "seed=3"])
+    loader = train_loader(cfg, _run_data(split, indices), world_size=1)
+    held = HeldBatches(split, indices, batch_size=4, seed=3, device="cpu", placement=placement)
+    assert len(held) == len(loader) == 4
+    for _epoch in range(3):  # a new permutation each epoch, the same on both sides
+        for ours, theirs in zip(held, loader, strict=True):
+            for a, b in zip(ours, theirs, strict=True):
+                assert a.dtype == b.dtype
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert held.nbytes == len(indices) * 3 * 6 * 6
+
+
+def test_data_path_choices() -> None:
+    split = _split()
+    data = _run_data(split, np.arange(20))
+    assert choose_placement(10**12, torch.device("cpu")) is None  # a CPU reads the cache map
+    auto = train_batches(compose(["batch_size=4"]), data, 1, "cpu")
+    assert isinstance(auto, torch.utils.data.DataLoader)
+    held = train_batches(compose(["batch_size=4", "data_path=device"]), data, 1, "cpu")
+    assert isinstance(held, HeldBatches) and held.placement == "device"
+    with pytest.raises(ValueError, match="data_path=device feeds one device; with devices=2"):
+        train_batches(compose(["batch_size=4", "data_path=device"]), data, 2, "cpu")
+    with pytest.raises(ConfigError, match="data_path must be one of auto, dataloader, device"):
+        compose(["data_path=gpu"])
+    with pytest.raises(ConfigError, match="compile must be one of none, default"):
+        compose(["compile=fast"])
+    with pytest.raises(ConfigError, match="threads must be at least 1"):
+        compose(["threads=0"])
+    assert compose(["data_path=device", "compile=default"]).run_dir == compose([]).run_dir
+
+
+def _epoch_losses(run_dir) -> list[str]:
+    with open(run_dir / "metrics.csv") as handle:
+        return [
+            row["train_loss_epoch"] for row in csv.DictReader(handle) if row["train_loss_epoch"]
+        ]
+
+
+@needs_fmnist
+def test_a_run_is_the_same_from_held_images_as_from_the_dataloader(tmp_path) -> None:
+    results = {}
+    for path in ("dataloader", "device"):
+        run_dir = tmp_path / path
+        assert main(["pretrain", *TINY_RUN, "epochs=2", f"data_path={path}",
+                     f"run_dir={run_dir}"]) == 0  # fmt: skip
+        results[path] = json.loads((run_dir / "results.json").read_text())
+        results[path]["losses"] = _epoch_losses(run_dir)
+    plain, held = results["dataloader"], results["device"]
+    assert (plain["data_path"], held["data_path"]) == ("dataloader", "device")
+    assert plain["held_images_bytes"] is None and held["held_images_bytes"] == 128 * 3 * 28 * 28
+    assert held["losses"] == plain["losses"] and len(plain["losses"]) == 2
+    assert held["linear_top1"] == plain["linear_top1"]
+
+
+def test_compile_wraps_the_feature_extractor_after_the_method_is_built(monkeypatch) -> None:
+    compiled = []
+
+    def fake_compile(fn, mode):
+        compiled.append((fn, mode))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    method, _ = build_method("method=byol", "compile=reduce-overhead")
+    ((fn, mode),) = compiled
+    assert mode == "reduce-overhead"
+    assert fn.__self__ is method.backbone and fn.__name__ == "forward_features"
+    assert "forward_features" not in vars(method.backbone_target)  # the EMA copy stays plain
+    build_method("method=byol")
+    assert len(compiled) == 1  # compile=none (the default) compiles nothing
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_a_compiled_run_trains_and_scores(tmp_path) -> None:
+    run_dir = tmp_path / "compiled"
+    assert main(["pretrain", *TINY_RUN, "compile=default", f"run_dir={run_dir}"]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["linear_top1"] > 0.3
