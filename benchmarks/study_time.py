@@ -31,17 +31,23 @@ from PIL import Image
 TRAIN_IMAGES, TEST_IMAGES, CLASSES = 9469, 3925, 10
 
 
-def _write_picture(args: tuple[Path, int]) -> None:
-    path, seed = args
+def _write_picture(args: tuple[Path, int, tuple[int, int]]) -> None:
+    path, seed, (width, height) = args
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)  # smooth, like a photo
-    picture = Image.fromarray(coarse).resize((500, 375), Image.Resampling.BICUBIC)
-    noisy = np.asarray(picture, dtype=np.int16) + rng.integers(-8, 9, size=(375, 500, 3))
+    picture = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    noisy = np.asarray(picture, dtype=np.int16) + rng.integers(-8, 9, size=(height, width, 3))
     Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=90)
 
 
-def make_synthetic_folder(root: Path, train: int = TRAIN_IMAGES, test: int = TEST_IMAGES) -> Path:
-    """``root/{train,val}/classK/*.jpg`` at imagenette2's sizes (once)."""
+def make_synthetic_folder(
+    root: Path,
+    train: int = TRAIN_IMAGES,
+    test: int = TEST_IMAGES,
+    picture: tuple[int, int] = (500, 375),
+) -> Path:
+    """``root/{train,val}/classK/*.jpg`` at imagenette2's sizes (once); ``picture``:
+    (width, height), 500x375 for imagenette2, 213x160 for imagenette2-160."""
     done = root / ".complete"
     if done.exists():
         return root
@@ -50,7 +56,7 @@ def make_synthetic_folder(root: Path, train: int = TRAIN_IMAGES, test: int = TES
         for i in range(count):
             folder = root / split / f"class{i % CLASSES}"
             folder.mkdir(parents=True, exist_ok=True)
-            jobs.append((folder / f"{i:05d}.jpg", len(jobs)))
+            jobs.append((folder / f"{i:05d}.jpg", len(jobs), picture))
     with ProcessPoolExecutor() as pool:
         list(pool.map(_write_picture, jobs, chunksize=256))
     done.touch()
@@ -76,23 +82,41 @@ def main() -> None:
         metavar=("TRAIN", "TEST"),
         help="a smaller folder for a smoke test",
     )
+    parser.add_argument(
+        "--picture", type=int, nargs=2, default=[500, 375], metavar=("WIDTH", "HEIGHT"),
+        help="synthetic picture size: 500 375 (imagenette2), 213 160 (imagenette2-160)",
+    )  # fmt: skip
+    parser.add_argument("--data-only", action="store_true", help="make the folder, run nothing")
+    parser.add_argument(
+        "--methods", default="simclr,simsiam,swav,byol,barlowtwins,vicreg,vicregl",
+        help="comma list; the study's seven by default",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pipelines", default="simclr,orthogonality,lorot,dcl",
+        help="the other pipelines, run with SimCLR (empty: none)",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="more KEY=VALUE for every run")
     args = parser.parse_args()
 
     from sslbench.cli import main as sslbench
 
     start = time.perf_counter()
-    data = make_synthetic_folder(args.data, *args.images)
+    data = make_synthetic_folder(args.data, *args.images, picture=tuple(args.picture))
     print(f"synthetic folder ready in {time.perf_counter() - start:.0f} s", flush=True)
+    if args.data_only:
+        return
     common = ["experiment=study_imagenette", "dataset=folder", f"dataset.path={data}",
               f"epochs={args.epochs}", f"run_dir={args.runs}", *args.overrides]  # fmt: skip
+    methods = [m for m in args.methods.split(",") if m]
+    plain = [m for m in methods if m != "vicregl"]
     grids = [
         # every method with the baseline pipeline (VICRegL's α does not change its cost)
-        [*common, "method=simclr,simsiam,swav,byol,barlowtwins,vicreg", "transform=baseline"],
-        [*common, "method=vicregl", "method.alpha=0.75", "transform=baseline"],
+        *([[*common, f"method={','.join(plain)}", "transform=baseline"]] if plain else []),
+        *([[*common, "method=vicregl", "method.alpha=0.75", "transform=baseline"]]
+          if "vicregl" in methods else []),
         # the other pipelines, with SimCLR
-        [*common, "method=simclr", "transform=simclr,orthogonality,lorot,dcl"],
-    ]
+        *([[*common, "method=simclr", f"transform={args.pipelines}"]] if args.pipelines else []),
+    ]  # fmt: skip
     for grid in grids:
         sslbench(["pretrain", "-m", *grid])
         for results_file in sorted(args.runs.glob("*/results.json")):

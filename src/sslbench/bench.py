@@ -28,6 +28,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -93,6 +94,7 @@ class BenchRow:
     peak_worker_host_bytes: int
     peak_device_bytes: int | None  # training's peak, the held images included
     held_images_bytes: int | None  # training images held in memory (data_path device/pinned)
+    host_syncs: int | None  # host-device synchronisations in the timed steps (GPU only)
     detail: str
 
     def cells(self) -> list[str]:
@@ -100,8 +102,9 @@ class BenchRow:
         if self.peak_device_bytes is not None and self.held_images_bytes:
             device += f" (data {_gib(self.held_images_bytes)})"
         workers = _gib(self.peak_worker_host_bytes) if self.peak_worker_host_bytes else "-"
+        syncs = "-" if self.host_syncs is None else str(self.host_syncs)
         return [self.row, f"{self.images_per_second:,.0f}", f"{self.step_seconds * 1e3:,.0f}",
-                _gib(self.peak_host_bytes), workers, device, self.detail]  # fmt: skip
+                _gib(self.peak_host_bytes), workers, device, syncs, self.detail]  # fmt: skip
 
 
 @dataclass
@@ -141,7 +144,8 @@ class BenchResult:
             "versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
             "",
         ]
-        header = ["row", "images/s", "ms/step", "peak host", "workers", "peak device", "data path"]
+        header = ["row", "images/s", "ms/step", "peak host", "workers", "peak device",
+                  "host syncs", "data path"]  # fmt: skip
         table = [header, *(r.cells() for r in self.rows)]
         widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
         for row in table:
@@ -215,11 +219,16 @@ class StepClock(pl.Callback):
     """The wall time of optimiser steps ``warmup + 1 .. warmup + steps`` (and the workers'
     peak memory at the end, while they still run)."""
 
-    def __init__(self, warmup: int, steps: int) -> None:
+    def __init__(self, warmup: int, steps: int, caught: list | None = None) -> None:
         self.warmup, self.steps = warmup, steps
         self.start: float | None = None
         self.seconds: float | None = None
         self.worker_peak = 0
+        # On a GPU: the warnings recorded during the fit; torch's sync debug mode turns each
+        # host-device synchronisation of the timed steps into one.
+        self.caught = caught
+        self.syncs_before = 0
+        self.host_syncs: int | None = None
 
     def _now(self, module: pl.LightningModule) -> float:
         if module.device.type == "cuda":
@@ -233,7 +242,15 @@ class StepClock(pl.Callback):
             self.start = self._now(pl_module)
             if pl_module.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
+                if self.caught is not None:
+                    self.syncs_before = len(self.caught)
+                    torch.cuda.set_sync_debug_mode("warn")
         elif done == self.warmup + self.steps and self.start is not None:
+            if self.caught is not None and pl_module.device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+                self.host_syncs = sum(
+                    "synchroniz" in str(w.message) for w in self.caught[self.syncs_before :]
+                )
             self.seconds = self._now(pl_module) - self.start
             self.worker_peak = children_peak_host_memory()
 
@@ -293,8 +310,12 @@ def measure_row(row: str, cfg: DictConfig, data: RunData, settings: BenchSetting
         images, aspect, _ = next(iter(train_loader(cfg, data, world_size=1)))
         views = model.make_views(images.to(device), aspect.to(device))
         loader, detail = RepeatedViews(views, total), "views made once, on the device"
-    clock = StepClock(settings.warmup, settings.steps)
-    with tempfile.TemporaryDirectory(prefix="sslbench-bench-") as root:
+    with (
+        tempfile.TemporaryDirectory(prefix="sslbench-bench-") as root,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        clock = StepClock(settings.warmup, settings.steps, caught if accelerator == "gpu" else None)
         trainer = build_trainer(cfg, accelerator, Path(root), logger=False,
                                 callbacks=[clock], max_steps=total)  # fmt: skip
         fit(trainer, model, loader)
@@ -311,6 +332,7 @@ def measure_row(row: str, cfg: DictConfig, data: RunData, settings: BenchSetting
         peak_worker_host_bytes=clock.worker_peak,
         peak_device_bytes=torch.cuda.max_memory_allocated() if accelerator == "gpu" else None,
         held_images_bytes=held,
+        host_syncs=clock.host_syncs,
         detail=detail,
     )
 
