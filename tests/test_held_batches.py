@@ -5,17 +5,21 @@ backbone's feature extractor."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_RUN, build_method, needs_fmnist
+from torch.utils.data import DataLoader
 
 from sslbench.cli import main
 from sslbench.config import ConfigError, compose
+from sslbench.data import IndexedImages, collate_batch
 from sslbench.data.cache import CachedSplit
 from sslbench.data.held import HeldBatches, choose_placement
+from sslbench.data.worker_views import StepBatchSampler
 from sslbench.train import RunData, train_batches, train_loader
 
 
@@ -48,16 +52,35 @@ def test_held_batches_are_the_dataloaders_batches(placement) -> None:
     assert held.nbytes == len(indices) * 3 * 6 * 6
 
 
+def test_step_batches_are_the_dataloaders_batches_with_their_steps() -> None:
+    split = _split()
+    indices = np.arange(10, 30)
+    plain = train_loader(compose(["batch_size=6", "seed=1"]), _run_data(split, indices), 1)
+    generator = torch.Generator().manual_seed(1)
+    sampler = StepBatchSampler(len(indices), 6, generator)
+    tagged = DataLoader(
+        IndexedImages(split, indices), batch_sampler=sampler, collate_fn=collate_batch,
+        generator=generator,
+    )  # fmt: skip
+    for _epoch in range(3):  # as Lightning reads them: an epoch's batches, no more
+        ours_epoch = itertools.islice(tagged, len(tagged))
+        for ours, theirs in zip(ours_epoch, itertools.islice(plain, len(plain)), strict=True):
+            torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=0)
+    steps = [(b.epoch, b.step) for b in sampler]  # the next epoch's tags
+    assert steps == [(3, 9), (3, 10), (3, 11)]
+
+
 def test_data_path_choices() -> None:
     split = _split()
     data = _run_data(split, np.arange(20))
     assert choose_placement(10**12, torch.device("cpu")) is None  # a CPU reads the cache map
-    auto = train_batches(compose(["batch_size=4"]), data, 1, "cpu")
+    model = None  # only data_path=workers asks the model for its views
+    auto = train_batches(compose(["batch_size=4"]), data, 1, "cpu", model)
     assert isinstance(auto, torch.utils.data.DataLoader)
-    held = train_batches(compose(["batch_size=4", "data_path=device"]), data, 1, "cpu")
+    held = train_batches(compose(["batch_size=4", "data_path=device"]), data, 1, "cpu", model)
     assert isinstance(held, HeldBatches) and held.placement == "device"
     with pytest.raises(ValueError, match="data_path=device feeds one device; with devices=2"):
-        train_batches(compose(["batch_size=4", "data_path=device"]), data, 2, "cpu")
+        train_batches(compose(["batch_size=4", "data_path=device"]), data, 2, "cpu", model)
     with pytest.raises(ConfigError, match="data_path must be one of auto, dataloader, device"):
         compose(["data_path=gpu"])
     with pytest.raises(ConfigError, match="compile must be one of none, default"):
@@ -75,19 +98,21 @@ def _epoch_losses(run_dir) -> list[str]:
 
 
 @needs_fmnist
-def test_a_run_is_the_same_from_held_images_as_from_the_dataloader(tmp_path) -> None:
+def test_a_run_is_the_same_from_held_images_worker_views_and_the_dataloader(tmp_path) -> None:
     results = {}
-    for path in ("dataloader", "device"):
+    for path in ("dataloader", "device", "workers"):
         run_dir = tmp_path / path
         assert main(["pretrain", *TINY_RUN, "epochs=2", f"data_path={path}",
                      f"run_dir={run_dir}"]) == 0  # fmt: skip
         results[path] = json.loads((run_dir / "results.json").read_text())
         results[path]["losses"] = _epoch_losses(run_dir)
-    plain, held = results["dataloader"], results["device"]
-    assert (plain["data_path"], held["data_path"]) == ("dataloader", "device")
+    plain, held, workers = results["dataloader"], results["device"], results["workers"]
+    assert [r["data_path"] for r in results.values()] == ["dataloader", "device", "workers"]
     assert plain["held_images_bytes"] is None and held["held_images_bytes"] == 128 * 3 * 28 * 28
-    assert held["losses"] == plain["losses"] and len(plain["losses"]) == 2
-    assert held["linear_top1"] == plain["linear_top1"]
+    assert len(plain["losses"]) == 2
+    for other in (held, workers):  # the same batches and views: the same run
+        assert other["losses"] == plain["losses"]
+        assert other["linear_top1"] == plain["linear_top1"]
 
 
 def test_compile_wraps_the_feature_extractor_after_the_method_is_built(monkeypatch) -> None:

@@ -295,7 +295,7 @@ def measure_row(row: str, cfg: DictConfig, data: RunData, settings: BenchSetting
     total = settings.warmup + settings.steps
     held = None
     if row == "sslbench":
-        loader: Any = train_batches(cfg, data, 1, accelerator)
+        loader: Any = train_batches(cfg, data, 1, accelerator, model)
         if isinstance(loader, HeldBatches):
             held = loader.nbytes
         detail = (

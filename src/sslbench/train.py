@@ -37,6 +37,7 @@ from sslbench.data import (
     subset_fingerprint,
 )
 from sslbench.data.held import HeldBatches, choose_placement
+from sslbench.data.worker_views import StepBatchSampler, ViewsOfBatches, pass_through
 from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
 from sslbench.methods import SSLMethod, method_class
 from sslbench.results import (
@@ -228,14 +229,22 @@ def _per_device_batch(cfg: DictConfig, data: RunData, world_size: int) -> int:
 
 
 def train_batches(
-    cfg: DictConfig, data: RunData, world_size: int, accelerator: str
+    cfg: DictConfig, data: RunData, world_size: int, accelerator: str, model: SSLMethod
 ) -> DataLoader | HeldBatches:
     """The run's training batches, by ``data_path``: a DataLoader over the memory-mapped
-    cache, or the training images held on the device (or pinned) and gathered per batch;
-    ``auto`` holds them on a single GPU when they fit. The batches are the same every way."""
+    cache, the training images held on the device (or pinned) and gathered per batch, or
+    views made in DataLoader workers (``workers``); ``auto`` holds them on a single GPU
+    when they fit. The batches are the same every way."""
     path = str(cfg.get("data_path", "auto"))
     if path == "dataloader":
         return train_loader(cfg, data, world_size)
+    if world_size > 1 and path != "auto":
+        raise ValueError(
+            f"data_path={path} feeds one device; with devices={world_size} use "
+            f"data_path=dataloader (or auto)"
+        )
+    if path == "workers":
+        return views_in_workers(cfg, data, model)
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     if path == "auto":
         side = data.pretrain.images.shape[1:]
@@ -243,17 +252,30 @@ def train_batches(
         placement = choose_placement(nbytes, device) if world_size == 1 else None
         if placement is None:
             return train_loader(cfg, data, world_size)
-    elif world_size > 1:
-        raise ValueError(
-            f"data_path={path} feeds one device; with devices={world_size} use "
-            f"data_path=dataloader (or auto)"
-        )
     else:
         placement = path
     return HeldBatches(
         data.pretrain, data.pretrain_indices, _per_device_batch(cfg, data, world_size),
         seed=cfg.seed, device=device, placement=placement,
     )  # fmt: skip
+
+
+def views_in_workers(cfg: DictConfig, data: RunData, model: SSLMethod) -> DataLoader:
+    """The run's batches read and made into views by ``num_workers`` (at least one)
+    DataLoader workers, while the main process computes: the DataLoader's batches, the
+    training step's views (on a CPU)."""
+    per_device = _per_device_batch(cfg, data, 1)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return DataLoader(
+        ViewsOfBatches(IndexedImages(data.pretrain, data.pretrain_indices), model.view_maker),
+        batch_sampler=StepBatchSampler(len(data.pretrain_indices), per_device, generator),
+        collate_fn=pass_through,
+        num_workers=max(1, cfg.num_workers),
+        # A new iterator each epoch draws a new base seed, as the plain DataLoader does:
+        # persistent workers would draw it once and shift every later permutation.
+        persistent_workers=False,
+        generator=generator,
+    )
 
 
 def train_loader(cfg: DictConfig, data: RunData, world_size: int) -> DataLoader:
@@ -351,7 +373,7 @@ def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model = build_method(cfg, accelerator)  # first: a bad backbone fails before any caching
     data = open_data(cfg, progress=cfg.progress_bar)
     world_size = cfg.devices  # one node; multi-node runs come through torchrun/srun
-    loader = train_batches(cfg, data, world_size, accelerator)
+    loader = train_batches(cfg, data, world_size, accelerator, model)
     trainer = build_trainer(
         cfg,
         accelerator,
@@ -371,7 +393,7 @@ def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pretrain_seconds = time.perf_counter() - start
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")
-    images_seen = len(loader) * loader.batch_size * cfg.epochs  # all devices' images
+    images_seen = len(loader) * cfg.batch_size * cfg.epochs  # all devices' images (global batch)
     peak_gpu = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
     device = "cuda" if accelerator == "gpu" else "cpu"
     metrics = evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
@@ -391,8 +413,10 @@ def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def data_path_of(batches: DataLoader | HeldBatches) -> str:
-    """How training batches reached the model: dataloader, device or pinned."""
-    return batches.placement if isinstance(batches, HeldBatches) else "dataloader"
+    """How training batches reached the model: dataloader, device, pinned or workers."""
+    if isinstance(batches, HeldBatches):
+        return batches.placement
+    return "workers" if isinstance(batches.dataset, ViewsOfBatches) else "dataloader"
 
 
 def pretext_results(model: SSLMethod, trainer: pl.Trainer) -> dict[str, Any]:

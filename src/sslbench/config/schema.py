@@ -20,7 +20,7 @@ from typing import Any
 CONFIG_VERSION = 2
 
 #: Values of ``data_path`` and ``compile`` (torch.compile's modes, or none).
-DATA_PATHS: tuple[str, ...] = ("auto", "dataloader", "device", "pinned")
+DATA_PATHS: tuple[str, ...] = ("auto", "dataloader", "device", "pinned", "workers")
 COMPILE_MODES: tuple[str, ...] = ("none", "default", "reduce-overhead", "max-autotune")
 
 #: The configuration groups; each is a folder of YAML files under ``conf/``.
@@ -156,8 +156,9 @@ class RunConfig:
     threads: int | None = None
     # how training batches reach the model: dataloader (from the memory-mapped cache),
     # device (the run's images copied once to the GPU, each batch one gather there), pinned
-    # (held in page-locked RAM, copied per batch); auto: device or pinned on one GPU when
-    # they fit, else dataloader. The same batches every way (sslbench.data.held)
+    # (held in page-locked RAM, copied per batch), workers (views made in num_workers
+    # DataLoader workers while the step computes; CPU); auto: device or pinned on one GPU
+    # when they fit, else dataloader. The same batches every way (sslbench.data.held)
     data_path: str = "auto"
     # torch.compile the backbone: none | default | reduce-overhead | max-autotune (its modes)
     compile: str = "none"

@@ -65,6 +65,45 @@ class Views:
     local_labels: list[dict[str, Tensor]] = field(default_factory=list)
 
 
+@dataclass
+class ViewMaker:
+    """Makes a method's views of a uint8 batch: ``num_global`` global views (view i from
+    ``pipelines[i % len]``), ``num_local`` local views, coordinate maps if asked, from a
+    generator seeded with (seed, rank, epoch, step), so the same step gets the same views
+    wherever they are made (the training step, or a DataLoader worker on the same device)."""
+
+    pipelines: list[Pipeline]
+    local_pipeline: Pipeline | None
+    num_global: int
+    num_local: int
+    coordinates: bool
+    seed: int
+
+    def __call__(self, images: Tensor, aspect: Tensor, rank: int, epoch: int, step: int) -> Views:
+        generator = make_generator(self.seed, images.device, rank, epoch, step)
+        coords, pipelines = self.coordinates, self.pipelines
+        with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
+            made = [
+                pipelines[i % len(pipelines)].views(images, aspect, generator, coordinates=coords)
+                for i in range(self.num_global)
+            ]
+            local = [
+                self.local_pipeline.views(images, aspect, generator, coordinates=coords)
+                for _ in range(self.num_local)
+                if self.local_pipeline is not None
+            ]
+        views = Views(
+            global_views=[v.images for v in made],
+            local_views=[v.images for v in local],
+            global_labels=[v.labels for v in made],
+            local_labels=[v.labels for v in local],
+        )
+        if coords:
+            views.global_coords = [v.coords for v in made]
+            views.local_coords = [v.coords for v in local]
+        return views
+
+
 #: Below this, embeddings are judged to be collapsing (std of L2-normalised embeddings
 #: times sqrt(dim): about 1 when they spread over the sphere, 0 when all are equal).
 COLLAPSE_WARNING_RATIO = 0.1
@@ -209,33 +248,31 @@ class SSLMethod(pl.LightningModule):
         self.monitor_embeddings(z0)
         return z0, z1
 
+    @property
+    def view_maker(self) -> ViewMaker:
+        """What makes the method's views of a batch (picklable, for DataLoader workers)."""
+        return ViewMaker(
+            pipelines=self.view_pipelines,
+            local_pipeline=self.local_pipeline,
+            num_global=self.num_global_views,
+            num_local=self.num_local_views if self.local_pipeline is not None else 0,
+            coordinates=self.needs_coordinates,
+            seed=self.seed,
+        )
+
     def make_views(self, images: Tensor, aspect: Tensor) -> Views:
         """The views of a uint8 batch that the method's layout asks for, on its device."""
-        generator = make_generator(
-            self.seed, self.device, self.global_rank, self.current_epoch, self.global_step
+        views = self.view_maker(
+            images, aspect, self.global_rank, self.current_epoch, self.global_step
         )
-        coords = self.needs_coordinates
-        pipelines = self.view_pipelines
-        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
-            made = [
-                pipelines[i % len(pipelines)].views(images, aspect, generator, coordinates=coords)
-                for i in range(self.num_global_views)
-            ]
-            local = [
-                self.local_pipeline.views(images, aspect, generator, coordinates=coords)
-                for _ in range(self.num_local_views)
-                if self.local_pipeline is not None
-            ]
-        views = Views(
-            global_views=[self._memory_format(v.images) for v in made],
-            local_views=[self._memory_format(v.images) for v in local],
-            global_labels=[v.labels for v in made],
-            local_labels=[v.labels for v in local],
+        return self._in_memory_format(views)
+
+    def _in_memory_format(self, views: Views) -> Views:
+        return dataclasses.replace(
+            views,
+            global_views=[self._memory_format(v) for v in views.global_views],
+            local_views=[self._memory_format(v) for v in views.local_views],
         )
-        if coords:
-            views.global_coords = [v.coords for v in made]
-            views.local_coords = [v.coords for v in local]
-        return views
 
     def _memory_format(self, view: Tensor) -> Tensor:
         if self.channels_last:
@@ -268,14 +305,8 @@ class SSLMethod(pl.LightningModule):
             )
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor] | Views, batch_idx: int) -> Tensor:
-        if isinstance(batch, Views):  # made elsewhere (``sslbench bench``'s reference rows)
-            return self.loss_of_views(
-                dataclasses.replace(
-                    batch,
-                    global_views=[self._memory_format(v) for v in batch.global_views],
-                    local_views=[self._memory_format(v) for v in batch.local_views],
-                )
-            )
+        if isinstance(batch, Views):  # made in DataLoader workers (data_path=workers, bench)
+            return self.loss_of_views(self._in_memory_format(batch))
         images, aspect, _labels = batch
         return self.loss_of_views(self.make_views(images, aspect))
 
