@@ -80,6 +80,14 @@ HYPER = {
 }
 
 
+def step_both(opt: Any, ref: Any, ours: dict, theirs: dict, step: int) -> None:
+    """The same gradients of ``step`` to both sides, then one step of each optimiser."""
+    set_grads(ours, step)
+    set_grads(theirs, step)
+    opt.step()
+    ref.step()
+
+
 @pytest.mark.parametrize("two_groups", [False, True], ids=["one_group", "two_groups"])
 @pytest.mark.parametrize("hyper", list(HYPER.values()), ids=list(HYPER))
 def test_steps_equal_lightlys(hyper: dict[str, Any], two_groups: bool) -> None:
@@ -88,10 +96,7 @@ def test_steps_equal_lightlys(hyper: dict[str, Any], two_groups: bool) -> None:
     ref = LightlyLARS(param_groups(theirs, two_groups), lr=0.5, **hyper)
     initial = {name: p.detach().clone() for name, p in ours.items()}
     for step in range(STEPS):
-        set_grads(ours, step)
-        set_grads(theirs, step)
-        opt.step()
-        ref.step()
+        step_both(opt, ref, ours, theirs, step)
         for name in SHAPES:
             torch.testing.assert_close(ours[name], theirs[name], rtol=1e-6, atol=1e-8, msg=name)
             assert opt.state[ours[name]].keys() == ref.state[theirs[name]].keys(), name
@@ -172,10 +177,7 @@ def test_state_dict_interchanges_with_lightlys() -> None:
         for name, p in theirs.items():
             p.copy_(ours[name])
     for step in range(3, STEPS):
-        set_grads(ours, step)
-        set_grads(theirs, step)
-        opt.step()
-        ref.step()
+        step_both(opt, ref, ours, theirs, step)
     for name in SHAPES:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-6, atol=1e-8, msg=name)
     fresh = LightlyLARS([torch.zeros(1)], lr=0.5, momentum=0.9, weight_decay=1e-4)
