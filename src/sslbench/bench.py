@@ -298,10 +298,11 @@ def measure_row(row: str, cfg: DictConfig, data: RunData, settings: BenchSetting
         loader: Any = train_batches(cfg, data, 1, accelerator, model)
         if isinstance(loader, HeldBatches):
             held = loader.nbytes
-        detail = (
-            f"sslbench: uint8 batches ({data_path_of(loader)}), views made by the batched "
-            f"pipeline on the device"
+        path = data_path_of(loader)
+        where = (
+            f"in {loader.num_workers} DataLoader workers" if path == "workers" else "on the device"
         )
+        detail = f"sslbench: uint8 batches ({path}), views made by the batched pipeline {where}"
     elif row == "lightly":
         loader, detail = lightly_loader(cfg, data, model, workers)
     else:
