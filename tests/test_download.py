@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
-import tarfile
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,6 @@ from sslbench.data.download import (
     DownloadError,
     data_root,
     download,
-    extract,
     fetch_and_extract,
     resolve_url,
 )
@@ -258,149 +254,6 @@ def test_second_download_makes_no_request(server: FileServer, tmp_path, monkeypa
 
     assert first == second and second.read_bytes() == data
     assert len(server.requests) == 1
-
-
-# --- extract -------------------------------------------------------------------------------
-
-
-def unsafe_tar(kind: str, outside: Path) -> bytes:
-    """A .tgz with an ordinary file, a member of the unsafe ``kind`` and a file after it."""
-    if kind in ("dotdot", "absolute"):
-        bad = tarfile.TarInfo("../evil" if kind == "dotdot" else str(outside / "evil"))
-        bad.size = 4
-    else:
-        bad = tarfile.TarInfo("pkg/link")
-        if kind == "symlink":
-            bad.type, bad.linkname = tarfile.SYMTYPE, "../../outside"
-        elif kind == "hardlink":
-            bad.type, bad.linkname = tarfile.LNKTYPE, "../outside"
-        else:
-            bad.type = tarfile.FIFOTYPE
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        ok = tarfile.TarInfo("pkg/ok.txt")
-        ok.size = 2
-        tar.addfile(ok, io.BytesIO(b"ok"))
-        tar.addfile(bad, io.BytesIO(b"evil") if bad.isfile() else None)
-        through = tarfile.TarInfo("pkg/link/x")  # written through the link, were it made
-        through.size = 1
-        tar.addfile(through, io.BytesIO(b"x"))
-    return buf.getvalue()
-
-
-@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "hardlink", "fifo"])
-def test_extract_refuses_unsafe_members(tmp_path, kind):
-    work = tmp_path / "work"
-    work.mkdir()
-    archive = work / "bad.tgz"
-    archive.write_bytes(unsafe_tar(kind, tmp_path / "abs"))
-
-    with pytest.raises(DownloadError) as info:
-        extract(archive, work / "out", progress=False)
-
-    message = str(info.value)
-    assert "\n" not in message and str(archive) in message
-    member = {"dotdot": "../evil", "absolute": str(tmp_path / "abs" / "evil")}.get(kind, "pkg/link")
-    assert repr(member) in message
-    assert leftovers(work) == ["bad.tgz"]  # no out/, no out.partial-*
-    assert leftovers(tmp_path) == ["work"]  # nothing written next to it either
-
-
-def test_extract_without_tar_data_filter(tmp_path, monkeypatch):
-    """Pythons without tarfile's data filter rely on the module's own checks alone."""
-    monkeypatch.delattr(tarfile, "data_filter")
-    good = tmp_path / "good.tgz"
-    good.write_bytes(make_tar({"pkg/a/b.txt": b"b"}))
-    assert (extract(good, tmp_path / "good", progress=False) / "pkg/a/b.txt").read_bytes() == b"b"
-
-    for kind in ("dotdot", "absolute", "symlink", "hardlink", "fifo"):
-        bad = tmp_path / f"{kind}.tgz"
-        bad.write_bytes(unsafe_tar(kind, tmp_path / "abs"))
-        with pytest.raises(DownloadError, match="refusing to extract"):
-            extract(bad, tmp_path / kind, progress=False)
-    assert not (tmp_path / "evil").exists() and not (tmp_path / "abs").exists()
-    assert not (tmp_path / "outside").exists()
-
-
-@pytest.mark.parametrize("suffix,mode", [("tar", "w"), ("tgz", "w:gz"), ("tar.bz2", "w:bz2"),
-                                         ("tar.xz", "w:xz")])  # fmt: skip
-def test_extract_nested_tar(tmp_path, suffix, mode):
-    files = {"pkg/a.txt": b"a", "pkg/b/c.txt": b"c" * 1000, "pkg/b/d/e.txt": b"e"}
-    # a relative link that stays inside is fine
-    data = make_tar(files, mode, links={"pkg/b/d/link": "../c.txt"})
-    archive = tmp_path / f"pkg.{suffix}"
-    archive.write_bytes(data)
-
-    out = extract(archive, tmp_path / "out", progress=True)
-
-    assert out == tmp_path / "out"
-    for name, content in files.items():
-        assert (out / name).read_bytes() == content
-    assert (out / "pkg/b/d/link").read_bytes() == files["pkg/b/c.txt"]
-    assert leftovers(tmp_path) == sorted([archive.name, "out"])
-
-
-def test_extract_replaces_existing_destination(tmp_path):
-    archive = tmp_path / "pkg.tgz"
-    archive.write_bytes(make_tar({"new.txt": b"new"}))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old.txt").write_text("old")
-
-    extract(archive, tmp_path / "out", progress=False)
-
-    assert leftovers(tmp_path / "out") == ["new.txt"]
-    assert leftovers(tmp_path) == ["out", "pkg.tgz"]
-
-
-def test_extract_zip(tmp_path):
-    archive = tmp_path / "pkg.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("pkg/a.txt", b"a")
-        zf.writestr("pkg/b/c.txt", b"c")
-
-    out = extract(archive, tmp_path / "out", progress=False)
-
-    assert (out / "pkg/a.txt").read_bytes() == b"a" and (out / "pkg/b/c.txt").read_bytes() == b"c"
-
-
-@pytest.mark.parametrize("name", ["../evil.txt", "/abs/evil.txt", "pkg/../../evil.txt"])
-def test_extract_zip_refuses_paths_outside(tmp_path, name):
-    work = tmp_path / "work"
-    work.mkdir()
-    archive = work / "bad.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("pkg/ok.txt", b"ok")
-        zf.writestr(zipfile.ZipInfo(name), b"evil")
-
-    with pytest.raises(DownloadError, match="refusing to extract"):
-        extract(archive, work / "out", progress=False)
-
-    assert leftovers(work) == ["bad.zip"] and leftovers(tmp_path) == ["work"]
-
-
-@pytest.mark.parametrize("keep", ["half", "all but the trailer"])
-def test_extract_truncated_archive(tmp_path, keep):
-    data = make_tar({"pkg/a.bin": payload(50_000), "pkg/b.bin": payload(50_000, seed=1)})
-    archive = tmp_path / "pkg.tgz"
-    archive.write_bytes(data[: len(data) // 2] if keep == "half" else data[:-5])
-
-    with pytest.raises(DownloadError) as info:
-        extract(archive, tmp_path / "out", progress=False)
-
-    message = str(info.value)
-    assert str(archive) in message and "download it again" in message and "\n" not in message
-    assert leftovers(tmp_path) == ["pkg.tgz"]
-
-
-def test_extract_truncated_zip(tmp_path):
-    archive = tmp_path / "pkg.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("a.bin", payload(20_000))
-    archive.write_bytes(archive.read_bytes()[:-30])
-
-    with pytest.raises(DownloadError, match="download it again"):
-        extract(archive, tmp_path / "out", progress=False)
-    assert leftovers(tmp_path) == ["pkg.zip"]
 
 
 # --- fetch_and_extract ---------------------------------------------------------------------

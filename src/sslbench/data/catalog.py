@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .download import Archive, DownloadError, data_root, extract, fetch_and_extract
+from .download import Archive, DownloadError, data_root, fetch_and_extract
+from .extract import ExtractError, extract
 from .folders import exclusive
 from .sources import (
     ErrorHandler,
@@ -490,7 +491,7 @@ def _on_disk(name: str) -> Source | None:
             return FashionMNIST()  # finds the Debian copy or $SSLBENCH_DATA
         folder = locate(name, download=False)
         return None if folder is None else get_source(name, folder, progress=False)
-    except (OSError, ValueError, DownloadError):
+    except (OSError, ValueError, DownloadError, ExtractError):
         return None
 
 

@@ -1,4 +1,4 @@
-"""Download dataset archives (resumable, verified) and unpack them safely.
+"""Download dataset archives (resumable, verified); unpack them with :mod:`.extract`.
 
 :func:`download` fetches one :class:`Archive` into a folder with ``urllib`` only::
 
@@ -15,10 +15,8 @@ changed) is refused. Concurrent processes fetching the same dataset are serialis
 :func:`sslbench.data.catalog.locate`; calling :func:`download` directly from several at once is
 not supported.
 
-:func:`extract` unpacks .tar/.tgz/.tar.gz/.tar.bz2/.tar.xz/.zip into a ``.partial-<pid>-<rand>``
-sibling that is renamed into place only when complete, refusing any member that would land
-outside it (absolute paths, ``..``, links pointing outside, device files and fifos).
-:func:`fetch_and_extract` does both, once: a marker written last makes later calls no-ops.
+:func:`fetch_and_extract` downloads, then unpacks with :func:`sslbench.data.extract.extract`
+(which treats every archive as hostile), once: a marker written last makes later calls no-ops.
 
 Where archives come from: ``dataset.url=...`` (the ``url`` argument) wins; else
 ``$SSLBENCH_MIRROR`` (a URL or folder serving the archives under their file names); else the
@@ -30,18 +28,12 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import lzma
 import os
 import posixpath
 import secrets
-import shutil
-import tarfile
-import zipfile
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
@@ -50,11 +42,12 @@ from urllib.request import Request, urlopen
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .folders import partial_dir, publish, remove_stale
+from .extract import ExtractError, archive_stem, extract
 
 __all__ = [
     "Archive",
     "DownloadError",
+    "ExtractError",
     "data_root",
     "download",
     "extract",
@@ -66,13 +59,11 @@ CHUNK = 1 << 20  # bytes read and hashed at a time
 RECORD = ".sslbench-checksums.json"  # per-folder record of verified files
 MARKER = ".sslbench-extracted.json"  # written last into a folder fetch_and_extract unpacked
 USER_AGENT = f"sslbench/{__version__} (+python-urllib)"
-#: Archive suffixes, longest first: the name without one is the extraction folder's name.
-SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip")
 
 
 class DownloadError(RuntimeError):
-    """A download or extraction failed; str(err) is one line naming the URL (or file) and
-    where to put the archive by hand."""
+    """A download failed; str(err) is one line naming the URL (or file) and where to put the
+    archive by hand. (Extraction raises :class:`ExtractError`.)"""
 
 
 @dataclass(frozen=True)
@@ -128,52 +119,6 @@ def download(
     return _download(archive, Path(dest_dir), url, progress, timeout)[0]
 
 
-def extract(archive_path: Path, dest: Path, *, progress: bool = True) -> Path:
-    """Unpack ``archive_path`` into the folder ``dest`` and return ``dest``.
-
-    The archive's members are extracted as they are, so an archive holding ``NAME/...`` gives
-    ``dest/NAME/...``. Members are written into a sibling ``dest.partial-<pid>-<rand>`` that
-    is renamed to ``dest`` only once everything is extracted; an existing ``dest`` is then
-    replaced (moved aside, the new folder renamed in, the old one deleted). A member that would
-    land outside ``dest`` (absolute path, ``..``, link pointing outside, device file, fifo) or
-    a corrupt archive raises :class:`DownloadError` and leaves nothing behind.
-    """
-    archive_path, dest = Path(archive_path), Path(dest)
-    name = archive_path.name.lower()
-    if not name.endswith(SUFFIXES):
-        raise DownloadError(
-            f"cannot extract {archive_path}: unsupported archive type "
-            f"(supported: {', '.join(SUFFIXES)})"
-        )
-    if not archive_path.is_file():
-        raise DownloadError(f"cannot extract {archive_path}: no such file")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(dest)
-    partial = partial_dir(dest)
-    partial.mkdir()
-    try:
-        if name.endswith(".zip"):
-            _extract_zip(archive_path, partial, progress)
-        else:
-            _extract_tar(archive_path, partial, progress)
-        publish(partial, dest)
-    except _UnsafeMember as err:
-        raise DownloadError(
-            f"refusing to extract {archive_path}: member {err.member!r} {err.reason}"
-        ) from None
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as err:
-        raise DownloadError(_corrupt(archive_path, err)) from None
-    except OSError as err:
-        if err.errno is None:  # bz2/gzip data errors: the archive, not the disk
-            raise DownloadError(_corrupt(archive_path, err)) from None
-        raise DownloadError(
-            f"cannot extract {archive_path} into {dest}: {_one_line(err)}"
-        ) from None
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)  # no-op after a successful publish
-    return dest
-
-
 def fetch_and_extract(
     archive: Archive, root: Path, *, url: str | None = None, progress: bool = True
 ) -> Path:
@@ -185,7 +130,7 @@ def fetch_and_extract(
     """
     root = Path(root)
     path, sha256 = _download(archive, root, url, progress, 60.0)
-    dest = root / _stem(archive.filename)
+    dest = root / archive_stem(archive.filename)
     marker = dest / MARKER
     try:
         done = json.loads(marker.read_text()).get("sha256") == sha256
@@ -491,123 +436,3 @@ def _reason(err: BaseException) -> str:
 def _one_line(err: BaseException | str) -> str:
     text = " ".join(str(err).split())
     return text or type(err).__name__
-
-
-# --- extracting ----------------------------------------------------------------------------
-
-
-class _UnsafeMember(Exception):
-    """An archive member that must not be extracted."""
-
-    def __init__(self, member: str, reason: str):
-        super().__init__(member, reason)
-        self.member, self.reason = member, reason
-
-
-def _stem(filename: str) -> str:
-    """``filename`` without its archive suffix (``imagenette2-160.tgz`` -> ``imagenette2-160``)."""
-    lower = filename.lower()
-    for suffix in SUFFIXES:
-        if lower.endswith(suffix) and len(filename) > len(suffix):
-            return filename[: -len(suffix)]
-    return filename + ".d"
-
-
-def _corrupt(archive_path: Path, err: BaseException) -> str:
-    return (
-        f"cannot extract {archive_path}: the archive is corrupt or truncated ({_one_line(err)}); "
-        f"delete it and download it again"
-    )
-
-
-def _inside(path: str) -> bool:
-    """Whether the relative POSIX path ``path`` stays inside the folder it is relative to."""
-    parts = PurePosixPath(path.replace("\\", "/")).parts
-    depth = 0
-    for part in parts:
-        depth += -1 if part == ".." else 0 if part in ("", ".") else 1
-        if depth < 0:
-            return False
-    return True
-
-
-def _drive(path: str) -> bool:
-    """Whether ``path`` starts with a Windows drive (``C:``)."""
-    return len(path) > 1 and path[0].isalpha() and path[1] == ":"
-
-
-def _check_name(name: str) -> None:
-    """Refuse absolute member names and names with ``..`` components."""
-    posix = name.replace("\\", "/")
-    if posix.startswith("/") or _drive(posix):
-        raise _UnsafeMember(name, "has an absolute path")
-    if ".." in posix.split("/"):
-        raise _UnsafeMember(name, "has a '..' component")
-
-
-def _check_tar_member(member: tarfile.TarInfo) -> None:
-    """Refuse tar members that could write outside the destination or are special files."""
-    _check_name(member.name)
-    if member.ischr() or member.isblk() or member.isfifo():
-        raise _UnsafeMember(member.name, "is a device file or fifo")
-    if member.issym() or member.islnk():
-        target = member.linkname
-        if target.startswith("/") or _drive(target):
-            raise _UnsafeMember(member.name, f"is a link to an absolute path ({target})")
-        # A symlink's target is relative to its folder; a hard link's to the archive's root.
-        base = posixpath.dirname(member.name) if member.issym() else ""
-        if not _inside(posixpath.join(base, target)):
-            raise _UnsafeMember(member.name, f"is a link pointing outside ({target})")
-    elif not (member.isfile() or member.isdir()):
-        raise _UnsafeMember(member.name, "is of an unsupported type")
-
-
-def _extract_tar(archive_path: Path, out: Path, progress: bool) -> None:
-    """Extract a (possibly compressed) tar archive into ``out``, member by member."""
-    has_filter = hasattr(tarfile, "data_filter")
-    with open(archive_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
-        bar = tqdm(
-            total=archive_path.stat().st_size,
-            desc=f"extracting {archive_path.name}",
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            disable=not progress,
-        )
-
-        def members() -> Iterator[tarfile.TarInfo]:
-            for member in tar:  # read lazily: one pass over the (compressed) stream
-                _check_tar_member(member)
-                yield member
-                bar.update(raw.tell() - bar.n)
-
-        with bar:
-            if has_filter:
-                try:
-                    tar.extractall(out, members=members(), filter="data")
-                except tarfile.FilterError as err:  # anything our own checks let through
-                    member = getattr(err, "tarinfo", None)
-                    raise _UnsafeMember(
-                        member.name if member is not None else "?", _one_line(err)
-                    ) from None
-            else:  # Python < 3.10.12 / 3.11.4: our own checks above are all there is
-                tar.extractall(out, members=members())
-            # Read to the end, so a truncated or damaged compressed stream shows (gzip's CRC).
-            while tar.fileobj.read(CHUNK):
-                pass
-            bar.update(bar.total - bar.n)
-
-
-def _extract_zip(archive_path: Path, out: Path, progress: bool) -> None:
-    """Extract a zip archive into ``out``, checking every member's path first."""
-    root = os.path.realpath(out)
-    with zipfile.ZipFile(archive_path) as archive:
-        infos = archive.infolist()
-        for info in infos:
-            _check_name(info.filename)
-            target = os.path.realpath(os.path.join(root, info.filename))
-            if os.path.commonpath([root, target]) != root:
-                raise _UnsafeMember(info.filename, "lands outside the destination")
-        bar = tqdm(infos, desc=f"extracting {archive_path.name}", unit="file", disable=not progress)
-        for info in bar:
-            archive.extract(info, out)
