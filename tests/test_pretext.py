@@ -179,7 +179,7 @@ def _epoch_losses(run_dir: Path, key: str = "train_loss_epoch") -> list[float]:
 def _parameters(run_dir: Path, buffers: bool) -> dict[str, torch.Tensor]:
     """The trained state of the method (not its pretext heads); batch norm's running
     statistics only with ``buffers``."""
-    state = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)
     statistics = ("running_mean", "running_var", "num_batches_tracked")
     return {
         k: v

@@ -65,6 +65,24 @@ def test_tiny_simclr_run_writes_complete_results(tmp_path, capsys) -> None:
     assert again["linear_top1"] == pytest.approx(results["linear_top1"], abs=1e-6)
     assert again["knn_top1"] == pytest.approx(results["knn_top1"], abs=1e-6)
 
+    # A run folder from elsewhere whose checkpoint carries code: refused, the code never runs.
+    checkpoint = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    checkpoint["payload"] = WritesAFile(str(tmp_path / "pwned"))
+    torch.save(checkpoint, run_dir / "last.ckpt")
+    assert main(["eval", f"run_dir={run_dir}"]) == 1
+    assert "holds more than weights" in capsys.readouterr().err
+    assert not (tmp_path / "pwned").exists()
+
+
+class WritesAFile:
+    """Unpickling this writes a file: what a hostile checkpoint could do instead."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
 
 @needs_fmnist
 def test_run_repeats_from_its_saved_config(tmp_path) -> None:
@@ -77,8 +95,8 @@ def test_run_repeats_from_its_saved_config(tmp_path) -> None:
     # The same config on the same machine gives the same trained backbone and numbers.
     for key in ("linear_top1", "linear_top5", "knn_top1"):
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
-    first_state = torch.load(first / "last.ckpt", map_location="cpu", weights_only=False)
-    second_state = torch.load(second / "last.ckpt", map_location="cpu", weights_only=False)
+    first_state = torch.load(first / "last.ckpt", map_location="cpu", weights_only=True)
+    second_state = torch.load(second / "last.ckpt", map_location="cpu", weights_only=True)
     weight = "backbone.conv1.0.weight"
     assert torch.allclose(first_state["state_dict"][weight], second_state["state_dict"][weight])
 

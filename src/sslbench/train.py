@@ -449,10 +449,23 @@ def evaluate_run(run_dir: str | Path, cfg: DictConfig, random_init: bool = False
         checkpoint = run_dir / "last.ckpt"
         if not checkpoint.is_file():
             raise FileNotFoundError(f"no checkpoint {checkpoint}; was the run completed?")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-        model.load_state_dict(state)
+        model.load_state_dict(load_weights(checkpoint))
     data = open_data(cfg, progress=cfg.progress_bar)
     return evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
+
+
+def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Lightning checkpoint, read with ``weights_only=True``: a run
+    folder may come from anyone, and a full unpickle of its checkpoint could run any code."""
+    import pickle
+
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{checkpoint} holds more than weights (pickled objects, which could run code); "
+            "sslbench reads only tensors and plain values from a checkpoint"
+        ) from None
 
 
 def update_results(run_dir: str | Path, update: dict[str, Any]) -> dict[str, Any]:
