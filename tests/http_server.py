@@ -43,6 +43,8 @@ class FileServer:
         self.requests: list[Request] = []
         self.ignore_range = False  # answer 200 with the whole file even when asked for a range
         self.status: dict[str, int] = {}  # path -> error status to answer (e.g. 404, 500)
+        self.content_type: dict[str, str] = {}  # path -> Content-Type (default octet-stream)
+        self.no_length: set[str] = set()  # paths answered without Content-Length
         self._cuts: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -150,8 +152,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         payload = data[start : end + 1]
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Type", owner.content_type.get(path, "application/octet-stream"))
+        if path in owner.no_length:
+            self.close_connection = True  # the body ends when the connection does
+        else:
+            self.send_header("Content-Length", str(len(payload)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         if not body:

@@ -17,6 +17,7 @@ from sslbench.data.download import (
     RECORD,
     Archive,
     DownloadError,
+    ExtractError,
     data_root,
     download,
     fetch_and_extract,
@@ -44,8 +45,8 @@ def sha256(data: bytes) -> str:
 
 
 def payload(n: int = 200_000, seed: int = 0) -> bytes:
-    """``n`` incompressible bytes."""
-    return random.Random(seed).randbytes(n)
+    """``n`` incompressible bytes that start like a gzip file (the archives here are .tgz)."""
+    return b"\x1f\x8b" + random.Random(seed).randbytes(n - 2)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -190,20 +191,67 @@ def test_part_longer_than_server_file_starts_again(server: FileServer, tmp_path)
 
 
 def test_changed_upstream_file_is_refused(server: FileServer, tmp_path):
-    first, changed = payload(20_000, seed=1), payload(20_000, seed=2)
+    """Once an archive has extracted, its SHA-256 is the reference for later copies."""
+    first = make_tar({"d/a.txt": b"first"})
+    changed = make_tar({"d/a.txt": b"changed"})
     server.files["/d.tgz"] = first
     archive = Archive("d", server.url("/d.tgz"), "d.tgz")
-    download(archive, tmp_path, progress=False).unlink()
+    fetch_and_extract(archive, tmp_path, progress=False)
+    (tmp_path / "d.tgz").unlink()
 
     server.files["/d.tgz"] = changed
     with pytest.raises(DownloadError) as info:
         download(archive, tmp_path, progress=False)
-
     message = str(info.value)
-    assert "checksum changed since first download" in message and "\n" not in message
-    assert f"recorded {sha256(first)}, got {sha256(changed)}" in message
-    assert server.url("/d.tgz") in message
-    assert leftovers(tmp_path) == [RECORD]
+    assert "checksum changed" in message and sha256(first) in message
+    assert sha256(changed) in message and RECORD in message
+    assert not (tmp_path / "d.tgz").exists()
+
+
+@pytest.mark.parametrize("how", ["html", "error page as a file", "truncated, no length"])
+def test_a_body_that_is_not_the_archive_never_becomes_the_reference(server, tmp_path, how):
+    """Without a pinned checksum, what a server sends first is not trusted: a web page is
+    refused, and a file that does not extract is removed, so the real archive is accepted
+    afterwards instead of being refused as "changed"."""
+    real = make_tar({"d/a.bin": payload(50_000)})
+    archive = Archive("d", server.url("/d.tgz"), "d.tgz")
+    if how == "html":
+        server.files["/d.tgz"] = b"<!DOCTYPE html><html>Not Found</html>"
+        server.content_type["/d.tgz"] = "text/html; charset=utf-8"
+        expected, error = "sent a web page (text/html)", DownloadError
+    elif how == "error page as a file":
+        server.files["/d.tgz"] = b"<!DOCTYPE html><html>Not Found</html>"
+        expected, error = (
+            "does not start like a .tar.gz file (it starts with '<!DOCTYPE",
+            DownloadError,
+        )
+    else:
+        server.files["/d.tgz"] = real
+        server.no_length.add("/d.tgz")
+        server.cut("/d.tgz", after=len(real) // 2)
+        expected, error = "unverified download was removed", ExtractError
+
+    with pytest.raises(error) as info:
+        fetch_and_extract(archive, tmp_path, progress=False)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "d.tgz").exists() and not (tmp_path / "d").exists()
+
+    server.files["/d.tgz"] = real
+    server.content_type.pop("/d.tgz", None)
+    server.no_length.discard("/d.tgz")
+    out = fetch_and_extract(archive, tmp_path, progress=False)
+    assert (out / "d" / "a.bin").read_bytes() == payload(50_000)
+    entry = json.loads((tmp_path / RECORD).read_text())["d.tgz"]
+    assert entry["sha256"] == sha256(real) and entry["confirmed"] is True
+
+
+def test_a_hand_placed_archive_that_does_not_extract_is_kept(tmp_path):
+    """Not sslbench's file: an error, but never deleted."""
+    (tmp_path / "d.tgz").write_bytes(make_tar({"d/a.txt": b"a"})[:-40])
+    archive = Archive("d", "https://example.invalid/d.tgz", "d.tgz")
+    with pytest.raises(ExtractError, match="corrupt or truncated"):
+        fetch_and_extract(archive, tmp_path, progress=False)
+    assert (tmp_path / "d.tgz").is_file()
 
 
 def test_hand_placed_file_is_verified_then_recorded(server: FileServer, tmp_path):

@@ -137,7 +137,11 @@ def fetch_and_extract(
     except (OSError, ValueError, AttributeError):
         done = False
     if not done:
-        extract(path, dest, progress=progress)
+        try:
+            extract(path, dest, progress=progress)
+        except ExtractError as err:
+            raise _unusable_download(archive, root, path, err) from None
+        _confirm(root, archive.filename, sha256)
         info = {
             "archive": archive.filename,
             "sha256": sha256,
@@ -145,6 +149,29 @@ def fetch_and_extract(
         }
         _write_json(marker, info)
     return dest
+
+
+def _unusable_download(archive: Archive, root: Path, path: Path, err: ExtractError) -> Exception:
+    """An archive that does not extract. Where sslbench downloaded it and nothing pinned its
+    checksum, the file is removed with its record, so the next run fetches it again instead of
+    taking its SHA-256 as the reference; a file put there by hand is left alone."""
+    record = _read_record(root)
+    entry = record.get(archive.filename) or {}
+    if entry.get("url") and not entry.get("confirmed", True):
+        path.unlink(missing_ok=True)
+        del record[archive.filename]
+        _write_json(root / RECORD, record)
+        return ExtractError(f"{err} (the unverified download was removed: run again to fetch it)")
+    return err
+
+
+def _confirm(root: Path, filename: str, sha256: str) -> None:
+    """Mark a recorded file confirmed: it extracted, so its SHA-256 is now the reference."""
+    record = _read_record(root)
+    entry = record.get(filename)
+    if entry is not None and entry.get("sha256") == sha256 and not entry.get("confirmed", True):
+        entry["confirmed"] = True
+        _write_json(root / RECORD, record)
 
 
 # --- downloading ---------------------------------------------------------------------------
@@ -204,7 +231,7 @@ def _download(
             f"cannot download {archive.name} from {source}: {err}; download it by hand and put "
             f"it at {final} (or set SSLBENCH_MIRROR / dataset.url)"
         ) from None
-    problem = _mismatch(archive, hashes, entry)
+    problem = _mismatch(archive, hashes, entry) or _not_an_archive(part, archive.filename)
     if problem:
         part.unlink(missing_ok=True)
         raise DownloadError(
@@ -213,7 +240,7 @@ def _download(
         )
     os.replace(part, final)
     sha256 = hashes.sha256.hexdigest()
-    _record(dest_dir, archive.filename, final, hashes, source, entry)
+    _record(dest_dir, archive, final, hashes, source, entry)
     return final, sha256
 
 
@@ -244,15 +271,13 @@ def _verify_existing(
     )
     with bar:
         hashes.update_from(final, bar)
-    problem = _mismatch(archive, hashes, entry)
+    problem = _mismatch(archive, hashes, entry) or _not_an_archive(final, archive.filename)
     if problem:
         raise DownloadError(
             f"{final} is not the expected {archive.name} file: {problem}; delete it and run "
             f"again to download it from {source}"
         )
-    _record(
-        final.parent, archive.filename, final, hashes, entry.get("url") if entry else None, entry
-    )
+    _record(final.parent, archive, final, hashes, entry.get("url") if entry else None, entry)
     return hashes.sha256.hexdigest()
 
 
@@ -281,6 +306,7 @@ def _fetch(
         response = _open(source, 0, timeout)
     if response is None:  # 416: the part already holds the whole file
         return
+    _refuse_html(response)
     start, total = _content_range(response, offset)
     if start != offset:  # 200 (Range ignored) or an unexpected 206: start again from zero
         hashes.reset()
@@ -289,6 +315,7 @@ def _fetch(
             response.close()
             response = _open(source, 0, timeout)
             assert response is not None  # a request without Range never gets None (416)
+            _refuse_html(response)
             start, total = _content_range(response, 0)
     with response:
         bar = tqdm(
@@ -337,6 +364,39 @@ def _open(source: str, offset: int, timeout: float) -> Any | None:
         raise _NetworkError(_reason(err)) from None
 
 
+def _refuse_html(response: Any) -> None:
+    """An HTML page (a login wall, a 200 "not found" page) is never the archive."""
+    kind = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml"):
+        response.close()
+        raise _NetworkError(f"the server sent a web page ({kind}), not the archive")
+
+
+#: The bytes each archive format starts with (tar: "ustar" at offset 257).
+MAGIC = {
+    (".tar.gz", ".tgz"): [(0, b"\x1f\x8b")],
+    (".tar.bz2", ".tbz2"): [(0, b"BZh")],
+    (".tar.xz", ".txz"): [(0, b"\xfd7zXZ\x00")],
+    (".zip",): [(0, b"PK\x03\x04"), (0, b"PK\x05\x06")],
+    (".tar",): [(257, b"ustar")],
+}
+
+
+def _not_an_archive(path: Path, filename: str) -> str | None:
+    """Why the file at ``path`` cannot be the archive ``filename`` names (its first bytes
+    are not its format's), or None."""
+    lower = filename.lower()
+    for suffixes, signatures in MAGIC.items():
+        if lower.endswith(suffixes):
+            with open(path, "rb") as f:
+                head = f.read(512)
+            if any(head[at : at + len(magic)] == magic for at, magic in signatures):
+                return None
+            shown = head[:16].decode("latin-1").encode("unicode_escape").decode()
+            return f"it does not start like a {suffixes[0]} file (it starts with '{shown}')"
+    return None
+
+
 def _content_range(response: Any, offset: int) -> tuple[int, int | None]:
     """(first byte, total bytes or None) of what ``response`` sends."""
     length = response.headers.get("Content-Length")
@@ -371,7 +431,8 @@ def _mismatch(archive: Archive, hashes: _Hashes, entry: dict[str, Any] | None) -
         md5 = hashes.md5.hexdigest()
         if md5 != archive.md5.lower():
             return f"md5 expected {archive.md5.lower()}, got {md5}"
-    if archive.sha256 is None and entry is not None and entry.get("sha256") not in (None, sha256):
+    reference = entry is not None and entry.get("confirmed", True)  # unconfirmed: not yet
+    if archive.sha256 is None and reference and entry.get("sha256") not in (None, sha256):
         return (
             f"checksum changed since first download: recorded {entry['sha256']}, got {sha256} "
             f"(if the new file is right, remove its entry from {RECORD})"
@@ -390,7 +451,7 @@ def _read_record(dest_dir: Path) -> dict[str, dict[str, Any]]:
 
 def _record(
     dest_dir: Path,
-    filename: str,
+    archive: Archive,
     final: Path,
     hashes: _Hashes,
     url: str | None,
@@ -399,9 +460,15 @@ def _record(
     """Record ``final`` as verified, keeping the date it was first recorded."""
     record = _read_record(dest_dir)
     stat = final.stat()
-    record[filename] = {
+    sha256 = hashes.sha256.hexdigest()
+    pinned = archive.sha256 is not None or archive.md5 is not None
+    earlier = entry is not None and entry.get("confirmed", True) and entry.get("sha256") == sha256
+    record[archive.filename] = {
+        # a SHA-256 becomes the reference only once the file is known good: pinned, or
+        # extracted (fetch_and_extract confirms it); until then a different copy may replace it
+        "confirmed": pinned or earlier,
         "size": stat.st_size,
-        "sha256": hashes.sha256.hexdigest(),
+        "sha256": sha256,
         "md5": hashes.md5.hexdigest() if hashes.md5 is not None else (entry or {}).get("md5"),
         "url": url,
         "first_downloaded": (entry or {}).get("first_downloaded")
