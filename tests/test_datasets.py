@@ -193,11 +193,18 @@ def test_nabirds_parses_the_official_split_from_a_folder(tmp_path) -> None:
     assert train.sizes[0].tolist() == [50, 40]
 
 
-def test_nabirds_from_its_archive_and_when_missing(tmp_path, capsys) -> None:
+def _nabirds_archive(tmp_path: Path, name: str = "nabirds.tar.gz", extra: str = "") -> Path:
     _mini_nabirds(tmp_path / "src" / "nabirds")
-    archive = tmp_path / "nabirds.tar.gz"
+    if extra:
+        (tmp_path / "src" / "nabirds" / "extra.txt").write_text(extra)
+    archive = tmp_path / name
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "src" / "nabirds", arcname="nabirds")
+    return archive
+
+
+def test_nabirds_from_its_archive_and_when_missing(tmp_path, capsys) -> None:
+    archive = _nabirds_archive(tmp_path)
     source = get_source("nabirds", archive, progress=False)
     assert source.count("test") == 6
     assert str(source.path).startswith(str(tmp_path / "data"))  # unpacked under SSLBENCH_DATA
@@ -207,6 +214,26 @@ def test_nabirds_from_its_archive_and_when_missing(tmp_path, capsys) -> None:
     assert main(["datasets", "prepare", "nabirds"]) == 1
     err = capsys.readouterr().err
     assert "https://dl.allaboutbirds.org/nabirds" in err and "dataset.path=" in err
+
+
+def test_a_users_archive_is_never_deleted_and_never_ignored(tmp_path, capsys) -> None:
+    """NABirds' own help: put the archive in its folder, or pass its path. Either way the
+    archive stays where it is, and a second, different archive is unpacked too."""
+    home = tmp_path / "data" / "nabirds"
+    home.mkdir(parents=True)
+    first = _nabirds_archive(tmp_path)
+    first = first.rename(home / first.name)
+    assert main(["datasets", "prepare", "nabirds"]) == 0  # found in its folder
+    assert main(["datasets", "prepare", "nabirds", f"dataset.path={first}"]) == 0
+    assert first.is_file()
+
+    second = _nabirds_archive(tmp_path / "v2", extra="a newer release")
+    source = get_source("nabirds", second, progress=False)
+    assert (source.path / "extra.txt").read_text() == "a newer release"
+    assert first.is_file() and second.is_file()
+    copies = sorted(p.name for p in home.iterdir() if p.is_dir())
+    assert len(copies) == 2 and all(c.startswith("nabirds-") for c in copies)
+    capsys.readouterr()
 
 
 def test_cifar10_reads_the_authors_pickles(monkeypatch, tmp_path) -> None:

@@ -23,6 +23,7 @@ from sslbench.data.download import (
     fetch_and_extract,
     resolve_url,
 )
+from sslbench.data.extract import MARKER
 
 CANONICAL = "https://example.invalid/fast-ai-imageclas/data.tgz"
 
@@ -325,4 +326,4 @@ def test_fetch_and_extract_twice_is_a_no_op(server: FileServer, tmp_path, monkey
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert (out / "sentinel").exists()
     assert leftovers(tmp_path) == sorted([RECORD, "pkg", "pkg.tgz"])
-    assert dl.MARKER in leftovers(out)
+    assert MARKER in leftovers(out)

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from conftest import make_tar
 
-from sslbench.data.extract import ExtractError, ExtractLimits, archive_stem, extract
+from sslbench.data.extract import (
+    MARKER,
+    ExtractError,
+    ExtractLimits,
+    archive_stem,
+    extract,
+    extracted_from,
+)
 
 
 def payload(n: int = 200_000, seed: int = 0) -> bytes:
@@ -178,18 +185,27 @@ def test_extract_nested_tar(tmp_path, suffix, mode):
     for name, content in files.items():
         assert (out / name).read_bytes() == content
     assert leftovers(tmp_path) == sorted([archive.name, "out"])
+    assert leftovers(out) == [MARKER, "pkg"]
 
 
-def test_extract_replaces_existing_destination(tmp_path):
-    archive = tmp_path / "pkg.tgz"
-    archive.write_bytes(make_tar({"new.txt": b"new"}))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old.txt").write_text("old")
+def test_extract_replaces_an_earlier_extraction_only(tmp_path):
+    old, new = tmp_path / "old.tgz", tmp_path / "new.tgz"
+    old.write_bytes(make_tar({"old.txt": b"old"}))
+    new.write_bytes(make_tar({"new.txt": b"new"}))
+    extract(old, tmp_path / "out", progress=False, sha256="abc")
+    assert extracted_from(tmp_path / "out")["sha256"] == "abc"
 
-    extract(archive, tmp_path / "out", progress=False)
+    extract(new, tmp_path / "out", progress=False)  # an earlier extraction: replaced
+    assert leftovers(tmp_path / "out") == [MARKER, "new.txt"]
+    assert extracted_from(tmp_path / "out")["archive"] == "new.tgz"
 
-    assert leftovers(tmp_path / "out") == ["new.txt"]
-    assert leftovers(tmp_path) == ["out", "pkg.tgz"]
+    mine = tmp_path / "mine"  # not made by sslbench: never replaced
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ExtractError, match="not made by sslbench"):
+        extract(new, mine, progress=False)
+    assert leftovers(mine) == ["notes.txt"]
+    assert leftovers(tmp_path) == ["mine", "new.tgz", "old.tgz", "out"]
 
 
 def test_extract_zip(tmp_path):

@@ -17,6 +17,7 @@ Sources here:
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 from collections.abc import Iterator
@@ -26,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .download import Archive, DownloadError, data_root, fetch_and_extract
-from .extract import ExtractError, extract
+from .download import Archive, DownloadError, archive_sha256, data_root, fetch_and_extract
+from .extract import SUFFIXES, ExtractError, archive_stem, extract, extracted_from
 from .folders import exclusive
 from .sources import (
     ErrorHandler,
@@ -192,6 +193,34 @@ def _homes(info: DatasetInfo) -> list[Path]:
     return homes
 
 
+def _archive_put_in(home: Path) -> Path | None:
+    """The one archive a user put in a dataset's home folder, if there is exactly one."""
+    if not home.is_dir():
+        return None
+    found = [f for f in home.iterdir() if f.is_file() and f.name.lower().endswith(SUFFIXES)]
+    return found[0] if len(found) == 1 else None
+
+
+def _unpack_users_archive(
+    given: Path, home: Path, info: DatasetInfo, download: bool, progress: bool
+) -> Path | None:
+    """The dataset folder inside a user's archive, unpacked beside whatever is in ``home``
+    into a folder named by the archive's SHA-256: the archive itself is never touched, and
+    a second, different archive gets its own folder instead of being ignored."""
+    if not download:  # nothing is read or written: only a copy unpacked before counts
+        copies = sorted(home.glob(f"{glob.escape(archive_stem(given.name))}-*"))
+        return next((d for c in copies if (d := _dataset_dir(c, info))), None)
+    sha256 = archive_sha256(given, home, progress=progress)
+    dest = home / f"{archive_stem(given.name)}-{sha256[:12]}"
+    with exclusive(dest, f"another process unpacking {given.name}", progress):
+        if (extracted_from(dest) or {}).get("sha256") != sha256:
+            extract(given, dest, progress=progress, sha256=sha256)
+    unpacked = _dataset_dir(dest, info)
+    if unpacked is None:
+        raise FileNotFoundError(f"{info.name}: {given} holds no {info.marker}")
+    return unpacked
+
+
 def _nabirds_help(where: Path) -> str:
     return (
         f"NABirds must be downloaded by hand after accepting its terms at "
@@ -218,15 +247,12 @@ def locate(
     info = CATALOG[name]
     home = data_root() / name
     on_disk = next((d for h in _homes(info) if (d := _dataset_dir(h, info))), None)
+    if path is None and on_disk is None:
+        path = _archive_put_in(home)  # NABirds' help: "put nabirds.tar.gz at HOME"
     if path is not None:
         given = Path(path).expanduser()
         if given.is_file():  # an archive the user downloaded (NABirds, or offline copies)
-            if on_disk is not None or not download:
-                return on_disk
-            unpacked = _dataset_dir(extract(given, home, progress=progress), info)
-            if unpacked is None:
-                raise FileNotFoundError(f"{name}: {given} holds no {info.marker}")
-            return unpacked
+            return _unpack_users_archive(given, home, info, download, progress)
         if given.is_dir():
             found = _dataset_dir(given, info)
             if found is None:

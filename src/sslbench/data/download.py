@@ -42,10 +42,11 @@ from urllib.request import Request, urlopen
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .extract import ExtractError, archive_stem, extract
+from .extract import ExtractError, archive_stem, extract, extracted_from
 
 __all__ = [
     "Archive",
+    "archive_sha256",
     "DownloadError",
     "ExtractError",
     "data_root",
@@ -57,7 +58,7 @@ __all__ = [
 
 CHUNK = 1 << 20  # bytes read and hashed at a time
 RECORD = ".sslbench-checksums.json"  # per-folder record of verified files
-MARKER = ".sslbench-extracted.json"  # written last into a folder fetch_and_extract unpacked
+ARCHIVES = ".sslbench-archives.json"  # SHA-256 of users' own archives, by path
 USER_AGENT = f"sslbench/{__version__} (+python-urllib)"
 
 
@@ -125,30 +126,47 @@ def fetch_and_extract(
     """:func:`download` ``archive`` into ``root``, then :func:`extract` it into
     ``root / <archive stem>`` (the file name without its archive suffix) and return that folder.
 
-    A marker file written last into the folder records the archive's sha256; while it matches,
-    later calls neither touch the network nor extract again.
+    The folder's marker (:func:`sslbench.data.extract.extracted_from`) records the archive's
+    sha256; while it matches, later calls neither touch the network nor extract again.
     """
     root = Path(root)
     path, sha256 = _download(archive, root, url, progress, 60.0)
     dest = root / archive_stem(archive.filename)
-    marker = dest / MARKER
-    try:
-        done = json.loads(marker.read_text()).get("sha256") == sha256
-    except (OSError, ValueError, AttributeError):
-        done = False
-    if not done:
+    if (extracted_from(dest) or {}).get("sha256") != sha256:
         try:
-            extract(path, dest, progress=progress)
+            extract(path, dest, progress=progress, sha256=sha256)
         except ExtractError as err:
             raise _unusable_download(archive, root, path, err) from None
         _confirm(root, archive.filename, sha256)
-        info = {
-            "archive": archive.filename,
-            "sha256": sha256,
-            "extracted": datetime.now(timezone.utc).isoformat(),
-        }
-        _write_json(marker, info)
     return dest
+
+
+def archive_sha256(path: Path, record_dir: Path, *, progress: bool = True) -> str:
+    """The SHA-256 of a user's archive at ``path``, hashed once: remembered in
+    ``record_dir/.sslbench-archives.json`` with its size and mtime, so it is read again only
+    if the file changes."""
+    path = Path(path).resolve()
+    record_path = Path(record_dir) / ARCHIVES
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    stat = path.stat()
+    entry = record.get(str(path))
+    if isinstance(entry, dict) and (entry.get("size"), entry.get("mtime_ns")) == (
+        stat.st_size, stat.st_mtime_ns,
+    ):  # fmt: skip
+        return str(entry["sha256"])
+    hashes = _Hashes(md5=False)
+    with tqdm(total=stat.st_size, desc=f"checksum of {path.name}", unit="B", unit_scale=True,
+              unit_divisor=1024, disable=not progress) as bar:  # fmt: skip
+        hashes.update_from(path, bar)
+    sha256 = hashes.sha256.hexdigest()
+    record[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+    Path(record_dir).mkdir(parents=True, exist_ok=True)
+    _write_json(record_path, record)
+    return sha256
 
 
 def _unusable_download(archive: Archive, root: Path, path: Path, err: ExtractError) -> Exception:

@@ -17,11 +17,15 @@ before 3.10.12) and writes every file itself:
   ``$SSLBENCH_EXTRACT_MAX_GB`` and ``$SSLBENCH_EXTRACT_MAX_MEMBERS``), so a compression bomb
   stops with a message instead of filling the disk;
 - everything is written into a ``.partial-<pid>-<rand>`` sibling renamed into place only
-  when complete; a refused or corrupt archive leaves nothing behind.
+  when complete, with a marker file (:data:`MARKER`) saying which archive it came from; a
+  refused or corrupt archive leaves nothing behind;
+- an existing destination is replaced only when it is an earlier extraction (it holds the
+  marker) or empty: a folder sslbench did not make is never deleted.
 """
 
 from __future__ import annotations
 
+import json
 import lzma
 import os
 import posixpath
@@ -32,6 +36,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
@@ -39,11 +44,13 @@ from tqdm.auto import tqdm
 
 from .folders import partial_dir, publish, remove_stale
 
-__all__ = ["SUFFIXES", "ExtractError", "ExtractLimits", "archive_stem", "extract"]
+__all__ = ["MARKER", "SUFFIXES", "ExtractError", "ExtractLimits", "archive_stem", "extract",
+           "extracted_from"]  # fmt: skip
 
 #: Archive suffixes, longest first: the name without one is the extraction folder's name.
 SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip")
 CHUNK = 1 << 20  # bytes copied at a time
+MARKER = ".sslbench-extracted.json"  # written into every folder extract() made
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
@@ -93,16 +100,33 @@ def archive_stem(filename: str) -> str:
     return filename + ".d"
 
 
+def extracted_from(folder: Path) -> dict[str, str] | None:
+    """What :func:`extract` wrote into ``folder`` (archive name, sha256 when known, date), or
+    None when ``folder`` is not an extraction of sslbench's."""
+    try:
+        info = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def extract(
-    archive_path: Path, dest: Path, *, progress: bool = True, limits: ExtractLimits | None = None
+    archive_path: Path,
+    dest: Path,
+    *,
+    progress: bool = True,
+    limits: ExtractLimits | None = None,
+    sha256: str | None = None,
 ) -> Path:
     """Unpack ``archive_path`` (.tar, .tgz, .tar.gz, .tar.bz2, .tar.xz, .zip) into the folder
     ``dest`` and return ``dest``.
 
     An archive holding ``NAME/...`` gives ``dest/NAME/...``. Members are written into a
     sibling ``dest.partial-<pid>-<rand>`` renamed to ``dest`` once everything is there; an
-    existing ``dest`` is then replaced. A refused member (see the module's docstring), a
-    limit passed or a corrupt archive raises :class:`ExtractError` and leaves nothing behind.
+    existing ``dest`` is then replaced if it is an earlier extraction or empty. The marker
+    records the archive's name and ``sha256`` (when the caller knows it). A refused member
+    (see the module's docstring), a limit passed or a corrupt archive raises
+    :class:`ExtractError` and leaves nothing behind.
     """
     archive_path, dest = Path(archive_path), Path(dest)
     name = archive_path.name.lower()
@@ -114,6 +138,11 @@ def extract(
     if not archive_path.is_file():
         raise ExtractError(f"cannot extract {archive_path}: no such file")
     limits = limits or ExtractLimits.from_env()
+    if dest.is_symlink() or dest.exists() and not _replaceable(dest):
+        raise ExtractError(
+            f"cannot extract {archive_path} into {dest}: that folder was not made by sslbench "
+            f"(it has no {MARKER}) and is left alone; move it away or extract elsewhere"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(dest)
     partial = partial_dir(dest)
@@ -123,6 +152,9 @@ def extract(
         members = _zip_members if name.endswith(".zip") else _tar_members
         for member_name, kind, content in members(archive_path, progress):
             writer.add(member_name, kind, content)
+        marker = {"archive": archive_path.name, "sha256": sha256,
+                  "extracted": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+        (partial / MARKER).write_text(json.dumps(marker, indent=1))
         publish(partial, dest)
     except _Refused as err:
         raise ExtractError(f"refusing to extract {archive_path}: {err}") from None
@@ -135,6 +167,11 @@ def extract(
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # no-op after a successful publish
     return dest
+
+
+def _replaceable(dest: Path) -> bool:
+    """Whether ``dest`` may be replaced: an earlier extraction of sslbench's, or empty."""
+    return dest.is_dir() and (extracted_from(dest) is not None or not any(dest.iterdir()))
 
 
 # --- reading the two formats: (name, "file" | "dir", readable or None) per member ------------
