@@ -268,6 +268,13 @@ def test_failed_interrupted_and_missing_cells(tmp_path, capsys):
     assert byol[2] == "–"
 
 
+def test_a_run_stopped_by_ctrl_c_is_interrupted(tmp_path, capsys):
+    make_run(tmp_path, "ok", transform="baseline", top1=0.7)
+    make_run(tmp_path, "stopped", method="byol", transform="baseline", status="interrupted")
+    (table,) = md_tables(md_report(capsys, [tmp_path]), "Linear top-1")
+    assert re.fullmatch(r"interrupted\[\^\d+\]", table[2][1])
+
+
 def test_a_failed_run_without_test_subset_joins_its_grid(tmp_path, capsys):
     make_run(tmp_path, "ok", transform="baseline")
     make_run(tmp_path, "failed", transform="simclr", status="failed", error="boom")

@@ -128,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as err:
         print(f"sslbench: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("sslbench: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"sslbench: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `sslbench ... | head`: the reader has what it wanted
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit

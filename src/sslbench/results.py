@@ -43,6 +43,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -51,6 +52,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode())
+
+
+def fsync_folder(folder: str | Path) -> None:
+    """Make a rename inside ``folder`` durable (its directory entry reaches the disk)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory; the rename still happened
+    finally:
+        os.close(fd)
 
 
 def write_results(run_dir: str | Path, results: dict[str, Any]) -> None:

@@ -1,14 +1,18 @@
 """One pretraining run, from a resolved config to a complete run folder.
 
-Read top to bottom: save the config → open the cached data → build backbone, pipeline and
-method → Lightning's Trainer fits → the frozen backbone is evaluated → ``results.json``.
-``results.json`` says ``running`` from the start, ``completed`` at the end, or ``failed``
-with the error; every file is written atomically.
+Read top to bottom: claim the run folder (:mod:`sslbench.run_folder`) and save the config
+→ open the cached data → build backbone, pipeline and method → Lightning's Trainer fits
+→ the frozen backbone is evaluated → ``results.json``.
+``results.json`` says ``running`` from the start (with the process and a heartbeat that each
+checkpoint renews), ``completed`` at the end, ``interrupted`` after Ctrl-C (exit 130, with
+``last.ckpt`` kept) or ``failed`` with the error; every file is written atomically.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import time
 import traceback
 import warnings
@@ -20,7 +24,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
@@ -42,6 +46,7 @@ from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
 from sslbench.methods import SSLMethod, method_class
 from sslbench.results import (
     atomic_write_text,
+    fsync_folder,
     git_sha,
     peak_host_memory_bytes,
     read_results,
@@ -50,19 +55,43 @@ from sslbench.results import (
     versions,
     write_results,
 )
+from sslbench.run_folder import claim_run_folder
 from sslbench.transforms import Pipeline, view_pipelines
 
 
-class AtomicCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that writes to a temporary file and renames it into place, so a
-    kill during a save never leaves a truncated ``last.ckpt``."""
+class LastCheckpoint(pl.Callback):
+    """Writes ``last.ckpt`` at the end of every epoch, when training ends and when it is
+    interrupted (Ctrl-C), through a temporary file renamed into place (a kill during a save
+    never leaves a truncated checkpoint), and updates results.json's ``heartbeat_at`` with
+    each save, so that a ``running`` run can be told from a dead one."""
 
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        tmp = f"{filepath}.tmp"
-        super()._save_checkpoint(trainer, tmp)
+    def __init__(self, run_dir: Path, results: dict[str, Any]) -> None:
+        self.path = run_dir / "last.ckpt"
+        self.results = results
+
+    def save(self, trainer: pl.Trainer) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
-            os.replace(tmp, filepath)
-        self._last_checkpoint_saved = filepath
+            with open(tmp, "rb+") as written:
+                os.fsync(written.fileno())
+            os.replace(tmp, self.path)
+            fsync_folder(self.path.parent)
+            self.results["heartbeat_at"] = now()
+            write_results(self.path.parent, self.results)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step > 0 and not self.path.is_file():
+            self.save(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.global_step > 0:
+            self.save(trainer)  # the steps since the last epoch's end are kept too
 
 
 class EpochTimer(pl.Callback):
@@ -199,7 +228,7 @@ def build_trainer(
         precision=precision_of(cfg, accelerator),
         logger=logger,
         callbacks=callbacks,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        enable_checkpointing=False,  # LastCheckpoint writes the run's checkpoint
         log_every_n_steps=cfg.log_every_n_steps,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
@@ -215,7 +244,15 @@ def fit(trainer: pl.Trainer, model: SSLMethod, loader: Any) -> None:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # The run folder holds config.yaml and results.json already; only metrics.csv is new.
         warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
-        trainer.fit(model, loader)
+        try:
+            trainer.fit(model, loader)
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on: give
+            # the interrupt back to the caller (exit 130) and Ctrl-C its usual meaning.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
 
 
 def _per_device_batch(cfg: DictConfig, data: RunData, world_size: int) -> int:
@@ -337,8 +374,16 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
         "error": None,
         "versions": versions(),
         "git_sha": git_sha(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started_at": now(),
+        # who runs it, and when it last saved: a "running" run whose process is gone, or
+        # whose heartbeat is older than an epoch, has died
+        "process": {"pid": os.getpid(), "host": socket.gethostname()},
+        "heartbeat_at": now(),
     }
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -348,12 +393,18 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_folder(cfg, run_dir)
     save_config(cfg, run_dir)
     results = _base_results(cfg)
     write_results(run_dir, results)
     try:
-        results.update(_pretrain_and_evaluate(cfg, run_dir))
+        results.update(_pretrain_and_evaluate(cfg, run_dir, results))
         results["status"] = "completed"
+    except KeyboardInterrupt:
+        results["status"] = "interrupted"
+        write_results(run_dir, results)
+        kept = " (last.ckpt holds its last steps)" if (run_dir / "last.ckpt").is_file() else ""
+        raise KeyboardInterrupt(f"run stopped{kept}; run folder {run_dir}") from None
     except BaseException as err:
         results["status"] = "failed"
         results["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
@@ -361,12 +412,14 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_text(run_dir / "error.log", traceback.format_exc())
         write_results(run_dir, results)
         raise
-    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results["finished_at"] = now()
     write_results(run_dir, results)
     return results
 
 
-def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _pretrain_and_evaluate(
+    cfg: DictConfig, run_dir: Path, results: dict[str, Any]
+) -> dict[str, Any]:
     threads = set_torch_threads(cfg.get("threads"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     accelerator = accelerator_of(cfg)
@@ -379,12 +432,7 @@ def _pretrain_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         accelerator,
         run_dir,
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
-        callbacks=[
-            AtomicCheckpoint(
-                dirpath=str(run_dir), save_last=True, save_top_k=0, enable_version_counter=False
-            ),
-            EpochTimer(),
-        ],
+        callbacks=[LastCheckpoint(run_dir, results), EpochTimer()],
     )
     if accelerator == "gpu":
         torch.cuda.reset_peak_memory_stats()

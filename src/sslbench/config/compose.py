@@ -381,12 +381,13 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
 #: ignores them, so the same run found by a single command or by any grid has one folder.
 NOT_IN_HASH = (
     "run_dir", "runs_root", "progress_bar", "num_workers", "threads", "data_path", "compile",
-    *GRID_SECTIONS,
+    "overwrite", *GRID_SECTIONS,
 )  # fmt: skip
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Short hash of everything that defines a run's result (not where it is written)."""
+def what_it_computes(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without the keys that do not change a run's result
+    (:data:`NOT_IN_HASH`): what :func:`config_hash` hashes."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     for key in NOT_IN_HASH:
@@ -395,8 +396,27 @@ def config_hash(cfg: DictConfig) -> str:
         data.pop("pretext", None)  # no task: the hash (and folder) of runs from before pretext
     if not data.get("dataset", {}).get("jpeg_draft", False):
         data["dataset"].pop("jpeg_draft", None)  # full decode: as runs from before the key
-    text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
+    return data
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Short hash of everything that defines a run's result (not where it is written)."""
+    text = OmegaConf.to_yaml(OmegaConf.create(what_it_computes(cfg)), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def config_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """``key: saved -> new`` for each value that differs in what the two runs compute."""
+
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(data, dict):
+            return {prefix: data}
+        pairs = (flat(value, f"{prefix}{key}.").items() for key, value in data.items())
+        return {k: v for items in pairs for k, v in items}
+
+    old, new = flat(what_it_computes(saved)), flat(what_it_computes(cfg))
+    return [f"{key.rstrip('.')}: {old.get(key)} -> {new.get(key)}"
+            for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]  # fmt: skip
 
 
 #: The keys a transform YAML may have.

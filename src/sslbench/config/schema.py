@@ -165,6 +165,8 @@ class RunConfig:
     # auto (bf16-mixed on GPU, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
     precision: str = "auto"
     run_dir: str | None = None  # null: runs/<method>-<transform>-<dataset>-<backbone>-<hash>
+    # a run_dir holding another run's config.yaml is an error; true: that run is replaced
+    overwrite: bool = False
     runs_root: str = "runs"  # where run folders go when run_dir is null
     log_every_n_steps: int = 10
     check_finite_every_n_steps: int = 10  # a non-finite loss stops the run within this many steps

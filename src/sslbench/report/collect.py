@@ -42,7 +42,7 @@ MAX_CONFIG_NODES = 20_000
 #: Points kept per loss curve (longer curves are thinned evenly).
 MAX_CURVE_POINTS = 5_000
 
-STATUSES = ("running", "completed", "failed")
+STATUSES = ("running", "completed", "failed", "interrupted")
 
 #: Top-level config keys that never change what a run computes: runs that differ only in
 #: these (and the seed) are repeats of one setting and are averaged together.
@@ -78,7 +78,7 @@ class Run:
 
     folder: Path
     name: str  # the folder as found, for messages and footnotes
-    status: str  # running | completed | failed
+    status: str  # running | completed | failed | interrupted
     error: str | None
     method: str
     alpha: float | None  # VICRegL's α, None for every other method

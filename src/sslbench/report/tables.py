@@ -340,7 +340,7 @@ class CellRuns:
         done = [r for r in self.runs if r.status == "completed"]
         self.completed = done
         self.failed = [r for r in self.runs if r.status == "failed"]
-        self.interrupted = [r for r in self.runs if r.status == "running"]
+        self.interrupted = [r for r in self.runs if r.status in ("running", "interrupted")]
         self.top1 = summarize(r.linear_top1 for r in done)
         self.top5 = summarize(r.linear_top5 for r in done)
         self.knn = summarize(r.knn_top1 for r in done)
@@ -385,7 +385,7 @@ def _problem_notes(cell: CellRuns, footnotes: Footnotes) -> list[int]:
         notes.append(footnotes.add(f"failed: {error} ({_names(names)})"))
     if cell.interrupted:
         names = _names([r.name for r in cell.interrupted])
-        text = f"interrupted: status still 'running' (stopped, or still running): {names}"
+        text = f"interrupted (Ctrl-C), or status still 'running' (killed, or running): {names}"
         notes.append(footnotes.add(text))
     return notes
 
