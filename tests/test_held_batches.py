@@ -56,18 +56,35 @@ def test_step_batches_are_the_dataloaders_batches_with_their_steps() -> None:
     split = _split()
     indices = np.arange(10, 30)
     plain = train_loader(compose(["batch_size=6", "seed=1"]), _run_data(split, indices), 1)
-    generator = torch.Generator().manual_seed(1)
-    sampler = StepBatchSampler(len(indices), 6, generator)
+    sampler = StepBatchSampler(len(indices), 6, seed=1)
     tagged = DataLoader(
-        IndexedImages(split, indices), batch_sampler=sampler, collate_fn=collate_batch,
-        generator=generator,
-    )  # fmt: skip
+        IndexedImages(split, indices), batch_sampler=sampler, collate_fn=collate_batch
+    )
     for _epoch in range(3):  # as Lightning reads them: an epoch's batches, no more
         ours_epoch = itertools.islice(tagged, len(tagged))
         for ours, theirs in zip(ours_epoch, itertools.islice(plain, len(plain)), strict=True):
             torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=0)
     steps = [(b.epoch, b.step) for b in sampler]  # the next epoch's tags
     assert steps == [(3, 9), (3, 10), (3, 11)]
+    sampler.epoch, sampler.skip = 1, 2  # a run resumed after 2 batches of epoch 1
+    assert [(b.epoch, b.step) for b in sampler] == [(1, 5)]
+
+
+def test_every_source_gives_epoch_e_its_own_order_and_can_skip() -> None:
+    """Epoch e's order depends on (seed, e) only: a resumed run can start at any epoch."""
+    split = _split()
+    indices = np.arange(24)
+    held = HeldBatches(split, indices, batch_size=4, seed=5, device="cpu")
+    loader = train_loader(compose(["batch_size=4", "seed=5"]), _run_data(split, indices), 1)
+    sampler = StepBatchSampler(len(indices), 4, seed=5)
+    epochs = [[b[2].tolist() for b in held] for _ in range(3)]  # labels of each batch
+    assert epochs[0] != epochs[1] != epochs[2]
+    for source in (held, loader.batch_sampler, sampler):
+        source.epoch, source.skip = 2, 3
+    assert [b[2].tolist() for b in held] == epochs[2][3:]
+    assert [b[2].tolist() for b in loader] == epochs[2][3:]
+    assert [split.labels[indices[b]].tolist() for b in sampler] == epochs[2][3:]
+    assert (held.epoch, held.skip) == (3, 0)  # then on as usual
 
 
 def test_data_path_choices() -> None:

@@ -3,6 +3,7 @@ tells a live run from a dead one. Tiny real runs through the command line, in-pr
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_ctrl_c_exits_130_with_a_checkpoint_and_status_interrupted(
     run_dir = tmp_path / "run"
     assert main(["pretrain", *TINY, "epochs=5", f"run_dir={run_dir}"]) == 130
     err = capsys.readouterr().err
-    assert "sslbench: interrupted: run stopped (last.ckpt holds its last steps)" in err
+    assert "sslbench: interrupted: run stopped; the same command resumes it from last.ckpt" in err
     results = _results(run_dir)
     assert results["status"] == "interrupted" and results["error"] is None
     assert torch.load(run_dir / "last.ckpt", weights_only=True)["global_step"] == 3
@@ -112,3 +113,80 @@ def test_claim_names_an_unreadable_config(tmp_path) -> None:
     with pytest.raises(ConfigError, match="holds another run .its config.yaml does not load"):
         claim_run_folder(compose(TINY), tmp_path)
     assert (tmp_path / "config.yaml").is_file()
+
+
+def _metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in rows]
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _stop_at(monkeypatch, call: int, error: type[BaseException]) -> None:
+    """Make the ``call``-th training step raise ``error`` (Ctrl-C, or a crash)."""
+    loss = SimCLR.training_loss
+    calls = {"n": 0}
+
+    def stopping(self: SimCLR, views: Views) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise error("stopped by the test")
+        return loss(self, views)
+
+    monkeypatch.setattr(SimCLR, "training_loss", stopping)
+
+
+@needs_fmnist
+@pytest.mark.parametrize(
+    "data_path", ["auto", "dataloader", pytest.param("workers", marks=pytest.mark.slow)]
+)
+def test_a_stopped_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys, data_path):
+    """3 epochs of 2 steps: stopped by Ctrl-C in the middle of epoch 1, or crashed at the
+    start of epoch 2 (resumed from epoch 1's end), then run again: the same weights and the
+    same scores as the run that never stopped."""
+    args = [*TINY, "epochs=3", f"data_path={data_path}"]
+    assert main(["pretrain", *args, f"run_dir={tmp_path / 'whole'}"]) == 0
+    whole = _results(tmp_path / "whole")
+    assert whole["resumed_from"] is None
+
+    for name, call, error, code, position in (
+        ("ctrl-c", 4, KeyboardInterrupt, 130, {"epoch": 1, "step": 3}),
+        ("crash", 5, RuntimeError, 1, {"epoch": 1, "step": 4}),
+    ):
+        run_dir = tmp_path / name
+        _stop_at(monkeypatch, call, error)
+        assert main(["pretrain", *args, f"run_dir={run_dir}"]) == code
+        monkeypatch.undo()
+        capsys.readouterr()
+        assert main(["pretrain", *args, f"run_dir={run_dir}"]) == 0
+        assert f"resuming {run_dir} at epoch {position['epoch']}" in capsys.readouterr().out
+        resumed = _results(run_dir)
+        assert resumed["resumed_from"] == position and resumed["status"] == "completed"
+        for key in ("linear_top1", "linear_top5", "knn_top1"):
+            assert resumed[key] == whole[key], (name, key)
+        for key, tensor in _final_weights(tmp_path / "whole").items():
+            assert torch.equal(tensor, _final_weights(run_dir)[key]), (name, key)
+        # metrics.csv: the rows of the run that never stopped (times aside; the means of an
+        # epoch resumed in its middle cover the steps after the resume)
+        rows, whole_rows = _metric_rows(run_dir), _metric_rows(tmp_path / "whole")
+        assert [(r["epoch"], r["step"]) for r in rows] == [
+            (r["epoch"], r["step"]) for r in whole_rows
+        ]
+        resumed_mid_epoch = str(position["epoch"]) if name == "ctrl-c" else None
+        for row, whole_row in zip(rows, whole_rows, strict=True):
+            assert row == whole_row or row["epoch"] == resumed_mid_epoch, (name, row)
+
+
+@needs_fmnist
+def test_resume_never_starts_over_and_a_completed_run_is_run_again(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    _stop_at(monkeypatch, 3, KeyboardInterrupt)
+    assert main(["pretrain", *TINY, "epochs=2", f"run_dir={run_dir}"]) == 130
+    monkeypatch.undo()
+    assert main(["pretrain", *TINY, "epochs=2", "resume=never", f"run_dir={run_dir}"]) == 0
+    assert _results(run_dir)["resumed_from"] is None
+    assert main(["pretrain", *TINY, "epochs=2", f"run_dir={run_dir}"]) == 0
+    assert _results(run_dir)["resumed_from"] is None  # completed: a new attempt, from scratch

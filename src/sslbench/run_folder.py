@@ -1,4 +1,4 @@
-"""A run folder belongs to one run.
+"""A run folder belongs to one run, and an interrupted run continues in it.
 
 A folder's ``config.yaml`` says which run it holds. Starting a run in a folder that holds
 another (a reused ``run_dir``, an edited config) is an error naming what differs, unless
@@ -9,23 +9,33 @@ not belong to (a later ``sslbench eval`` would score old weights under the new c
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from sslbench.config import ConfigError, load_run_config
 from sslbench.config.compose import config_differences
+from sslbench.results import atomic_write_text
 
-__all__ = ["ATTEMPT_FILES", "claim_run_folder"]
+__all__ = ["ATTEMPT_FILES", "claim_run_folder", "metrics_columns", "trim_metrics"]
 
 #: What one attempt at a run leaves in its folder besides config.yaml and results.json.
 ATTEMPT_FILES = ("last.ckpt", "metrics.csv", "error.log")
 
 
-def claim_run_folder(cfg: DictConfig, run_dir: Path) -> None:
-    """Make ``run_dir`` ready for a fresh attempt at ``cfg``'s run, or raise
-    :class:`ConfigError` when it holds another run and ``overwrite`` is not set."""
+def claim_run_folder(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Make ``run_dir`` ready for an attempt at ``cfg``'s run and return the checkpoint to
+    resume from (None: start over), or raise :class:`ConfigError` when it holds another run
+    and ``overwrite`` is not set.
+
+    The same run resumes (``resume=auto``) when it has a ``last.ckpt`` and no completed
+    result; otherwise, and with ``overwrite=true``, the earlier attempt's files are removed.
+    """
     saved = run_dir / "config.yaml"
+    differences: list[str] = []
     if saved.is_file():
         try:
             differences = config_differences(load_run_config(saved), cfg)
@@ -38,5 +48,54 @@ def claim_run_folder(cfg: DictConfig, run_dir: Path) -> None:
                 f"run_dir={run_dir} holds another run ({shown}{more}); choose another run_dir, "
                 "or add overwrite=true to replace it"
             )
+    checkpoint = run_dir / "last.ckpt"
+    if (
+        saved.is_file() and not differences and not cfg.get("overwrite", False)
+        and cfg.get("resume", "auto") == "auto" and checkpoint.is_file()
+        and _status(run_dir) != "completed"
+    ):  # fmt: skip
+        return checkpoint
     for name in ATTEMPT_FILES:
         (run_dir / name).unlink(missing_ok=True)
+    return None
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        status = json.loads((run_dir / "results.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
+def trim_metrics(run_dir: Path, last_step: int) -> None:
+    """Drop the rows of ``metrics.csv`` logged after step ``last_step``: a resumed run logs
+    those steps again."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields = reader.fieldnames or []
+        rows = [row for row in reader if _step(row) <= last_step]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, out.getvalue())
+
+
+def metrics_columns(run_dir: Path) -> list[str]:
+    """The header of a run's ``metrics.csv`` (empty when there is none)."""
+    try:
+        with open(run_dir / "metrics.csv", newline="") as handle:
+            return list(csv.DictReader(handle).fieldnames or [])
+    except OSError:
+        return []
+
+
+def _step(row: dict[str, str]) -> int:
+    try:
+        return int(float(row.get("step") or 0))
+    except ValueError:
+        return 0

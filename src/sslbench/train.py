@@ -41,6 +41,7 @@ from sslbench.data import (
     subset_fingerprint,
 )
 from sslbench.data.held import HeldBatches, choose_placement
+from sslbench.data.order import EpochBatchSampler, Resumable
 from sslbench.data.worker_views import StepBatchSampler, ViewsOfBatches, pass_through
 from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
 from sslbench.methods import SSLMethod, method_class
@@ -55,7 +56,8 @@ from sslbench.results import (
     versions,
     write_results,
 )
-from sslbench.run_folder import claim_run_folder
+from sslbench.resume import DataOrder, TrainingClock, checkpoint_position
+from sslbench.run_folder import claim_run_folder, metrics_columns, trim_metrics
 from sslbench.transforms import Pipeline, view_pipelines
 
 
@@ -70,6 +72,8 @@ class LastCheckpoint(pl.Callback):
         self.results = results
 
     def save(self, trainer: pl.Trainer) -> None:
+        if trainer.logger is not None:
+            trainer.logger.save()  # metrics.csv holds every step the checkpoint holds
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
@@ -97,6 +101,9 @@ class LastCheckpoint(pl.Callback):
 class EpochTimer(pl.Callback):
     """Logs each epoch's wall time (``epoch_seconds`` in metrics.csv): the steady-state epoch,
     not the first with its warm-ups, is what predicts a longer run's time."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()  # a run resumed mid-epoch starts no epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start = time.perf_counter()
@@ -237,15 +244,18 @@ def build_trainer(
     )
 
 
-def fit(trainer: pl.Trainer, model: SSLMethod, loader: Any) -> None:
-    """``trainer.fit`` without Lightning's warnings that do not apply here."""
+def fit(trainer: pl.Trainer, model: SSLMethod, loader: Any, checkpoint: Path | None = None) -> None:
+    """``trainer.fit`` (from ``checkpoint`` when given) without Lightning's warnings that
+    do not apply here."""
     with warnings.catch_warnings():
         # Lightning suggests more workers; the cache is memory-mapped, so reads are cheap.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # The run folder holds config.yaml and results.json already; only metrics.csv is new.
         warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
+        # A run resumed mid-epoch continues its data order exactly (sslbench.resume).
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         try:
-            trainer.fit(model, loader)
+            trainer.fit(model, loader, ckpt_path=checkpoint, weights_only=True)
         except SystemExit:
             if not trainer.interrupted:
                 raise
@@ -302,32 +312,30 @@ def views_in_workers(cfg: DictConfig, data: RunData, model: SSLMethod) -> DataLo
     DataLoader workers, while the main process computes: the DataLoader's batches, the
     training step's views (on a CPU)."""
     per_device = _per_device_batch(cfg, data, 1)
-    generator = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(
         ViewsOfBatches(IndexedImages(data.pretrain, data.pretrain_indices), model.view_maker),
-        batch_sampler=StepBatchSampler(len(data.pretrain_indices), per_device, generator),
+        batch_sampler=StepBatchSampler(len(data.pretrain_indices), per_device, cfg.seed),
         collate_fn=pass_through,
         num_workers=max(1, cfg.num_workers),
-        # A new iterator each epoch draws a new base seed, as the plain DataLoader does:
-        # persistent workers would draw it once and shift every later permutation.
-        persistent_workers=False,
-        generator=generator,
+        persistent_workers=cfg.num_workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),  # the workers' base seeds
     )
 
 
 def train_loader(cfg: DictConfig, data: RunData, world_size: int) -> DataLoader:
-    """Shuffled batches of uint8 images from the memory-mapped cache."""
+    """Shuffled batches of uint8 images from the memory-mapped cache: epoch e's order drawn
+    from (seed, e) (:mod:`sslbench.data.order`) on one device; on several, the
+    DistributedSampler that Lightning puts in place of ``shuffle=True``'s."""
     per_device = _per_device_batch(cfg, data, world_size)
-    return DataLoader(
-        IndexedImages(data.pretrain, data.pretrain_indices),
-        batch_size=per_device,
-        shuffle=True,
-        drop_last=True,  # a contrastive batch of 1 has no negatives, BatchNorm fails on it
-        collate_fn=collate_batch,
-        num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    images = IndexedImages(data.pretrain, data.pretrain_indices)
+    generator = torch.Generator().manual_seed(cfg.seed)  # the workers' base seeds
+    common = {"collate_fn": collate_batch, "num_workers": cfg.num_workers,
+              "persistent_workers": cfg.num_workers > 0, "generator": generator}  # fmt: skip
+    if world_size > 1:
+        # drop_last: a contrastive batch of 1 has no negatives, BatchNorm fails on it
+        return DataLoader(images, batch_size=per_device, shuffle=True, drop_last=True, **common)
+    batches = EpochBatchSampler(len(images), per_device, cfg.seed)
+    return DataLoader(images, batch_sampler=batches, **common)
 
 
 def evaluate_backbone(
@@ -375,6 +383,7 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
         "versions": versions(),
         "git_sha": git_sha(),
         "started_at": now(),
+        "resumed_from": None,  # {epoch, step} of the checkpoint a resumed run continued
         # who runs it, and when it last saved: a "running" run whose process is gone, or
         # whose heartbeat is older than an epoch, has died
         "process": {"pid": os.getpid(), "host": socket.gethostname()},
@@ -393,18 +402,27 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    claim_run_folder(cfg, run_dir)
+    resume_from = claim_run_folder(cfg, run_dir)
     save_config(cfg, run_dir)
     results = _base_results(cfg)
+    if resume_from is not None:
+        position = checkpoint_position(read_checkpoint(resume_from))
+        results["resumed_from"] = position
+        trim_metrics(run_dir, position["step"])
+        print(f"resuming {run_dir} at epoch {position['epoch']}, step {position['step']} "
+              "(resume=never starts over)", flush=True)  # fmt: skip
     write_results(run_dir, results)
     try:
-        results.update(_pretrain_and_evaluate(cfg, run_dir, results))
+        results.update(_pretrain_and_evaluate(cfg, run_dir, results, resume_from))
         results["status"] = "completed"
     except KeyboardInterrupt:
         results["status"] = "interrupted"
         write_results(run_dir, results)
-        kept = " (last.ckpt holds its last steps)" if (run_dir / "last.ckpt").is_file() else ""
-        raise KeyboardInterrupt(f"run stopped{kept}; run folder {run_dir}") from None
+        if (run_dir / "last.ckpt").is_file():
+            how = "the same command resumes it from last.ckpt"
+        else:
+            how = "it had no checkpoint yet; the same command starts it again"
+        raise KeyboardInterrupt(f"run stopped; {how} (run folder {run_dir})") from None
     except BaseException as err:
         results["status"] = "failed"
         results["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
@@ -418,7 +436,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _pretrain_and_evaluate(
-    cfg: DictConfig, run_dir: Path, results: dict[str, Any]
+    cfg: DictConfig, run_dir: Path, results: dict[str, Any], resume_from: Path | None
 ) -> dict[str, Any]:
     threads = set_torch_threads(cfg.get("threads"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -427,21 +445,26 @@ def _pretrain_and_evaluate(
     data = open_data(cfg, progress=cfg.progress_bar)
     world_size = cfg.devices  # one node; multi-node runs come through torchrun/srun
     loader = train_batches(cfg, data, world_size, accelerator, model)
-    trainer = build_trainer(
-        cfg,
-        accelerator,
-        run_dir,
-        logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
-        callbacks=[LastCheckpoint(run_dir, results), EpochTimer()],
-    )
+    clock = TrainingClock()
+    callbacks: list[pl.Callback] = [LastCheckpoint(run_dir, results), EpochTimer(), clock]
+    source = resumable_source(loader)
+    if source is not None:  # one device (sslbench.resume says what several do)
+        callbacks.append(DataOrder(source))
+    logger = CSVLogger(save_dir=str(run_dir), name="", version="")
+    if resume_from is not None and (run_dir / "metrics.csv").is_file():
+        # Lightning's CSV writer deletes metrics.csv when it starts: put the earlier
+        # attempts' rows back, and append with their columns.
+        earlier = (run_dir / "metrics.csv").read_text()
+        logger.experiment.metrics_keys = metrics_columns(run_dir)
+        atomic_write_text(run_dir / "metrics.csv", earlier)
+    trainer = build_trainer(cfg, accelerator, run_dir, logger=logger, callbacks=callbacks)
     if accelerator == "gpu":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    fit(trainer, model, loader)
-    pretrain_seconds = time.perf_counter() - start
+    fit(trainer, model, loader, checkpoint=resume_from)
+    pretrain_seconds = clock.seconds  # every attempt's training, a resumed run's included
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")
-    images_seen = len(loader) * cfg.batch_size * cfg.epochs  # all devices' images (global batch)
+    images_seen = trainer.global_step * cfg.batch_size  # all devices' images (global batch)
     peak_gpu = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
     device = "cuda" if accelerator == "gpu" else "cpu"
     metrics = evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
@@ -458,6 +481,15 @@ def _pretrain_and_evaluate(
         "train_images": int(len(data.pretrain_indices)),
         "test_images": None if data.test_indices is None else int(len(data.test_indices)),
     }
+
+
+def resumable_source(batches: DataLoader | HeldBatches) -> Resumable | None:
+    """The object that decides the order of the run's batches (sslbench.data.order), or
+    None when Lightning's DistributedSampler does."""
+    if isinstance(batches, HeldBatches):
+        return batches
+    sampler = batches.batch_sampler
+    return sampler if isinstance(sampler, EpochBatchSampler) else None
 
 
 def data_path_of(batches: DataLoader | HeldBatches) -> str:
@@ -503,12 +535,17 @@ def evaluate_run(run_dir: str | Path, cfg: DictConfig, random_init: bool = False
 
 
 def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a Lightning checkpoint, read with ``weights_only=True``: a run
-    folder may come from anyone, and a full unpickle of its checkpoint could run any code."""
+    """The ``state_dict`` of a Lightning checkpoint (see :func:`read_checkpoint`)."""
+    return read_checkpoint(checkpoint)["state_dict"]
+
+
+def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
+    """A Lightning checkpoint, read with ``weights_only=True``: a run folder may come from
+    anyone, and a full unpickle of its checkpoint could run any code."""
     import pickle
 
     try:
-        return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ValueError(
             f"{checkpoint} holds more than weights (pickled objects, which could run code); "

@@ -29,6 +29,7 @@ from sslbench.config.schema import (
     GRID_SECTIONS,
     GROUPS,
     REQUIRED_GROUPS,
+    RESUME_MODES,
     TYPED_SECTIONS,
     RunConfig,
     conf_dir,
@@ -381,7 +382,7 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
 #: ignores them, so the same run found by a single command or by any grid has one folder.
 NOT_IN_HASH = (
     "run_dir", "runs_root", "progress_bar", "num_workers", "threads", "data_path", "compile",
-    "overwrite", *GRID_SECTIONS,
+    "overwrite", "resume", *GRID_SECTIONS,
 )  # fmt: skip
 
 
@@ -477,7 +478,8 @@ def resolve(cfg: DictConfig) -> DictConfig:
         raise ConfigError(
             f"precision must be one of {', '.join(PRECISIONS)}; got '{cfg.precision}'"
         )
-    for key, valid in (("data_path", DATA_PATHS), ("compile", COMPILE_MODES)):
+    for key, valid in (("data_path", DATA_PATHS), ("compile", COMPILE_MODES),
+                       ("resume", RESUME_MODES)):  # fmt: skip
         if str(cfg[key]) not in valid:
             raise ConfigError(f"{key} must be one of {', '.join(valid)}; got '{cfg[key]}'")
     if cfg.threads is not None and cfg.threads < 1:

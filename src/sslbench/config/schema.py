@@ -22,6 +22,8 @@ CONFIG_VERSION = 2
 #: Values of ``data_path`` and ``compile`` (torch.compile's modes, or none).
 DATA_PATHS: tuple[str, ...] = ("auto", "dataloader", "device", "pinned", "workers")
 COMPILE_MODES: tuple[str, ...] = ("none", "default", "reduce-overhead", "max-autotune")
+#: Values of ``resume``.
+RESUME_MODES: tuple[str, ...] = ("auto", "never")
 
 #: The configuration groups; each is a folder of YAML files under ``conf/``.
 GROUPS: tuple[str, ...] = (
@@ -167,6 +169,9 @@ class RunConfig:
     run_dir: str | None = None  # null: runs/<method>-<transform>-<dataset>-<backbone>-<hash>
     # a run_dir holding another run's config.yaml is an error; true: that run is replaced
     overwrite: bool = False
+    # auto: a run folder with last.ckpt and no completed result continues from it (same
+    # batches and views as a run that never stopped); never: it starts over
+    resume: str = "auto"
     runs_root: str = "runs"  # where run folders go when run_dir is null
     log_every_n_steps: int = 10
     check_finite_every_n_steps: int = 10  # a non-finite loss stops the run within this many steps

@@ -8,8 +8,8 @@ synchronisation per step. When they do not fit but fit in host RAM, they are hel
 host memory and each batch is gathered into one of two pinned buffers and copied
 asynchronously.
 
-The batches are the DataLoader's exactly (:class:`HeldBatches` draws the same permutation
-from the same seeded generator, in the same order), so a run gives the same result either
+The batches are the DataLoader's exactly (both cut epoch e's permutation from
+:func:`sslbench.data.order.epoch_order` into batches), so a run gives the same result either
 way on the same device (``tests/test_held_batches.py``).
 """
 
@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .cache import CachedSplit
 from .dataset import Batch
+from .order import epoch_order
 
 __all__ = ["PLACEMENTS", "HeldBatches", "choose_placement"]
 
@@ -63,8 +64,9 @@ def choose_placement(nbytes: int, device: torch.device) -> str | None:
 
 class HeldBatches:
     """Shuffled, full batches of the items ``indices`` of a cached split, as the training
-    DataLoader gives them (``shuffle=True``, ``drop_last=True``, generator seeded with
-    ``seed``), gathered from images held in ``placement`` for ``device``.
+    DataLoader gives them (:class:`~sslbench.data.order.EpochBatchSampler`: epoch ``epoch``'s
+    order, ``skip`` batches left out), gathered from images held in ``placement`` for
+    ``device``.
 
     Iterating gives one epoch of ``(images uint8 (B, 3, S, S), aspect float32 (B,),
     labels int64 (B,))`` on ``device``. ``nbytes``: the memory the held images take.
@@ -96,7 +98,9 @@ class HeldBatches:
             self.device
         )
         self.nbytes = int(self.images.numel())
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.epoch = 0  # the epoch of the next iteration (sslbench.data.order)
+        self.skip = 0  # batches of it already trained on (a resumed run)
         if pin:  # two page-locked buffers: one is filled while the other is being copied
             shape = (batch_size, *self.images.shape[1:])
             self._buffers = [torch.empty(shape, dtype=torch.uint8).pin_memory() for _ in (0, 1)]
@@ -106,18 +110,14 @@ class HeldBatches:
         return len(self.labels) // self.batch_size
 
     def __iter__(self) -> Iterator[Batch]:
-        # The draws of a DataLoader's epoch, from its generator and in its order: a base
-        # seed for workers and the sampler's permutation by the first batch, and one more
-        # permutation (the sampler's empty tail) if the batch after the last is asked for.
-        # Lazily, at the first batch: an iterator made and never read draws nothing (with
-        # the draws made eagerly, Lightning's run from held images no longer matched).
-        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator)
+        # Lazily, at the first batch: an iterator made and never read draws nothing.
+        order = epoch_order(len(self.labels), self.seed, self.epoch)
+        self.epoch += 1
         # One copy of the epoch's order to the device; per step, slices of it: a per-step
         # copy of indices from pageable host memory would wait for the device.
         order_on_device = order.to(self.device)
-        for step in range(len(self)):
+        first, self.skip = self.skip, 0
+        for step in range(first, len(self)):
             batch = slice(step * self.batch_size, (step + 1) * self.batch_size)
             on_device = order_on_device[batch]
             yield (
@@ -125,7 +125,6 @@ class HeldBatches:
                 self.aspect[on_device],
                 self.labels[on_device],
             )
-        torch.randperm(n, generator=self.generator)
 
     def _gather(self, positions: Tensor, on_device: Tensor, step: int) -> Tensor:
         if self.images.device == self.device:  # held on the device (or in RAM for a CPU)

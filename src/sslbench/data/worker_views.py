@@ -7,8 +7,8 @@ memory-mapped cache and make its views while the main process computes the previ
 
 A worker seeds each batch's views from (seed, rank, epoch, step) as the training step
 would, so a CPU run gives the same views either way: the batches come from
-:class:`StepBatchSampler`, the shuffled DataLoader's batches (the same seeded draws, in the
-same order) tagged with their epoch and global step.
+:class:`StepBatchSampler`, the shuffled DataLoader's batches (the same epoch orders, see
+:mod:`sslbench.data.order`) tagged with their epoch and global step.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from .dataset import IndexedImages
+from .order import EpochBatchSampler
 
 __all__ = ["StepBatch", "StepBatchSampler", "ViewsOfBatches", "pass_through"]
 
@@ -38,28 +39,13 @@ class StepBatch(list):
         return (StepBatch, (list(self), self.epoch, self.step))
 
 
-class StepBatchSampler(Sampler[StepBatch]):
-    """Full, shuffled batches of ``n`` positions, as a DataLoader with ``shuffle=True,
-    drop_last=True`` and ``generator`` draws them in a training loop that stops after an
-    epoch's batches (Lightning's): a new permutation at each epoch's first batch.
+class StepBatchSampler(EpochBatchSampler):
+    """The batches of :class:`~sslbench.data.order.EpochBatchSampler` (the main-process
+    DataLoader's), each tagged with its epoch and global step for the worker's views."""
 
-    A DataLoader whose sampler is asked past an epoch's last batch (its workers prefetch)
-    draws one more permutation there; this sampler does not, so that views made in workers
-    train on the same batches as the main-process DataLoader."""
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
-        self.n, self.batch_size, self.generator = n, batch_size, generator
-        self.epochs_started = 0
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size
-
-    def __iter__(self) -> Iterator[StepBatch]:
-        epoch = self.epochs_started
-        self.epochs_started += 1
-        order = torch.randperm(self.n, generator=self.generator).tolist()
-        for i in range(len(self)):
-            positions = order[i * self.batch_size : (i + 1) * self.batch_size]
+    def __iter__(self) -> Iterator[StepBatch]:  # type: ignore[override]
+        epoch, first = self.epoch, self.skip
+        for i, positions in enumerate(super().__iter__(), start=first):
             yield StepBatch(positions, epoch=epoch, step=epoch * len(self) + i)
 
 

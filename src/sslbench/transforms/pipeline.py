@@ -198,14 +198,19 @@ def view_pipelines(transform: Mapping[str, Any], size: int) -> list[Pipeline]:
     return [Pipeline(spec, size) for spec in view_specs(transform)]
 
 
-def make_generator(seed: int, device: torch.device | str, *stream: int) -> torch.Generator:
-    """A generator on ``device`` seeded from (seed, *stream), e.g. (seed, rank, worker, epoch).
+def stream_seed(seed: int, *stream: int) -> int:
+    """A 63-bit seed for the stream (seed, *stream), e.g. (seed, rank, worker, epoch).
 
-    The integers are hashed (BLAKE2b) into a 63-bit seed, so nearby ids give unrelated streams
-    rather than overlapping ones, and (1, 2) differs from (2, 1) and from (1, 2, 0).
+    The integers are hashed (BLAKE2b), so nearby ids give unrelated streams rather than
+    overlapping ones, and (1, 2) differs from (2, 1) and from (1, 2, 0).
     """
     data = b"".join((int(v) % 2**64).to_bytes(8, "little") for v in (seed, *stream))
     digest = hashlib.blake2b(data, digest_size=8, person=b"sslbench.gen").digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def make_generator(seed: int, device: torch.device | str, *stream: int) -> torch.Generator:
+    """A generator on ``device`` seeded from (seed, *stream) (see :func:`stream_seed`)."""
     gen = torch.Generator(device=device)
-    gen.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    gen.manual_seed(stream_seed(seed, *stream))
     return gen
