@@ -221,9 +221,10 @@ def build_trainer(
     logger: Any,
     callbacks: list[pl.Callback],
     max_steps: int = -1,
+    profiler: Any = None,
 ) -> pl.Trainer:
     """Lightning's Trainer for the run's epochs (or ``max_steps`` steps), precision and
-    devices; with the run's progress bar."""
+    devices; with the run's progress bar (and ``profiler``, Lightning's, when given)."""
     if cfg.progress_bar:
         # Refreshing the bar reads the loss: a host sync, so only every N steps.
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=cfg.log_every_n_steps)]
@@ -241,6 +242,7 @@ def build_trainer(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=str(root_dir),
+        profiler=profiler,
     )
 
 
