@@ -4,12 +4,13 @@ Starts K copies of the same ``sslbench pretrain`` run (each its own process and 
 at once, for each OpenMP wait policy, and reports each copy's training time
 (``pretrain_seconds``) and wall time against the same run alone:
 
-    python benchmarks/shared_cores.py --copies 1 2 --policies PASSIVE ACTIVE \\
+    python benchmarks/shared_cores.py --copies 1 2 --policies DEFAULT PASSIVE ACTIVE \\
         --out benchmarks/results/shared_cores.jsonl -- experiment=demo epochs=1
 
-``PASSIVE`` is sslbench's default (``sslbench.cpu``); ``ACTIVE`` is OpenMP's spinning wait,
-torch's behaviour before. Every copy sees the same cores and picks its thread count the way
-a user's run does (``threads`` unset). Run it with nothing else on the machine.
+``DEFAULT`` is sslbench's choice (``sslbench.cpu``: a short spin, then sleep); ``PASSIVE``
+sleeps at once; ``ACTIVE`` spins (``--spincount N`` caps its spins). Every copy sees the same
+cores and picks its thread count the way a user's run does (``threads`` unset). Run it
+with nothing else on the machine.
 """
 
 from __future__ import annotations
@@ -25,12 +26,19 @@ import time
 from pathlib import Path
 
 
-def run_copies(copies: int, policy: str, overrides: list[str], root: Path) -> list[dict]:
-    """Start ``copies`` runs at once with OMP_WAIT_POLICY=policy; wait; their timings."""
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+def run_copies(
+    copies: int, policy: str, overrides: list[str], root: Path, spincount: int | None = None
+) -> list[dict]:
+    """Start ``copies`` runs at once with OMP_WAIT_POLICY=policy (and GOMP_SPINCOUNT, the
+    spins before a waiting thread sleeps, when given); wait; their timings."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if policy != "DEFAULT":  # DEFAULT: as sslbench sets it (sslbench.cpu)
+        env["OMP_WAIT_POLICY"] = policy
+    if spincount is not None:
+        env["GOMP_SPINCOUNT"] = str(spincount)
     procs = []
     for i in range(copies):
-        run_dir = root / f"{policy.lower()}-{copies}-{i}"
+        run_dir = root / f"{policy.lower()}-{spincount}-{copies}-{i}"
         command = [sys.executable, "-m", "sslbench", "pretrain", *overrides,
                    "progress_bar=false", f"run_dir={run_dir}"]  # fmt: skip
         log = open(root / f"{run_dir.name}.log", "w")  # noqa: SIM115 - closed below
@@ -45,7 +53,7 @@ def run_copies(copies: int, policy: str, overrides: list[str], root: Path) -> li
         rows.append({
             "copies": copies, "policy": policy, "exit": code, "wall_seconds": wall,
             "pretrain_seconds": results.get("pretrain_seconds"),
-            "torch_threads": results.get("torch_threads"),
+            "torch_threads": results.get("torch_threads"), "spincount": spincount,
         })  # fmt: skip
     return rows
 
@@ -53,8 +61,9 @@ def run_copies(copies: int, policy: str, overrides: list[str], root: Path) -> li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--policies", nargs="+", default=["PASSIVE", "ACTIVE"])
+    parser.add_argument("--policies", nargs="+", default=["DEFAULT", "PASSIVE", "ACTIVE"])
     parser.add_argument("--out", type=Path, default=Path("shared_cores.jsonl"))
+    parser.add_argument("--spincount", type=int, help="GOMP_SPINCOUNT for every copy")
     parser.add_argument("overrides", nargs="*", default=["experiment=demo", "epochs=1"])
     args = parser.parse_args()
     machine = {"cores": os.cpu_count(), "python": platform.python_version(),
@@ -64,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sslbench-shared-") as tmp:
         for policy in args.policies:
             for copies in args.copies:
-                rows = run_copies(copies, policy, args.overrides, Path(tmp))
+                rows = run_copies(copies, policy, args.overrides, Path(tmp), args.spincount)
                 train = [r["pretrain_seconds"] or float("nan") for r in rows]
                 if copies == 1:
                     alone[policy] = train[0]

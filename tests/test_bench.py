@@ -56,13 +56,18 @@ def test_torch_threads_come_from_the_key_then_the_grid_then_the_cores(monkeypatc
         torch.set_num_threads(before)
 
 
-def test_passive_waiting_keeps_the_users_choice(monkeypatch) -> None:
+def test_spin_waiting_is_limited_unless_the_user_chose(monkeypatch) -> None:
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    cpu.prefer_passive_waiting()
-    assert cpu.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    cpu.prefer_passive_waiting()
-    assert cpu.os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    cpu.limit_spin_waiting()
+    assert cpu.os.environ["GOMP_SPINCOUNT"] == "1000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "50")
+    cpu.limit_spin_waiting()
+    assert cpu.os.environ["GOMP_SPINCOUNT"] == "50"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's policy: no spin count added
+    cpu.limit_spin_waiting()
+    assert "GOMP_SPINCOUNT" not in cpu.os.environ
 
 
 def test_threads_do_not_change_a_runs_folder() -> None:

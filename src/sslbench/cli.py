@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from sslbench import __version__
 from sslbench.config import ConfigError, compose, load_run_config
-from sslbench.cpu import prefer_passive_waiting
+from sslbench.cpu import limit_spin_waiting
 
 DESCRIPTION = """\
 Pretrain, evaluate and compare self-supervised vision models.
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return its exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    prefer_passive_waiting()  # before torch is imported (sslbench.cpu says why)
+    limit_spin_waiting()  # before torch is imported (sslbench.cpu says why)
     if args.command is None:
         parser.print_help()
         return 2
