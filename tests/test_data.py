@@ -288,6 +288,24 @@ def test_corrupt_image_skipped_or_strict(tmp_path):
     assert "\n" not in str(err.value)
     assert not list((tmp_path / "strict").rglob("*.partial-*"))  # failed build cleaned up
 
+    # The cache built without strict is not taken as complete by a strict run.
+    with pytest.raises(ValueError, match="broken.jpg.*dataset.strict=false") as err:
+        load_or_build(source, "train", 8, tmp_path / "cache", progress=False, strict=True)
+    assert "\n" not in str(err.value)
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG through Pillow's RGB conversion came out white wherever it was >= 255."""
+    folder = tmp_path / "ds" / "a"
+    folder.mkdir(parents=True)
+    ramp = np.tile(np.linspace(0, 65535, 8).astype(np.uint16), (8, 1))
+    Image.fromarray(ramp).save(folder / "deep.png")  # mode I;16
+    cached = load_or_build(ImageFolder(tmp_path / "ds"), "train", 8, tmp_path / "c", progress=False)
+    row = cached.images[0, 0, 0].astype(int)
+    expected = np.rint(np.linspace(0, 65535, 8) * 255 / 65535)
+    assert np.abs(row - expected).max() <= 2, row  # a resample may move a level or two
+    assert (cached.images[0, 0] == cached.images[0, 1]).all()  # grey: the same in R and G
+
 
 # --- subsets and datasets --------------------------------------------------------------------
 

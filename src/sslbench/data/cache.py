@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 from sslbench.cpu import available_cores
 
 from .folders import exclusive, partial_dir, publish, remove_stale
-from .sources import Source
+from .sources import Source, as_8bit
 
 __all__ = [
     "FORMAT_VERSION",
@@ -218,13 +218,13 @@ def load_or_build(
     fingerprint = _cache_fingerprint(source.fingerprint(split), draft)
     cached = _load(target, fingerprint, side)
     if cached is not None:
-        return cached
+        return _strictly(cached, strict)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(target, f"another process building {target}", progress):
         cached = _load(target, fingerprint, side)  # built by the process we waited for?
         if cached is not None:
-            return cached
+            return _strictly(cached, strict)
         remove_stale(target)
         partial = partial_dir(target)
         partial.mkdir()
@@ -269,6 +269,20 @@ def _drafts(source: Source) -> bool:
     )
 
 
+def _strictly(cached: CachedSplit, strict: bool) -> CachedSplit:
+    """A cache built earlier without ``strict`` may lack unreadable images; a strict run
+    fails on them as a strict build would (the cache itself is the same either way)."""
+    skipped = cached.meta.get("skipped") or []
+    if strict and skipped:
+        reason = (cached.meta.get("skipped_reasons") or {}).get(skipped[0], "unreadable")
+        raise ValueError(
+            f"cannot read {skipped[0]} ({reason}); the cache at {cached.path} was built "
+            f"without it and {len(skipped) - 1} other unreadable images (dataset.strict=false "
+            "skips them)"
+        )
+    return cached
+
+
 def _open_file(path: str, side: int) -> tuple[Image.Image, tuple[int, int]]:
     """``sources.open_image(path)`` with a JPEG draft for a cache of side ``side``; also
     returns the original (width, height), read before the draft shrinks ``image.size``.
@@ -287,7 +301,7 @@ def _open_file(path: str, side: int) -> tuple[Image.Image, tuple[int, int]]:
                 f.seek(0)  # never below the cache side (Pillow guarantees it; checked here)
                 image = Image.open(f)
         image.load()
-    return (image if image.mode in ("RGB", "L") else image.convert("RGB")), original
+    return as_8bit(image), original
 
 
 def _worker_count(workers: int | None) -> int:

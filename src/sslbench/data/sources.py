@@ -83,7 +83,24 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     with open(path, "rb") as f:
         image = Image.open(f)
         image.load()
-    return image if image.mode in ("RGB", "L") else image.convert("RGB")
+    return as_8bit(image)
+
+
+def as_8bit(image: Image.Image) -> Image.Image:
+    """``image`` as RGB or L with 8 bits a channel. 16-bit greyscale (PNG, TIFF: modes
+    ``I;16*`` and ``I``) is scaled to 0-255 (Pillow's own conversion clips it, so almost
+    every pixel of such a picture turned white); anything else goes through Pillow's RGB."""
+    if image.mode in ("RGB", "L"):
+        return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "I" and values.max(initial=0) <= 255:
+            scale = 1.0  # 32-bit integers that hold 8-bit values
+        else:
+            scale = 255.0 / 65535.0
+        pixels = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(pixels, mode="L")
+    return image.convert("RGB")
 
 
 def header_size(path: str | os.PathLike[str]) -> tuple[int, int]:
