@@ -9,6 +9,9 @@ import io
 import multiprocessing
 import os
 import pickle
+import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -99,6 +102,8 @@ def test_waiting_builder_says_so_once(tmp_path, capsys):
     done: list = []
     with open(target.with_name(f"{target.name}.lock"), "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another builder holds the lock
+        held.write("4321 builder-host\n")  # and says who it is, as exclusive() does
+        held.flush()
         thread = threading.Thread(
             target=lambda: done.append(load_or_build(source, "train", SIDE, tmp_path / "cache"))
         )
@@ -111,6 +116,7 @@ def test_waiting_builder_says_so_once(tmp_path, capsys):
     thread.join(timeout=60)
     err += capsys.readouterr().err
     assert err.count(f"waiting for another process building {target}") == 1
+    assert "(process 4321 on builder-host)" in err
     assert len(done[0]) == 4
 
 
@@ -270,3 +276,65 @@ def test_workers_send_back_no_pixels(tmp_path, monkeypatch):
     row_bytes = 3 * 48 * 48
     for k, payload in chunks:
         assert payload < 1000 + 64 * k < k * row_bytes / 4
+
+
+def _processes_in_group(pgid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_a_killed_parallel_build_leaves_no_lock_and_no_workers(tmp_path):
+    """kill -9 of a build whose workers are decoding: the workers exit, and the next build
+    neither waits forever on a lock they inherited nor finds anything half-written."""
+    n = cache_module.PARALLEL_MIN_ITEMS + 64
+    for i in range(n):
+        path = tmp_path / "ds" / f"c{i % 2}" / f"{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (12, 10), (i % 256, 0, 0)).save(path)
+    cache_root = tmp_path / "cache"
+    code = f"""
+import time
+from pathlib import Path
+from sslbench.data import ImageFolder, load_or_build
+from sslbench.data import cache
+real = cache._decode_rows
+def slow(*args):
+    time.sleep(60)  # the workers are busy when the parent is killed
+    return real(*args)
+cache._decode_rows = slow
+load_or_build(ImageFolder({str(tmp_path / "ds")!r}), "train", 8, Path({str(cache_root)!r}),
+              progress=False, workers=2)
+"""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(cache_module.__file__).parents[2]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(_processes_in_group(proc.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the parent and its two workers
+    assert len(_processes_in_group(proc.pid)) >= 3, "the workers never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    deadline = time.monotonic() + 20
+    while _processes_in_group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_in_group(proc.pid) == []  # the workers went with their parent
+    source = ImageFolder(tmp_path / "ds")
+    done: list = []
+    thread = threading.Thread(
+        target=lambda: done.append(load_or_build(source, "train", 8, cache_root, progress=False))
+    )
+    thread.start()
+    thread.join(timeout=60)
+    assert done and len(done[0]) == n  # not blocked on a lock left behind

@@ -58,7 +58,14 @@ from tqdm.auto import tqdm
 
 from sslbench.cpu import available_cores
 
-from .folders import exclusive, partial_dir, publish, remove_stale
+from .folders import (
+    exclusive,
+    exit_with_parent,
+    partial_dir,
+    publish,
+    release_inherited_locks,
+    remove_stale,
+)
 from .sources import Source, as_8bit
 
 __all__ = [
@@ -557,6 +564,8 @@ _worker_draft = False  # open JPEG files as drafts (_open_file) instead of sourc
 
 def _init_worker(source: Source, draft: bool = False) -> None:
     global _worker_source, _worker_draft
+    release_inherited_locks()  # forked while the parent holds the build's lock
+    exit_with_parent()
     _worker_source, _worker_draft = source, draft
 
 

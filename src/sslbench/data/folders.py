@@ -12,6 +12,7 @@ import glob
 import os
 import secrets
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,14 +23,21 @@ try:
 except ImportError:  # not POSIX: no lock, one process at a time is then the user's care
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["exclusive", "partial_dir", "publish", "remove_stale"]
+__all__ = ["exclusive", "exit_with_parent", "partial_dir", "publish", "release_inherited_locks",
+           "remove_stale"]  # fmt: skip
+
+
+#: Lock files this process holds (their descriptors): a forked worker closes its copies
+#: (:func:`release_inherited_locks`), so that a lock never outlives the process that took it.
+_HELD: set[int] = set()
 
 
 @contextmanager
 def exclusive(target: Path, waiting_for: str, progress: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on ``<target>.lock`` (created if missing, never deleted), so
     that of several processes (the runs of a grid) one builds ``target`` and the others
-    wait, then find it built. Says once that it waits (``waiting for <waiting_for>``)."""
+    wait, then find it built. The holder writes its process id and host into the file; a
+    waiter says once whom it waits for (``waiting for <waiting_for> (process P on H)``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target.with_name(f"{target.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -38,11 +46,51 @@ def exclusive(target: Path, waiting_for: str, progress: bool = True) -> Iterator
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if progress:
-                    print(f"waiting for {waiting_for}", file=sys.stderr)
+                    print(f"waiting for {waiting_for}{_holder(fd)}", file=sys.stderr)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        _HELD.add(fd)
         yield
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    """`` (process P on HOST)`` from a lock file's content, or "" when it says nothing."""
+    try:
+        pid, host = os.pread(fd, 200, 0).decode().split()[:2]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return ""
+    return f" (process {pid} on {host})" if pid.isdigit() else ""
+
+
+def release_inherited_locks() -> None:
+    """In a forked child: close the lock descriptors inherited from the parent. A flock lock
+    lasts while any descriptor of it is open, so a worker that kept them would hold the
+    parent's lock after the parent was killed, and every later build would wait forever."""
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+def exit_with_parent() -> None:
+    """In a child process: be sent SIGTERM when the parent dies (Linux), so that workers
+    do not outlive a killed build."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the call: nobody would send the signal
+        os._exit(1)
 
 
 def partial_dir(target: Path) -> Path:
