@@ -65,6 +65,8 @@ def test_precision_takes_lightnings_names_and_numbers(value: str) -> None:
         ("device=tpu", ["tpu", "cuda"]),
         ("precision=fp8", ["precision", "fp8", "32-true", "bf16-mixed"]),
         ("epochs=0", ["epochs", "at least 1"]),
+        ("resume=maybe", ["resume", "maybe", "auto", "never"]),
+        ("checkpoint_every_n_steps=0", ["checkpoint_every_n_steps", "at least 1"]),
     ],
 )
 def test_bad_overrides_fail_in_one_line(override: str, must_name: list[str]) -> None:

@@ -152,16 +152,19 @@ def test_a_stopped_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys,
     whole = _results(tmp_path / "whole")
     assert whole["resumed_from"] is None
 
-    for name, call, error, code, position in (
-        ("ctrl-c", 4, KeyboardInterrupt, 130, {"epoch": 1, "step": 3}),
-        ("crash", 5, RuntimeError, 1, {"epoch": 1, "step": 4}),
-    ):
-        run_dir = tmp_path / name
+    for name, call, error, code, position, extra in (
+        ("ctrl-c", 4, KeyboardInterrupt, 130, {"epoch": 1, "step": 3}, []),
+        ("crash", 5, RuntimeError, 1, {"epoch": 1, "step": 4}, []),
+        # a crash in epoch 1's second step: its first step's checkpoint (every step)
+        ("crash, every step", 4, RuntimeError, 1, {"epoch": 1, "step": 3},
+         ["checkpoint_every_n_steps=1"]),
+    ):  # fmt: skip
+        run_dir = tmp_path / name.replace(", ", "-").replace(" ", "-")
         _stop_at(monkeypatch, call, error)
-        assert main(["pretrain", *args, f"run_dir={run_dir}"]) == code
+        assert main(["pretrain", *args, *extra, f"run_dir={run_dir}"]) == code
         monkeypatch.undo()
         capsys.readouterr()
-        assert main(["pretrain", *args, f"run_dir={run_dir}"]) == 0
+        assert main(["pretrain", *args, *extra, f"run_dir={run_dir}"]) == 0
         assert f"resuming {run_dir} at epoch {position['epoch']}" in capsys.readouterr().out
         resumed = _results(run_dir)
         assert resumed["resumed_from"] == position and resumed["status"] == "completed"
@@ -175,7 +178,7 @@ def test_a_stopped_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys,
         assert [(r["epoch"], r["step"]) for r in rows] == [
             (r["epoch"], r["step"]) for r in whole_rows
         ]
-        resumed_mid_epoch = str(position["epoch"]) if name == "ctrl-c" else None
+        resumed_mid_epoch = str(position["epoch"]) if name != "crash" else None
         for row, whole_row in zip(rows, whole_rows, strict=True):
             assert row == whole_row or row["epoch"] == resumed_mid_epoch, (name, row)
 

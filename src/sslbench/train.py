@@ -62,14 +62,18 @@ from sslbench.transforms import Pipeline, view_pipelines
 
 
 class LastCheckpoint(pl.Callback):
-    """Writes ``last.ckpt`` at the end of every epoch, when training ends and when it is
-    interrupted (Ctrl-C), through a temporary file renamed into place (a kill during a save
-    never leaves a truncated checkpoint), and updates results.json's ``heartbeat_at`` with
-    each save, so that a ``running`` run can be told from a dead one."""
+    """Writes ``last.ckpt`` at the end of every epoch (and every ``every_n_steps`` steps),
+    when training ends and when it is interrupted (Ctrl-C), through a temporary file renamed
+    into place (a kill during a save never leaves a truncated checkpoint), and updates
+    results.json's ``heartbeat_at`` with each save, so that a ``running`` run can be told
+    from a dead one."""
 
-    def __init__(self, run_dir: Path, results: dict[str, Any]) -> None:
+    def __init__(
+        self, run_dir: Path, results: dict[str, Any], every_n_steps: int | None = None
+    ) -> None:
         self.path = run_dir / "last.ckpt"
         self.results = results
+        self.every_n_steps = every_n_steps
 
     def save(self, trainer: pl.Trainer) -> None:
         if trainer.logger is not None:
@@ -86,6 +90,15 @@ class LastCheckpoint(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save(trainer)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        # Every N steps too, so a long epoch is not lost whole; not at an epoch's last
+        # step, which on_train_epoch_end saves.
+        step, per_epoch = trainer.global_step, int(trainer.num_training_batches)
+        if self.every_n_steps and step % self.every_n_steps == 0 and step % per_epoch:
+            self.save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step > 0 and not self.path.is_file():
@@ -448,7 +461,8 @@ def _pretrain_and_evaluate(
     world_size = cfg.devices  # one node; multi-node runs come through torchrun/srun
     loader = train_batches(cfg, data, world_size, accelerator, model)
     clock = TrainingClock()
-    callbacks: list[pl.Callback] = [LastCheckpoint(run_dir, results), EpochTimer(), clock]
+    last = LastCheckpoint(run_dir, results, cfg.get("checkpoint_every_n_steps"))
+    callbacks: list[pl.Callback] = [last, EpochTimer(), clock]
     source = resumable_source(loader)
     if source is not None:  # one device (sslbench.resume says what several do)
         callbacks.append(DataOrder(source))

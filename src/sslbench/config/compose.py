@@ -382,7 +382,7 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
 #: ignores them, so the same run found by a single command or by any grid has one folder.
 NOT_IN_HASH = (
     "run_dir", "runs_root", "progress_bar", "num_workers", "threads", "data_path", "compile",
-    "overwrite", "resume", *GRID_SECTIONS,
+    "overwrite", "resume", "checkpoint_every_n_steps", *GRID_SECTIONS,
 )  # fmt: skip
 
 
@@ -482,6 +482,11 @@ def resolve(cfg: DictConfig) -> DictConfig:
                        ("resume", RESUME_MODES)):  # fmt: skip
         if str(cfg[key]) not in valid:
             raise ConfigError(f"{key} must be one of {', '.join(valid)}; got '{cfg[key]}'")
+    if cfg.checkpoint_every_n_steps is not None and cfg.checkpoint_every_n_steps < 1:
+        raise ConfigError(
+            "checkpoint_every_n_steps must be at least 1 (or null: at each epoch's end), "
+            f"got {cfg.checkpoint_every_n_steps}"
+        )
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be at least 1 (or null: the cores), got {cfg.threads}")
     if cfg.dataset.path_required and not cfg.dataset.path:

@@ -172,6 +172,8 @@ class RunConfig:
     # auto: a run folder with last.ckpt and no completed result continues from it (same
     # batches and views as a run that never stopped); never: it starts over
     resume: str = "auto"
+    # last.ckpt at every epoch's end, on Ctrl-C, and every N optimiser steps when set
+    checkpoint_every_n_steps: int | None = None
     runs_root: str = "runs"  # where run folders go when run_dir is null
     log_every_n_steps: int = 10
     check_finite_every_n_steps: int = 10  # a non-finite loss stops the run within this many steps
