@@ -338,3 +338,22 @@ load_or_build(ImageFolder({str(tmp_path / "ds")!r}), "train", 8, Path({str(cache
     thread.start()
     thread.join(timeout=60)
     assert done and len(done[0]) == n  # not blocked on a lock left behind
+
+
+def test_a_full_disk_is_one_clear_error_before_decoding(tmp_path, monkeypatch):
+    """The cache file is given its space up front: a full disk is said before any image is
+    decoded (it was a SIGBUS, exit 135, mid-build), and nothing is left behind."""
+    import errno
+
+    make_folder(tmp_path / "ds", per_class=2)
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError) as info:
+        load_or_build(ImageFolder(tmp_path / "ds"), "train", SIDE, tmp_path / "cache")
+    message = str(info.value)
+    assert message.startswith("no space left on ") and "images.npy (needs " in message
+    assert "GB free)" in message and "\n" not in message
+    assert not list((tmp_path / "cache").rglob("*.partial-*"))

@@ -193,3 +193,21 @@ def test_resume_never_starts_over_and_a_completed_run_is_run_again(tmp_path, mon
     assert _results(run_dir)["resumed_from"] is None
     assert main(["pretrain", *TINY, "epochs=2", f"run_dir={run_dir}"]) == 0
     assert _results(run_dir)["resumed_from"] is None  # completed: a new attempt, from scratch
+
+
+def test_results_on_a_full_disk_say_so_and_keep_the_old_file(tmp_path, monkeypatch) -> None:
+    import errno
+    import os
+
+    from sslbench.results import atomic_write_text
+
+    (tmp_path / "results.json").write_text("old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=r"^no space left on .* for results.json \(needs "):
+        atomic_write_text(tmp_path / "results.json", "new")
+    assert (tmp_path / "results.json").read_text() == "old"
+    assert os.listdir(tmp_path) == ["results.json"]  # no temporary file left

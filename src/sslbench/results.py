@@ -6,6 +6,7 @@ so a crash or a kill never leaves a half-written ``results.json`` or ``config.ya
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -17,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sslbench.data.folders import no_space
 from sslbench.pretext import pretext_name
 
 #: Bump when a field of results.json changes meaning or is removed.
@@ -44,6 +46,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_folder(path.parent)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            raise no_space(path, len(data)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

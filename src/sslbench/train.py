@@ -10,6 +10,7 @@ checkpoint renews), ``completed`` at the end, ``interrupted`` after Ctrl-C (exit
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ from sslbench.data import (
     stratified_subset,
     subset_fingerprint,
 )
+from sslbench.data.folders import no_space
 from sslbench.data.held import HeldBatches, choose_placement
 from sslbench.data.order import EpochBatchSampler, Resumable
 from sslbench.data.worker_views import StepBatchSampler, ViewsOfBatches, pass_through
@@ -79,7 +81,13 @@ class LastCheckpoint(pl.Callback):
         if trainer.logger is not None:
             trainer.logger.save()  # metrics.csv holds every step the checkpoint holds
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        try:
+            trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        except (OSError, RuntimeError) as err:  # torch reports a failed write as RuntimeError
+            tmp.unlink(missing_ok=True)
+            if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err):
+                raise no_space(self.path) from None
+            raise
         if trainer.is_global_zero:
             with open(tmp, "rb+") as written:
                 os.fsync(written.fileno())

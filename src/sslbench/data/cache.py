@@ -65,6 +65,7 @@ from .folders import (
     publish,
     release_inherited_locks,
     remove_stale,
+    reserve,
 )
 from .sources import Source, as_8bit
 
@@ -394,6 +395,7 @@ def _build(
     images = np.lib.format.open_memmap(
         out / "images.npy", mode="w+", dtype=np.uint8, shape=(capacity, 3, side, side)
     )
+    reserve(out / "images.npy", (out / "images.npy").stat().st_size)  # full disk: said now
     labels = np.full(capacity, -1, dtype=np.int64)
     sizes = np.zeros((capacity, 2), dtype=np.int32)
     bar = tqdm(

@@ -25,6 +25,7 @@ archive's canonical URL.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
@@ -43,6 +44,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .extract import ExtractError, archive_stem, extract, extracted_from
+from .folders import no_space
 
 __all__ = [
     "Archive",
@@ -353,7 +355,12 @@ def _fetch(
                     raise _NetworkError(_reason(err)) from None
                 if not data:
                     break
-                out.write(data)
+                try:
+                    out.write(data)
+                except OSError as err:  # the part is kept: the next call resumes it
+                    if err.errno == errno.ENOSPC:
+                        raise no_space(part, total) from None
+                    raise
                 hashes.update(data)
                 bar.update(len(data))
     if total is not None and hashes.size < total:

@@ -25,6 +25,7 @@ before 3.10.12) and writes every file itself:
 
 from __future__ import annotations
 
+import errno
 import json
 import lzma
 import os
@@ -42,7 +43,7 @@ from typing import IO
 
 from tqdm.auto import tqdm
 
-from .folders import partial_dir, publish, remove_stale
+from .folders import no_space, partial_dir, publish, remove_stale
 
 __all__ = ["MARKER", "SUFFIXES", "ExtractError", "ExtractLimits", "archive_stem", "extract",
            "extracted_from"]  # fmt: skip
@@ -163,6 +164,8 @@ def extract(
     except OSError as err:
         if err.errno is None:  # bz2/gzip data errors: the archive, not the disk
             raise ExtractError(_corrupt(archive_path, err)) from None
+        if err.errno == errno.ENOSPC:
+            raise ExtractError(f"cannot extract {archive_path}: {no_space(dest)}") from None
         raise ExtractError(f"cannot extract {archive_path} into {dest}: {_one_line(err)}") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # no-op after a successful publish
