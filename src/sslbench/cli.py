@@ -163,7 +163,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from sslbench.train import pretrain  # torch is imported only now
 
     results = pretrain(cfg)
-    print(_summary(results, cfg.run_dir))
+    if results:  # rank 0 (the other ranks of a run over several devices say nothing)
+        print(_summary(results, cfg.run_dir))
     return 0
 
 

@@ -26,13 +26,15 @@ __all__ = ["ATTEMPT_FILES", "claim_run_folder", "metrics_columns", "trim_metrics
 ATTEMPT_FILES = ("last.ckpt", "metrics.csv", "error.log")
 
 
-def claim_run_folder(cfg: DictConfig, run_dir: Path) -> Path | None:
+def claim_run_folder(cfg: DictConfig, run_dir: Path, modify: bool = True) -> Path | None:
     """Make ``run_dir`` ready for an attempt at ``cfg``'s run and return the checkpoint to
     resume from (None: start over), or raise :class:`ConfigError` when it holds another run
     and ``overwrite`` is not set.
 
     The same run resumes (``resume=auto``) when it has a ``last.ckpt`` and no completed
     result; otherwise, and with ``overwrite=true``, the earlier attempt's files are removed.
+    ``modify=False`` (the other ranks of a run over several devices) only reads: rank 0 has
+    claimed the folder already.
     """
     saved = run_dir / "config.yaml"
     differences: list[str] = []
@@ -41,7 +43,7 @@ def claim_run_folder(cfg: DictConfig, run_dir: Path) -> Path | None:
             differences = config_differences(load_run_config(saved), cfg)
         except (ConfigError, ValueError, OSError) as err:
             differences = [f"its config.yaml does not load ({err})"]
-        if differences and not cfg.get("overwrite", False):
+        if differences and not cfg.get("overwrite", False) and modify:
             shown = "; ".join(differences[:3])
             more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
             raise ConfigError(
@@ -55,8 +57,9 @@ def claim_run_folder(cfg: DictConfig, run_dir: Path) -> Path | None:
         and _status(run_dir) != "completed"
     ):  # fmt: skip
         return checkpoint
-    for name in ATTEMPT_FILES:
-        (run_dir / name).unlink(missing_ok=True)
+    if modify:
+        for name in ATTEMPT_FILES:
+            (run_dir / name).unlink(missing_ok=True)
     return None
 
 

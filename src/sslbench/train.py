@@ -422,8 +422,13 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run one pretraining + evaluation; return the results written to results.json.
 
     On any error the results say ``failed`` with the error, and the error is re-raised.
+    With several devices, the other ranks only train (see :func:`launch_rank`); they
+    return an empty dict.
     """
     run_dir = Path(cfg.run_dir)
+    if launch_rank() != 0:
+        _train_on_another_rank(cfg, run_dir)
+        return {}
     run_dir.mkdir(parents=True, exist_ok=True)
     resume_from = claim_run_folder(cfg, run_dir)
     save_config(cfg, run_dir)
@@ -458,8 +463,31 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def launch_rank() -> int:
+    """This process's rank in a run over several devices, from the launcher's environment
+    (Lightning's own launcher and torchrun set ``LOCAL_RANK``/``RANK``, SLURM
+    ``SLURM_PROCID``); 0 for a run on one device. Only rank 0 writes the run folder and
+    evaluates: every rank writing results.json left the file holding whichever came last."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _train_on_another_rank(cfg: DictConfig, run_dir: Path) -> None:
+    """Rank > 0: train beside rank 0 (from the checkpoint it resumes from, if any), write
+    nothing and evaluate nothing."""
+    resume_from = claim_run_folder(cfg, run_dir, modify=False)
+    _pretrain_and_evaluate(cfg, run_dir, {}, resume_from, evaluate=False)
+
+
 def _pretrain_and_evaluate(
-    cfg: DictConfig, run_dir: Path, results: dict[str, Any], resume_from: Path | None
+    cfg: DictConfig,
+    run_dir: Path,
+    results: dict[str, Any],
+    resume_from: Path | None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     threads = set_torch_threads(cfg.get("threads"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -488,6 +516,8 @@ def _pretrain_and_evaluate(
     pretrain_seconds = clock.seconds  # every attempt's training, a resumed run's included
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")
+    if not evaluate:
+        return {}
     images_seen = trainer.global_step * cfg.batch_size  # all devices' images (global batch)
     peak_gpu = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
     device = "cuda" if accelerator == "gpu" else "cpu"
