@@ -233,3 +233,48 @@ def test_two_devices_one_result(tmp_path) -> None:
     results = _results(run_dir)
     assert results["status"] == "completed" and results["error"] is None
     assert not (run_dir / "error.log").exists()
+
+
+def _checkpoint_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except (OSError, RuntimeError, KeyError, EOFError):
+        return -1
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_killed_with_sigkill_then_rerun_ends_as_if_never_stopped(tmp_path) -> None:
+    """A real `sslbench pretrain` process killed with SIGKILL in training (after step 3 of
+    6) and again in evaluation (after its last checkpoint), rerun each time: it finishes
+    with the full epoch count, a valid results.json and the numbers of a run never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [*TINY, "epochs=3", "checkpoint_every_n_steps=1", "dataset.max_test=512",
+            "eval.linear_max_iter=300"]  # fmt: skip
+    assert main(["pretrain", *args, f"run_dir={tmp_path / 'whole'}"]) == 0
+    whole = _results(tmp_path / "whole")
+
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "sslbench", "pretrain", *args, f"run_dir={run_dir}"]
+    for kill_after_step in (3, 6):  # in training; then with training done, in evaluation
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while _checkpoint_step(run_dir / "last.ckpt") < kill_after_step:
+            assert child.poll() is None and time.monotonic() < deadline, "ended before the kill"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        assert _results(run_dir)["status"] == "running"  # what a kill leaves
+
+    assert main(["pretrain", *args, f"run_dir={run_dir}"]) == 0
+    resumed = _results(run_dir)
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == {"epoch": 2, "step": 6}
+    assert resumed["epochs"] == 3
+    for key in ("linear_top1", "linear_top5", "knn_top1"):
+        assert resumed[key] == whole[key], key
+    assert not list(run_dir.glob(".*.tmp"))
