@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sslbench.data.folders import no_space
+from sslbench.disk import no_space
 from sslbench.pretext import pretext_name
 
 #: Bump when a field of results.json changes meaning or is removed.

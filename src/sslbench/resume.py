@@ -51,7 +51,7 @@ class DataOrder(pl.Callback):
             self.source.epoch, self.source.skip = epoch + 1, 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch != self.resumed_epoch:  # not the one on_train_start set up
+        if trainer.current_epoch != self.resumed_epoch:  # not the one set up on loading
             self.source.epoch, self.source.skip = trainer.current_epoch, 0
         self.resumed_epoch = None
 

@@ -41,10 +41,10 @@ from sslbench.data import (
     stratified_subset,
     subset_fingerprint,
 )
-from sslbench.data.folders import no_space
 from sslbench.data.held import HeldBatches, choose_placement
 from sslbench.data.order import EpochBatchSampler, Resumable
 from sslbench.data.worker_views import StepBatchSampler, ViewsOfBatches, pass_through
+from sslbench.disk import no_space
 from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
 from sslbench.methods import SSLMethod, method_class
 from sslbench.results import (

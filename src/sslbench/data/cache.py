@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from sslbench.cpu import available_cores
 
+from ..disk import reserve
 from .folders import (
     exclusive,
     exit_with_parent,
@@ -65,7 +66,6 @@ from .folders import (
     publish,
     release_inherited_locks,
     remove_stale,
-    reserve,
 )
 from .sources import Source, as_8bit
 

@@ -43,8 +43,8 @@ from urllib.request import Request, urlopen
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..disk import no_space
 from .extract import ExtractError, archive_stem, extract, extracted_from
-from .folders import no_space
 
 __all__ = [
     "Archive",

@@ -43,7 +43,8 @@ from typing import IO
 
 from tqdm.auto import tqdm
 
-from .folders import no_space, partial_dir, publish, remove_stale
+from ..disk import no_space
+from .folders import partial_dir, publish, remove_stale
 
 __all__ = ["MARKER", "SUFFIXES", "ExtractError", "ExtractLimits", "archive_stem", "extract",
            "extracted_from"]  # fmt: skip

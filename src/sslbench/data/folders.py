@@ -23,8 +23,8 @@ try:
 except ImportError:  # not POSIX: no lock, one process at a time is then the user's care
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["NoSpaceError", "exclusive", "exit_with_parent", "no_space", "partial_dir", "publish",
-           "release_inherited_locks", "remove_stale", "reserve"]  # fmt: skip
+__all__ = ["exclusive", "exit_with_parent", "partial_dir", "publish", "release_inherited_locks",
+           "remove_stale"]  # fmt: skip
 
 
 #: Lock files this process holds (their descriptors): a forked worker closes its copies
@@ -91,40 +91,6 @@ def exit_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() == 1:  # the parent died before the call: nobody would send the signal
         os._exit(1)
-
-
-class NoSpaceError(OSError):
-    """The disk is full; str(err) is one line naming the folder, the need and what is free."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-def no_space(path: Path, needed: int | None = None) -> NoSpaceError:
-    """The error for writing ``path`` (``needed`` bytes, when known) on a full disk."""
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    free = shutil.disk_usage(folder).free
-    need = f"needs {needed / 1e9:.2f} GB, " if needed else ""
-    return NoSpaceError(
-        errno.ENOSPC, f"no space left on {folder} for {path.name} ({need}{free / 1e9:.2f} GB free)"
-    )
-
-
-def reserve(path: Path, nbytes: int) -> None:
-    """Give the file ``path`` its ``nbytes`` of disk now, so that a full disk is one clear
-    error here rather than a SIGBUS when a memory map of the (sparse) file is written."""
-    with open(path, "r+b") as handle:
-        try:
-            os.posix_fallocate(handle.fileno(), 0, nbytes)
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                raise no_space(path, nbytes) from None
-            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
-        except AttributeError:  # no posix_fallocate on this platform
-            pass
 
 
 def partial_dir(target: Path) -> Path:
