@@ -34,6 +34,7 @@ class DataOrder(pl.Callback):
     def __init__(self, source: Resumable) -> None:
         self.source = source
         self.resumed_epoch: int | None = None
+        self.loaded = False  # a checkpoint was restored; its first step fixes a counter
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -41,6 +42,7 @@ class DataOrder(pl.Callback):
         # While Lightning restores a checkpoint, before any batch is asked for (DataLoader
         # workers ask for some as soon as an iterator exists). The batches of the epoch
         # already trained on follow from the step and the epoch: a batch is one step.
+        self.loaded = True
         epoch, step = checkpoint_position(checkpoint).values()
         per_epoch = len(self.source)
         done = step - epoch * per_epoch
@@ -62,7 +64,9 @@ class DataOrder(pl.Callback):
         # assumes a checkpoint saved at a batch's end; ours are saved at an epoch's end or on
         # Ctrl-C, before the batch's step). With one optimiser step a batch, the count is the
         # global step: metrics.csv's steps are then those of a run that never stopped.
-        trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+        if self.loaded:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            self.loaded = False
 
 
 class TrainingClock(pl.Callback):

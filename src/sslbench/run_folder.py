@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from sslbench.config import ConfigError, load_run_config
 from sslbench.config.compose import config_differences
-from sslbench.results import atomic_write_text
+from sslbench.results import atomic_write_text, read_results
 
 __all__ = ["ATTEMPT_FILES", "claim_run_folder", "metrics_columns", "trim_metrics"]
 
@@ -65,7 +64,7 @@ def claim_run_folder(cfg: DictConfig, run_dir: Path, modify: bool = True) -> Pat
 
 def _status(run_dir: Path) -> str | None:
     try:
-        status = json.loads((run_dir / "results.json").read_text()).get("status")
+        status = read_results(run_dir).get("status")
     except (OSError, ValueError, AttributeError):
         return None
     return status if isinstance(status, str) else None

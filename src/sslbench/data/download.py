@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..disk import no_space
-from .extract import ExtractError, archive_stem, extract, extracted_from
+from .extract import ExtractError, _one_line, archive_stem, extract, extracted_from
 
 __all__ = [
     "Archive",
@@ -148,12 +148,7 @@ def archive_sha256(path: Path, record_dir: Path, *, progress: bool = True) -> st
     ``record_dir/.sslbench-archives.json`` with its size and mtime, so it is read again only
     if the file changes."""
     path = Path(path).resolve()
-    record_path = Path(record_dir) / ARCHIVES
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError):
-        record = {}
-    record = record if isinstance(record, dict) else {}
+    record = _read_record(Path(record_dir), ARCHIVES)
     stat = path.stat()
     entry = record.get(str(path))
     if isinstance(entry, dict) and (entry.get("size"), entry.get("mtime_ns")) == (
@@ -167,7 +162,7 @@ def archive_sha256(path: Path, record_dir: Path, *, progress: bool = True) -> st
     sha256 = hashes.sha256.hexdigest()
     record[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
     Path(record_dir).mkdir(parents=True, exist_ok=True)
-    _write_json(record_path, record)
+    _write_json(Path(record_dir) / ARCHIVES, record)
     return sha256
 
 
@@ -465,10 +460,11 @@ def _mismatch(archive: Archive, hashes: _Hashes, entry: dict[str, Any] | None) -
     return None
 
 
-def _read_record(dest_dir: Path) -> dict[str, dict[str, Any]]:
-    """The folder's record of verified files (empty when missing or unreadable)."""
+def _read_record(dest_dir: Path, name: str = RECORD) -> dict[str, dict[str, Any]]:
+    """The folder's record ``name``: of verified files (:data:`RECORD`) or of users'
+    archives (:data:`ARCHIVES`); empty when missing or unreadable."""
     try:
-        record = json.loads((dest_dir / RECORD).read_text())
+        record = json.loads((dest_dir / name).read_text())
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
@@ -523,8 +519,3 @@ def _reason(err: BaseException) -> str:
     if isinstance(err, TimeoutError):
         return "timed out"
     return _one_line(err)
-
-
-def _one_line(err: BaseException | str) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
