@@ -8,21 +8,25 @@ information). No negatives, predictor or momentum encoder are needed against col
 Loss: Σ_i (1 − C_ii)² + λ · Σ_{i≠j} C_ij².
 Shapes: views 2 × (N, 3, H, W) → features 2 × (N, D) → embeddings 2 × (N, output_dim) →
 C (output_dim, output_dim).
+
+Under DDP the loss is the global batch's (sslbench's :class:`~sslbench.losses.BarlowTwinsLoss`);
+lightly's standardises each process's embeddings with that process's own statistics.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules.heads import BarlowTwinsProjectionHead
 from torch import Tensor
 
+from sslbench.losses import BarlowTwinsLoss
 from sslbench.methods.base import SSLMethod, Views
 
 
 class BarlowTwins(SSLMethod):
-    """Barlow Twins with lightly's projection head and BarlowTwinsLoss.
+    """Barlow Twins with lightly's projection head and sslbench's BarlowTwinsLoss (lightly's
+    formula, with the global batch's statistics under DDP).
 
     Method keys (method/barlowtwins.yaml): hidden_dim, output_dim, lambda_param,
     gather_distributed.

@@ -1,0 +1,8 @@
+"""sslbench's own losses: where a lightly loss does not compute what its method's paper asks
+for, e.g. under DDP. Kept out of :mod:`sslbench.methods`, whose import pulls in Lightning."""
+
+from __future__ import annotations
+
+from sslbench.losses.barlowtwins import BarlowTwinsLoss
+
+__all__ = ["BarlowTwinsLoss"]
