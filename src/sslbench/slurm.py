@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sslbench.config.compose import quote_path_override
 from sslbench.config.schema import conf_dir
 from sslbench.grid import GridRun, child_command, outcome_line, prepare_run_dir, record_failure
 
@@ -92,7 +93,8 @@ def launch_submitit(runs: list[GridRun], launcher: DictConfig, total: int) -> No
         print(f"submitting {len(runs)} jobs ({launcher.name}); submitit's logs in "
               f"{sweep_dir}/.submitit", flush=True)  # fmt: skip
         try:
-            returns = plugin.launch([[f"run_dir={run.run_dir.resolve()}"] for run in runs], 0)
+            jobs = [[quote_path_override(f"run_dir={run.run_dir.resolve()}")] for run in runs]
+            returns = plugin.launch(jobs, 0)
         except Exception as err:  # noqa: BLE001 - a job the cluster killed: the others still ran
             print(f"some jobs ended abnormally: {str(err).splitlines()[0] if str(err) else err}")
             returns = []

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import functools
 import hashlib
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
@@ -59,6 +60,7 @@ def parse_overrides(args: Sequence[str], allow_sweeps: bool = False) -> list[Any
     for arg in args:
         if "=" not in arg:
             raise ConfigError(f"expected key=value, got '{arg}'")
+        arg = quote_path_override(arg)
         try:
             (override,) = parser.parse_overrides([arg])
         except HydraException as err:
@@ -69,6 +71,27 @@ def parse_overrides(args: Sequence[str], allow_sweeps: bool = False) -> list[Any
             raise ConfigError(f"'{arg}': adding or deleting keys is not supported; set key=value")
         parsed.append(override)
     return parsed
+
+
+#: Keys whose value is a path or URL, taken literally: Hydra's grammar gives ``,`` ``=`` ``(``
+#: ``[`` and spaces meanings (a sweep, a function call) that a folder name may well contain.
+PATH_KEYS: tuple[str, ...] = ("run_dir", "runs_root", "dataset.path", "dataset.url")
+
+
+def quote_path_override(arg: str) -> str:
+    """``run_dir=/runs/a,b`` -> ``run_dir='/runs/a,b'`` (quoted for Hydra, so it is one
+    literal value); a value already quoted, and ``null``, are left as they are."""
+    key, _, value = arg.partition("=")
+    if key not in PATH_KEYS or value in ("", "null") or _is_quoted(value):
+        return arg
+    # In Hydra's quoted strings a backslash escapes only a quote, or another backslash
+    # before one: double those, then escape the quotes.
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'")
+    return f"{key}='{escaped}'"
+
+
+def _is_quoted(value: str) -> bool:
+    return len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
 
 
 def _first_line(err: BaseException) -> str:
@@ -82,6 +105,48 @@ def _check_group_choice(group: str, choice: Any) -> None:
         raise ConfigError(
             f"unknown {group} '{choice}'; valid: {', '.join(options)}, or a YAML file path"
         )
+
+
+#: Most values a YAML file may expand to. A config is a few hundred; YAML aliases let a
+#: file of a few lines expand to billions ("billion laughs"), which OmegaConf would copy out.
+MAX_YAML_VALUES = 100_000
+
+
+def load_yaml(path: Path, what: str) -> Any:
+    """OmegaConf's reading of a YAML file that may come from anyone, refused in one line
+    when its aliases expand it beyond :data:`MAX_YAML_VALUES` values (or into a loop)."""
+    import yaml
+
+    try:
+        root = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {what} {path}: {_first_line(err)}") from None
+    sizes: dict[int, int] = {}  # an alias is the same node object: counted once, used often
+
+    def expanded(node: Any, open_nodes: frozenset[int]) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise ConfigError(f"{what} {path} refers to itself (a recursive YAML alias)")
+        inner = open_nodes | {id(node)}
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(expanded(k, inner) + expanded(v, inner) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(expanded(item, inner) for item in node.value)
+        else:
+            size = 1
+        sizes[id(node)] = size
+        return size
+
+    if root is not None and expanded(root, frozenset()) > MAX_YAML_VALUES:
+        raise ConfigError(
+            f"{what} {path} expands to {expanded(root, frozenset()):,} values through YAML "
+            f"aliases (at most {MAX_YAML_VALUES:,}); refused"
+        )
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - any YAML or OmegaConf error becomes one line
+        raise ConfigError(f"cannot read {what} {path}: {_first_line(err)}") from None
 
 
 def _is_file_choice(choice: Any) -> bool:
@@ -102,10 +167,7 @@ def _store_file_choice(group: str, choice: str) -> str:
     path = Path(choice).expanduser()
     if not path.is_file():
         raise ConfigError(f"{group} file not found: {choice}")
-    try:
-        node = OmegaConf.load(path)
-    except Exception as err:  # noqa: BLE001 - any YAML error becomes one line
-        raise ConfigError(f"cannot read {group} file {choice}: {_first_line(err)}") from None
+    node = load_yaml(path, f"{group} file")
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{group} file {choice} must hold a mapping of keys to values")
     # an experiment sets keys anywhere (Hydra's "# @package _global_", which a stored node
@@ -361,8 +423,11 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    loaded = load_yaml(path, "config file")
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     try:
-        saved = upgrade_saved_config(OmegaConf.load(path))
+        saved = upgrade_saved_config(loaded)
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
     except Exception as err:  # noqa: BLE001 - any parse/type error becomes one line
         raise ConfigError(f"invalid config file {path}: {_first_line(err)}") from None
@@ -448,8 +513,35 @@ PRECISIONS = (
 )  # fmt: skip
 
 
+#: An environment variable read through OmegaConf (``${oc.env:TOKEN}``).
+ENV_INTERPOLATION = re.compile(r"\$\{\s*oc\.env\s*:")
+
+
+def _check_no_env_values(cfg: DictConfig) -> None:
+    """Refuse ``${oc.env:...}`` anywhere: the resolved config is written to config.yaml
+    beside the results, so an environment variable (a token, a password in a mirror's URL)
+    would be saved in a folder meant to be shared."""
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for child, value in node.items():
+                walk(value, f"{key}.{child}" if key else str(child))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{key}.{index}")
+        elif isinstance(node, str) and ENV_INTERPOLATION.search(node):
+            raise ConfigError(
+                f"{key}={node}: sslbench writes every value into the run's config.yaml, so an "
+                "environment variable's value (a secret?) would be saved there; pass the value "
+                "itself"
+            )
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+
+
 def resolve(cfg: DictConfig) -> DictConfig:
     """Fill derived values and check the parts YAML files could still get wrong."""
+    _check_no_env_values(cfg)
     for group in REQUIRED_GROUPS:
         if not cfg.get(group):
             raise ConfigError(f"no {group} selected; valid: {', '.join(group_options(group))}")
