@@ -142,13 +142,14 @@ def test_nonfinite_loss_fails_the_run_with_its_step(tmp_path, monkeypatch, capsy
 
 
 def test_missing_data_fails_cleanly(tmp_path, capsys) -> None:
+    """A mistake on the command line: said before anything is built, no run folder left."""
     run_dir = tmp_path / "missing"
     code = main(["pretrain", "dataset=folder", f"dataset.path={tmp_path / 'nowhere'}",
                  "backbone=resnet10t", f"run_dir={run_dir}", "progress_bar=false"])  # fmt: skip
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err.strip()
-    assert "nowhere" in err and "\n" not in err
-    assert _results(run_dir)["status"] == "failed"
+    assert "nowhere does not exist" in err and "\n" not in err
+    assert not run_dir.exists()
 
 
 def test_pretrain_on_a_flat_folder_of_unlabeled_images(tmp_path) -> None:

@@ -23,8 +23,10 @@ import torch
 from timm.models.resnet import ResNet
 from torch import nn
 
+from sslbench.config import ConfigError
 
-class BackboneError(ValueError):
+
+class BackboneError(ConfigError):
     """A backbone that cannot be built as asked; the message is one line."""
 
 

@@ -17,7 +17,9 @@ from collections.abc import Sequence
 
 from sslbench import __version__
 from sslbench.config import ConfigError, compose, load_run_config
+from sslbench.config.compose import quote_path_override
 from sslbench.cpu import limit_spin_waiting
+from sslbench.preflight import check_run_data
 
 DESCRIPTION = """\
 Pretrain, evaluate and compare self-supervised vision models.
@@ -157,6 +159,7 @@ def _pretrain(args: argparse.Namespace) -> int:
             f"this experiment is a grid of {runs} runs; "
             f"run it with sslbench pretrain -m {' '.join(args.overrides)}"
         )
+    check_run_data(cfg)  # a bad dataset.path or batch size: said before torch is imported
     if args.dry_run:
         print(f"1 run: {cfg.run_dir}")
         return 0
@@ -191,6 +194,12 @@ def _run_dir_arg(overrides: list[str]) -> tuple[str, list[str]]:
     return run_dirs[-1], [o for o in overrides if not o.startswith("run_dir=")]
 
 
+#: What ``sslbench eval`` may change: how the frozen backbone is scored and where it runs,
+#: never what was trained (method, backbone, transform, ... must match last.ckpt).
+EVAL_KEY_PREFIXES = ("eval.", "dataset.max_test", "dataset.path", "device", "threads",
+                     "progress_bar", "precision", "num_workers")  # fmt: skip
+
+
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -198,7 +207,14 @@ def _eval(args: argparse.Namespace) -> int:
     config_file = Path(run_dir) / "config.yaml"
     if not config_file.is_file():
         raise UsageError(f"run_dir={run_dir} has no config.yaml; is it a run folder?")
-    cfg = load_run_config(config_file, [*overrides, f"run_dir={run_dir}"])
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if not key.startswith(EVAL_KEY_PREFIXES):
+            raise UsageError(
+                f"'{override}': eval scores the backbone as it was trained; it takes "
+                f"{', '.join(k + '*' if k.endswith('.') else k for k in EVAL_KEY_PREFIXES)}"
+            )
+    cfg = load_run_config(config_file, [*overrides, quote_path_override(f"run_dir={run_dir}")])
     from sslbench.train import evaluate_run, update_results
 
     metrics = evaluate_run(run_dir, cfg)
@@ -209,6 +225,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     cfg = compose(["experiment=demo", *args.overrides])
+    check_run_data(cfg)
     from sslbench.train import evaluate_run, pretrain, update_results
 
     print(f"sslbench demo: SimCLR on {cfg.dataset.name}, run folder {cfg.run_dir}", flush=True)

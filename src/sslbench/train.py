@@ -30,6 +30,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from sslbench.backbones import create_backbone
+from sslbench.config import ConfigError
 from sslbench.cpu import set_torch_threads
 from sslbench.data import (
     CachedSplit,
@@ -47,6 +48,7 @@ from sslbench.data.worker_views import StepBatchSampler, ViewsOfBatches, pass_th
 from sslbench.disk import no_space
 from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
 from sslbench.methods import SSLMethod, method_class
+from sslbench.preflight import check_run_data
 from sslbench.results import (
     atomic_write_text,
     fsync_folder,
@@ -82,7 +84,9 @@ class LastCheckpoint(pl.Callback):
             trainer.logger.save()  # metrics.csv holds every step the checkpoint holds
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+            # weights_only=False: optimiser and loop states too (a resume needs them); said
+            # explicitly, Lightning logs a line on every save otherwise
+            trainer.save_checkpoint(tmp, weights_only=False)  # every rank takes part; rank 0 writes
         except (OSError, RuntimeError) as err:  # torch reports a failed write as RuntimeError
             tmp.unlink(missing_ok=True)
             if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err):
@@ -214,6 +218,12 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         backbone = backbone.to(memory_format=torch.channels_last)
     pipelines = view_pipelines(OmegaConf.to_container(cfg.transform, resolve=True), cfg.image_size)
     method_cls = method_class(cfg.method.name)
+    if len(pipelines) > method_cls.num_global_views:
+        raise ConfigError(
+            f"transform '{cfg.transform.name}' defines {len(pipelines)} view variants, but "
+            f"{cfg.method.name} takes {method_cls.num_global_views} global views: the others "
+            f"would never be used; give the transform at most {method_cls.num_global_views}"
+        )
     method = method_cls(
         OmegaConf.to_container(cfg.method, resolve=True),
         backbone,
@@ -426,8 +436,13 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     return an empty dict.
     """
     run_dir = Path(cfg.run_dir)
+    check_run_data(cfg)
+    # The model first, before the run folder is claimed: a backbone name that timm does not
+    # know, or a method that cannot use the pipeline, is a mistake on the command line and
+    # leaves no failed run folder behind.
+    built = build_run_model(cfg)
     if launch_rank() != 0:
-        _train_on_another_rank(cfg, run_dir)
+        _train_on_another_rank(cfg, run_dir, built)
         return {}
     run_dir.mkdir(parents=True, exist_ok=True)
     resume_from = claim_run_folder(cfg, run_dir)
@@ -441,7 +456,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
               "(resume=never starts over)", flush=True)  # fmt: skip
     write_results(run_dir, results)
     try:
-        results.update(_pretrain_and_evaluate(cfg, run_dir, results, resume_from))
+        results.update(_pretrain_and_evaluate(cfg, run_dir, built, results, resume_from))
         results["status"] = "completed"
     except KeyboardInterrupt:
         results["status"] = "interrupted"
@@ -475,24 +490,52 @@ def launch_rank() -> int:
     return 0
 
 
-def _train_on_another_rank(cfg: DictConfig, run_dir: Path) -> None:
+def _train_on_another_rank(cfg: DictConfig, run_dir: Path, built: BuiltModel) -> None:
     """Rank > 0: train beside rank 0 (from the checkpoint it resumes from, if any), write
     nothing and evaluate nothing."""
     resume_from = claim_run_folder(cfg, run_dir, modify=False)
-    _pretrain_and_evaluate(cfg, run_dir, {}, resume_from, evaluate=False)
+    _pretrain_and_evaluate(cfg, run_dir, built, {}, resume_from, evaluate=False)
+
+
+@dataclass
+class BuiltModel:
+    """A run's freshly initialised model, with the settings it was built under."""
+
+    model: SSLMethod
+    accelerator: str  # Lightning's: cpu or gpu
+    threads: int  # torch's intra-op threads
+
+
+def build_run_model(cfg: DictConfig) -> BuiltModel:
+    """Seed, set the threads and build the run's model (its initial weights follow from the
+    seed alone)."""
+    threads = set_torch_threads(cfg.get("threads"))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    accelerator = accelerator_of(cfg)
+    return BuiltModel(build_method(cfg, accelerator), accelerator, threads)
+
+
+class OutOfGPUMemory(RuntimeError):
+    """The GPU ran out of memory; the message names a setting to lower."""
+
+
+def out_of_gpu_memory(doing: str, key: str, value: int) -> OutOfGPUMemory:
+    smaller = max(1, value // 2)
+    return OutOfGPUMemory(
+        f"out of GPU memory {doing} at {key}={value}; try {key}={smaller} (or a smaller "
+        "image_size, or precision=bf16-mixed)"
+    )
 
 
 def _pretrain_and_evaluate(
     cfg: DictConfig,
     run_dir: Path,
+    built: BuiltModel,
     results: dict[str, Any],
     resume_from: Path | None,
     evaluate: bool = True,
 ) -> dict[str, Any]:
-    threads = set_torch_threads(cfg.get("threads"))
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    accelerator = accelerator_of(cfg)
-    model = build_method(cfg, accelerator)  # first: a bad backbone fails before any caching
+    model, accelerator, threads = built.model, built.accelerator, built.threads
     data = open_data(cfg, progress=cfg.progress_bar)
     world_size = cfg.devices  # one node; multi-node runs come through torchrun/srun
     loader = train_batches(cfg, data, world_size, accelerator, model)
@@ -512,7 +555,10 @@ def _pretrain_and_evaluate(
     trainer = build_trainer(cfg, accelerator, run_dir, logger=logger, callbacks=callbacks)
     if accelerator == "gpu":
         torch.cuda.reset_peak_memory_stats()
-    fit(trainer, model, loader, checkpoint=resume_from)
+    try:
+        fit(trainer, model, loader, checkpoint=resume_from)
+    except torch.OutOfMemoryError as err:  # last.ckpt, if any, holds the last epoch's end
+        raise out_of_gpu_memory("training", "batch_size", cfg.batch_size) from err
     pretrain_seconds = clock.seconds  # every attempt's training, a resumed run's included
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")
@@ -521,7 +567,7 @@ def _pretrain_and_evaluate(
     images_seen = trainer.global_step * cfg.batch_size  # all devices' images (global batch)
     peak_gpu = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
     device = "cuda" if accelerator == "gpu" else "cpu"
-    metrics = evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
+    metrics = _evaluate(model, cfg, data, device)
     return {
         **metrics,
         **pretext_results(model, trainer),
@@ -583,9 +629,25 @@ def evaluate_run(run_dir: str | Path, cfg: DictConfig, random_init: bool = False
         checkpoint = run_dir / "last.ckpt"
         if not checkpoint.is_file():
             raise FileNotFoundError(f"no checkpoint {checkpoint}; was the run completed?")
-        model.load_state_dict(load_weights(checkpoint))
+        try:
+            model.load_state_dict(load_weights(checkpoint))
+        except RuntimeError as err:  # torch lists every mismatched tensor, one per line
+            details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+            raise ValueError(
+                f"{checkpoint} was not written by this run's config.yaml "
+                f"({details[0] if details else err}); it comes from another run"
+            ) from None
     data = open_data(cfg, progress=cfg.progress_bar)
-    return evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
+    return _evaluate(model, cfg, data, device)
+
+
+def _evaluate(model: SSLMethod, cfg: DictConfig, data: RunData, device: str) -> dict[str, Any]:
+    try:
+        return evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
+    except torch.OutOfMemoryError as err:
+        raise out_of_gpu_memory(
+            "extracting features", "eval.batch_size", cfg.eval.batch_size
+        ) from err
 
 
 def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:

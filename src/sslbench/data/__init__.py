@@ -1,33 +1,41 @@
-"""Data pipeline front half: sources -> decode-once uint8 cache -> indexed torch datasets."""
+"""Data pipeline front half: sources -> decode-once uint8 cache -> indexed torch datasets.
 
-from .cache import (
-    CachedSplit,
-    cache_dir,
-    default_cache_root,
-    default_side,
-    load_or_build,
-    requested_side,
-)
-from .catalog import CATALOG, get_source
-from .dataset import IndexedImages, collate_batch
-from .sources import FashionMNIST, ImageFolder, Source, read_idx
-from .subset import stratified_subset, subset_fingerprint
+The names below are imported on first use (PEP 562): the command line checks a dataset's
+path and size through ``sslbench.data.sources`` and ``.catalog`` before torch is imported,
+and importing this package must not pull torch in through ``.dataset``.
+"""
 
-__all__ = [
-    "CATALOG",
-    "CachedSplit",
-    "FashionMNIST",
-    "ImageFolder",
-    "IndexedImages",
-    "Source",
-    "cache_dir",
-    "collate_batch",
-    "default_cache_root",
-    "default_side",
-    "get_source",
-    "load_or_build",
-    "read_idx",
-    "requested_side",
-    "stratified_subset",
-    "subset_fingerprint",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "CachedSplit": "cache",
+    "cache_dir": "cache",
+    "default_cache_root": "cache",
+    "default_side": "cache",
+    "load_or_build": "cache",
+    "requested_side": "cache",
+    "CATALOG": "catalog",
+    "get_source": "catalog",
+    "IndexedImages": "dataset",
+    "collate_batch": "dataset",
+    "FashionMNIST": "sources",
+    "ImageFolder": "sources",
+    "Source": "sources",
+    "read_idx": "sources",
+    "stratified_subset": "subset",
+    "subset_fingerprint": "subset",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
