@@ -25,6 +25,7 @@ from lightly.models.modules.heads import BarlowTwinsProjectionHead, VicRegLLocal
 from torch import Tensor
 
 from sslbench.backbones import feature_map_shape
+from sslbench.config import ConfigError
 from sslbench.methods.base import SSLMethod, Views
 
 #: lightly's VICRegLLoss defaults (VICRegL's 20 / 4 matches at 7x7 / 3x3 feature maps).
@@ -124,14 +125,14 @@ class VICRegL(SSLMethod):
         for kind, side in sides:
             shape = feature_map_shape(self.backbone, side)
             if len(shape) != 3 or shape[0] != self.feature_dim:
-                raise ValueError(
+                raise ConfigError(
                     f"VICRegL needs a (N, C, h, w) feature map from forward_features, but "
                     f"{self.backbone_name} gives shape {(1, *shape)}; use a CNN "
                     f"backbone such as resnet18"
                 )
             h, w = shape[1:]
             if h * w < 2:
-                raise ValueError(
+                raise ConfigError(
                     f"VICRegL needs feature maps larger than 1x1, but "
                     f"{self.backbone_name} gives {h}x{w} for the {side}-px {kind} views "
                     f"(image_size={self.pipeline.size}); use a larger image_size or "
