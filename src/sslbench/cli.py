@@ -20,6 +20,7 @@ from sslbench.config import ConfigError, compose, load_run_config
 from sslbench.config.compose import quote_path_override
 from sslbench.cpu import limit_spin_waiting
 from sslbench.preflight import check_run_data
+from sslbench.run_folder import Requeued
 
 DESCRIPTION = """\
 Pretrain, evaluate and compare self-supervised vision models.
@@ -45,6 +46,10 @@ Override keys: method, transform, pretext, dataset, backbone, experiment, launch
 epochs, batch_size, image_size, seed, device, devices, run_dir, dataset.max_train,
 dataset.max_test, method.KEY, transform.ops.OP.PARAM, pretext.weight, ...; see README.md.
 """
+
+
+#: Exit status of a run stopped for SLURM to requeue it (sysexits' EX_TEMPFAIL: try again).
+EXIT_REQUEUED = 75
 
 
 class UsageError(Exception):
@@ -133,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print(f"sslbench: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
         return 130
+    except Requeued as err:  # SLURM restarts the job; the run resumes from its checkpoint
+        print(f"sslbench: requeued: {err}", file=sys.stderr)
+        return EXIT_REQUEUED
     except BrokenPipeError:  # `sslbench ... | head`: the reader has what it wanted
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
         return 0
@@ -166,7 +174,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from sslbench.train import pretrain  # torch is imported only now
 
     results = pretrain(cfg)
-    if results:  # rank 0 (the other ranks of a run over several devices say nothing)
+    # rank 0 says it, once: not the other ranks, nor rank 0 of ranks that a command started
+    # itself (that command does; sslbench.cluster)
+    if results and not os.environ.get("SSLBENCH_RANKS_OF_A_COMMAND"):
         print(_summary(results, cfg.run_dir))
     return 0
 

@@ -21,6 +21,12 @@ from sslbench.results import atomic_write_text, read_results
 
 __all__ = ["ATTEMPT_FILES", "claim_run_folder", "metrics_columns", "trim_metrics"]
 
+
+class Requeued(Exception):  # noqa: N818 - not an error: the job continues in its next start
+    """A SLURM job was preempted and requeued after its checkpoint was written
+    (sslbench.cluster); the run's status is ``requeued`` until its next start resumes it."""
+
+
 #: What one attempt at a run leaves in its folder besides config.yaml and results.json.
 ATTEMPT_FILES = ("last.ckpt", "metrics.csv", "error.log")
 

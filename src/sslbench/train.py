@@ -30,8 +30,15 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from sslbench.backbones import create_backbone
+from sslbench.cluster import (
+    Requeued,
+    RequeueOnSignal,
+    cluster_plugins,
+    launched_by,
+    run_ranks_with_torchrun,
+)
 from sslbench.config import ConfigError
-from sslbench.cpu import set_torch_threads
+from sslbench.cpu import available_cores, set_torch_threads
 from sslbench.data import (
     CachedSplit,
     IndexedImages,
@@ -78,8 +85,10 @@ class LastCheckpoint(pl.Callback):
         self.path = run_dir / "last.ckpt"
         self.results = results
         self.every_n_steps = every_n_steps
+        self.saved_step = -1  # the step of the last save in this process
 
     def save(self, trainer: pl.Trainer) -> None:
+        self.saved_step = trainer.global_step
         if trainer.logger is not None:
             trainer.logger.save()  # metrics.csv holds every step the checkpoint holds
         tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -113,7 +122,9 @@ class LastCheckpoint(pl.Callback):
             self.save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step > 0 and not self.path.is_file():
+        # decided by what this process did, the same on every rank (a save is collective):
+        # not by the file, which rank 0 may still be renaming into place
+        if trainer.global_step > 0 and self.saved_step != trainer.global_step:
             self.save(trainer)
 
     def on_exception(
@@ -259,11 +270,18 @@ def build_trainer(
     if cfg.progress_bar:
         # Refreshing the bar reads the loss: a host sync, so only every N steps.
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=cfg.log_every_n_steps)]
+    processes = cfg.devices * cfg.get("num_nodes", 1)
     return pl.Trainer(
         max_epochs=cfg.epochs if max_steps < 0 else -1,
         max_steps=max_steps,
         accelerator=accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.get("num_nodes", 1),
+        # lightly's benchmarks' choice: a method may leave parameters without a gradient in
+        # a step (SwAV's prototypes while frozen, a pretext head), which plain DDP refuses
+        strategy="ddp_find_unused_parameters_true" if processes > 1 else "auto",
+        sync_batchnorm=uses_sync_batchnorm(cfg, accelerator),
+        plugins=cluster_plugins(),
         precision=precision_of(cfg, accelerator),
         logger=logger,
         callbacks=callbacks,
@@ -275,6 +293,15 @@ def build_trainer(
         default_root_dir=str(root_dir),
         profiler=profiler,
     )
+
+
+def uses_sync_batchnorm(cfg: DictConfig, accelerator: str) -> bool:
+    """Whether batch norms normalise over the global batch: ``backbone.sync_batchnorm`` on
+    several GPUs (torch's SyncBatchNorm has no CPU implementation: on CPUs each process
+    normalises its own part, which docs/multi-gpu.md says)."""
+    processes = cfg.devices * cfg.get("num_nodes", 1)
+    wanted = bool(cfg.backbone.get("sync_batchnorm", True))
+    return wanted and processes > 1 and accelerator == "gpu"
 
 
 def fit(trainer: pl.Trainer, model: SSLMethod, loader: Any, checkpoint: Path | None = None) -> None:
@@ -432,8 +459,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run one pretraining + evaluation; return the results written to results.json.
 
     On any error the results say ``failed`` with the error, and the error is re-raised.
-    With several devices, the other ranks only train (see :func:`launch_rank`); they
-    return an empty dict.
+    With several devices and no launcher around this process, torchrun starts the ranks
+    (:func:`_launch_ranks`); started by a launcher, ranks other than 0 only train (see
+    :func:`launch_rank`) and return an empty dict.
     """
     run_dir = Path(cfg.run_dir)
     check_run_data(cfg)
@@ -441,6 +469,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     # know, or a method that cannot use the pipeline, is a mistake on the command line and
     # leaves no failed run folder behind.
     built = build_run_model(cfg)
+    if cfg.devices * cfg.num_nodes > 1 and launched_by() is None:
+        return _launch_ranks(cfg, run_dir)  # the ranks build their own
     if launch_rank() != 0:
         _train_on_another_rank(cfg, run_dir, built)
         return {}
@@ -458,6 +488,10 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     try:
         results.update(_pretrain_and_evaluate(cfg, run_dir, built, results, resume_from))
         results["status"] = "completed"
+    except Requeued:
+        results["status"] = "requeued"
+        write_results(run_dir, results)
+        raise
     except KeyboardInterrupt:
         results["status"] = "interrupted"
         write_results(run_dir, results)
@@ -475,6 +509,37 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         raise
     results["finished_at"] = now()
     write_results(run_dir, results)
+    return results
+
+
+def _launch_ranks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """A run over several devices started by a plain command: its folder is claimed and its
+    config saved here, then torchrun starts one ``sslbench pretrain --config`` per device
+    (sslbench.cluster says why not Lightning's launcher); rank 0 writes results.json."""
+    if cfg.num_nodes > 1:
+        raise ConfigError(
+            f"num_nodes={cfg.num_nodes}: each node's ranks are started by the cluster's "
+            "launcher (srun sslbench pretrain ..., or torchrun --nnodes on each node); see "
+            "docs/multi-gpu.md"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_folder(cfg, run_dir, modify=False)  # another run's folder: refused here
+    save_config(cfg, run_dir)
+    env_threads = os.environ.get("OMP_NUM_THREADS")
+    if not env_threads and cfg.get("threads") is None:  # torchrun's default would be 1
+        os.environ["OMP_NUM_THREADS"] = str(max(1, available_cores() // cfg.devices))
+    try:
+        code = run_ranks_with_torchrun(run_dir / "config.yaml", cfg.devices)
+    finally:
+        if not env_threads:
+            os.environ.pop("OMP_NUM_THREADS", None)
+    try:
+        results = read_results(run_dir)
+    except (OSError, ValueError):
+        results = {}
+    if code != 0 or results.get("status") != "completed":
+        error = results.get("error") or f"the run's ranks exited with status {code}"
+        raise RuntimeError(f"{error} (run folder {run_dir}; its ranks' output above)")
     return results
 
 
@@ -537,11 +602,12 @@ def _pretrain_and_evaluate(
 ) -> dict[str, Any]:
     model, accelerator, threads = built.model, built.accelerator, built.threads
     data = open_data(cfg, progress=cfg.progress_bar)
-    world_size = cfg.devices  # one node; multi-node runs come through torchrun/srun
+    world_size = cfg.devices * cfg.num_nodes  # the global batch is split over every process
     loader = train_batches(cfg, data, world_size, accelerator, model)
     clock = TrainingClock()
     last = LastCheckpoint(run_dir, results, cfg.get("checkpoint_every_n_steps"))
     callbacks: list[pl.Callback] = [last, EpochTimer(), clock]
+    callbacks.append(RequeueOnSignal(last, cfg.log_every_n_steps))  # acts in SLURM jobs only
     source = resumable_source(loader)
     if source is not None:  # one device (sslbench.resume says what several do)
         callbacks.append(DataOrder(source))

@@ -462,6 +462,11 @@ def what_it_computes(cfg: DictConfig) -> dict[str, Any]:
         data.pop("pretext", None)  # no task: the hash (and folder) of runs from before pretext
     if not data.get("dataset", {}).get("jpeg_draft", False):
         data["dataset"].pop("jpeg_draft", None)  # full decode: as runs from before the key
+    # keys without effect on a run of one process: its hash is that of runs from before them
+    if data.get("num_nodes", 1) == 1:
+        data.pop("num_nodes", None)
+    if data.get("devices", 1) * data.get("num_nodes", 1) == 1:
+        data.get("backbone", {}).pop("sync_batchnorm", None)
     return data
 
 
@@ -561,9 +566,17 @@ def resolve(cfg: DictConfig) -> DictConfig:
         raise ConfigError(str(err)) from None
     if cfg.image_size is None:
         cfg.image_size = cfg.dataset.default_image_size
-    for key in ("epochs", "batch_size", "image_size", "devices"):
+    for key in ("epochs", "batch_size", "image_size", "devices", "num_nodes"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
+    processes = cfg.devices * cfg.num_nodes
+    if cfg.batch_size % processes or cfg.batch_size // processes < 2:
+        fits = max(2, cfg.batch_size // processes) * processes
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is the global batch: it must split into equal parts "
+            f"of at least 2 over devices x num_nodes = {processes} processes; batch_size={fits} "
+            "does"
+        )
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be one of auto, cpu, cuda; got '{cfg.device}'")
     if str(cfg.precision) not in PRECISIONS:

@@ -101,6 +101,11 @@ class BackboneConfig:
     # (false: torchvision's resnet18(), which the study and lightly's benchmark used)
     zero_init_last: bool = False
     channels_last: bool = True  # memory format on the GPU
+    # With several GPUs: every batch norm (backbone and heads) normalises over the global
+    # batch, so a run on N GPUs trains the network a run on one GPU does (the methods'
+    # papers; lightly's benchmark on one GPU). false: each GPU's own statistics. No effect on
+    # one device; not available on CPUs (torch's SyncBatchNorm needs a GPU)
+    sync_batchnorm: bool = True
 
 
 @dataclass
@@ -151,7 +156,9 @@ class RunConfig:
     image_size: int | None = None  # global crop side; null: dataset.default_image_size
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    devices: int = 1  # devices of this node used by Lightning
+    devices: int = 1  # devices per node (Lightning DDP over devices x num_nodes processes)
+    # nodes of a multi-node run, each started by its launcher (srun, torchrun; docs/multi-gpu.md)
+    num_nodes: int = 1
     num_workers: int = 0  # DataLoader workers (the cache is memory-mapped: 0 is often best)
     # torch's CPU threads; null: the cores this process may use (affinity, container quota),
     # or its share of them in a grid (sslbench.cpu)

@@ -42,7 +42,7 @@ MAX_CONFIG_NODES = 20_000
 #: Points kept per loss curve (longer curves are thinned evenly).
 MAX_CURVE_POINTS = 5_000
 
-STATUSES = ("running", "completed", "failed", "interrupted")
+STATUSES = ("running", "completed", "failed", "interrupted", "requeued")
 
 #: Top-level config keys that never change what a run computes: runs that differ only in
 #: these (and the seed) are repeats of one setting and are averaged together.

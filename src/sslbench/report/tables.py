@@ -340,7 +340,10 @@ class CellRuns:
         done = [r for r in self.runs if r.status == "completed"]
         self.completed = done
         self.failed = [r for r in self.runs if r.status == "failed"]
-        self.interrupted = [r for r in self.runs if r.status in ("running", "interrupted")]
+        # stopped before its end: still running, Ctrl-C, or preempted and requeued
+        self.interrupted = [
+            r for r in self.runs if r.status in ("running", "interrupted", "requeued")
+        ]
         self.top1 = summarize(r.linear_top1 for r in done)
         self.top5 = summarize(r.linear_top5 for r in done)
         self.knn = summarize(r.knn_top1 for r in done)
