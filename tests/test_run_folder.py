@@ -215,21 +215,18 @@ def test_results_on_a_full_disk_say_so_and_keep_the_old_file(tmp_path, monkeypat
 
 @needs_fmnist
 @pytest.mark.slow
-def test_two_devices_one_result(tmp_path) -> None:
-    """devices=2 (DDP over two CPU processes, Lightning's launcher): only rank 0 evaluates,
-    prints and writes; every rank writing left results.json holding the last, here a
-    'failed' from the rank whose peer had already gone."""
-    import subprocess
-    import sys
-
+def test_two_devices_one_result(tmp_path, capsys, monkeypatch) -> None:
+    """devices=2 from a plain command, in-process (DDP over two CPU processes started by
+    torchrun): only rank 0 evaluates, prints and writes; every rank writing left
+    results.json holding the last, here a 'failed' from the rank whose peer had already
+    gone. In-process: Lightning's own launcher would have re-executed this process's
+    command line, pytest's, on the second rank."""
+    for name in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_RANK", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
     run_dir = tmp_path / "ddp"
-    done = subprocess.run(
-        [sys.executable, "-m", "sslbench", "pretrain", *TINY, "epochs=1", "device=cpu",
-         "devices=2", f"run_dir={run_dir}"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("linear top-1") == 1
+    args = ["pretrain", *TINY, "epochs=1", "device=cpu", "devices=2", f"run_dir={run_dir}"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("linear top-1") == 1
     results = _results(run_dir)
     assert results["status"] == "completed" and results["error"] is None
     assert not (run_dir / "error.log").exists()
