@@ -17,8 +17,6 @@ module-scoped fixture reads what they saved.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,9 +24,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from distributed import WORLD, process_group, run_workers
 from torch import Tensor, nn
 
-WORLD = 2  # processes
 N = 16  # images per view in the global batch: 8 per process
 DIM = 32  # embedding dimensions
 
@@ -158,12 +156,7 @@ def _run(case: Case, inputs: Sequence[Tensor]) -> Result:
 
 def _worker(rank: int, folder: Path) -> None:
     """One DDP process: each case's loss and gradients on this rank's half of the inputs."""
-    import torch.distributed as dist
-
-    dist.init_process_group(
-        "gloo", init_method=f"file://{folder / 'rendezvous'}", rank=rank, world_size=WORLD
-    )
-    try:
+    with process_group(rank, folder):
         # Plain tuples cross the processes: this file is __main__ here, not in pytest.
         saved = torch.load(folder / "cases.pt", weights_only=False)
         results = {}
@@ -172,8 +165,6 @@ def _worker(rank: int, folder: Path) -> None:
             result = _run(case, [t.chunk(WORLD)[rank] for t in case.inputs])
             results[name] = (result.loss, result.grads)
         torch.save(results, folder / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -188,23 +179,7 @@ def outcomes(cases: dict[str, Case], tmp_path_factory) -> dict[str, tuple[Result
     folder = tmp_path_factory.mktemp("ddp")
     fields = {name: (c.criterion, c.inputs, c.trainable, c.call) for name, c in cases.items()}
     torch.save(fields, folder / "cases.pt")
-    # One thread each: two processes share two slow cores. Loopback for gloo's connections:
-    # the host name need not resolve.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    logs = [folder / f"rank{rank}.log" for rank in range(WORLD)]
-    workers = []
-    for rank, log in enumerate(logs):
-        with log.open("w") as out:
-            command = [sys.executable, __file__, "--worker", str(rank), str(folder)]
-            workers.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env))
-    try:
-        codes = [worker.wait(timeout=180) for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-    assert codes == [0] * WORLD, "\n".join(log.read_text()[-3000:] for log in logs)
+    run_workers(__file__, folder)
     assert not torch.distributed.is_initialized()  # the whole batch: one process, no gather
     results = [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
     return {
