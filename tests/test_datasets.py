@@ -70,7 +70,8 @@ def imagenette_mirror(monkeypatch):
         yield server
 
 
-def test_every_dataset_is_listed_with_a_config(capsys) -> None:
+def test_every_dataset_is_listed_with_a_config(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SSLBENCH_DATA", str(tmp_path / "data"))  # nothing downloaded here
     assert main(["datasets", "list"]) == 0
     out = capsys.readouterr().out
     from sslbench.config import group_options
@@ -79,6 +80,9 @@ def test_every_dataset_is_listed_with_a_config(capsys) -> None:
         assert f"\n{name} " in out
         assert name in group_options("dataset")
     assert "nabirds" in out and "555" in out and "100,000 unlabeled" in out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    # the status column says it in words, not a bare "-"
+    assert "  not downloaded  " in rows["cifar100"] and "  your folder  " in rows["folder"]
 
 
 def test_prepare_downloads_verifies_unpacks_and_caches(imagenette_mirror, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ def test_gallery_writes_a_png_grid(tmp_path, capsys) -> None:
     assert 200 < height < 1000 and 400 < width < 1500 and width > height  # 3 rows x 5 columns
     assert pixels.std() > 20  # real pictures, not a blank canvas
     assert [p.name for p in tmp_path.iterdir()] == ["v.png"]  # no temporary file left
+    # readable by others, as results.json: not the 0600 of the temporary file it was
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
 
 
 @needs_fmnist
@@ -71,14 +74,68 @@ def test_captions_and_image_choice() -> None:
     (_, _, lorot_e), (_, _, lorot_i) = (
         parse_pipeline_spec({"lorot": {"variant": v}})[0] for v in ("E", "I")
     )
-    assert caption("lorot", "lorot", lorot_e, torch.tensor([0, 7]), 1) == "lorot q=1 k=3"
-    assert caption("lorot", "lorot", lorot_i, torch.tensor([2]), 0) == "lorot k=2"
+    # LoRot-E's label 4 q + k: quadrant q (0 top-left .. 3 bottom-right) turned k times
+    assert caption("lorot", "lorot", lorot_e, torch.tensor([0, 7]), 1) == (
+        "lorot q=1 k=3\ntop-right quarter\nturned 270° ccw"
+    )
+    assert caption("lorot", "lorot", lorot_e, torch.tensor([12]), 0) == (
+        "lorot q=3 k=0\nbottom-right quarter\nnot turned"
+    )
+    # LoRot-I's label k: a free square patch turned k quarter turns
+    k2, k0 = (caption("lorot", "lorot", lorot_i, torch.tensor([k]), 0) for k in (2, 0))
+    assert (k2, k0) == ("lorot k=2\npatch turned 180° ccw", "lorot k=0\npatch not turned")
     perm = torch.tensor([[0, 1, 3, 2], [0, 1, 2, 3]])
-    assert caption("region_confusion", "region_confusion", None, perm, 0) == "rcm moved 2/4"
-    assert caption("region_confusion", "region_confusion", None, perm, 1) == "rcm moved 0/4"
+    rcm = "region_confusion"
+    assert caption(rcm, rcm, None, perm, 0) == "region confusion\n2 of 4 tiles moved"
+    assert caption(rcm, rcm, None, perm, 1) == "region confusion\nnot shuffled"
     labels = np.array([3, 3, 1, 1, 2, -1])
     assert pick_images(labels, np.arange(6), 3).tolist() == [0, 2, 4]  # one per class first
     assert pick_images(np.full(5, -1), np.arange(5), 3).tolist() == [0, 1, 2]  # unlabelled
+
+
+def test_view_variants_are_named_by_what_sets_them_apart() -> None:
+    from omegaconf import OmegaConf
+
+    from sslbench.config import compose
+    from sslbench.gallery import variant_notes
+    from sslbench.transforms.pipeline import view_pipelines
+
+    def notes(transform: str, size: int) -> list[str]:
+        cfg = compose([f"transform={transform}"])
+        return variant_notes(view_pipelines(OmegaConf.to_container(cfg.transform), size))
+
+    # byol.yaml: view 1 always blurred, never solarised; view 2 blurred at 0.1, solarised 0.2
+    assert notes("byol", 64) == ["blur p=1, solarize p=0", "blur p=0.1, solarize p=0.2"]
+    assert notes("byol", 32) == ["solarize p=0", "solarize p=0.2"]  # no blur at <= 32 px
+    assert notes("simclr", 64) == []  # one variant: nothing to tell apart
+
+
+@needs_fmnist
+def test_gallery_names_byol_variants_and_explains_pretext_labels(monkeypatch, tmp_path) -> None:
+    from sslbench import gallery
+    from sslbench.config import compose
+
+    drawn = {}
+
+    def draw(columns, row_names, title, out) -> None:  # what would be drawn, without drawing
+        notes = [note for _, _, column_notes in columns for note in column_notes]
+        drawn[out.stem] = ([name for name, _, _ in columns], notes, title)
+
+    monkeypatch.setattr(gallery, "_draw", draw)
+    for transform in ("byol", "lorot", "dcl"):
+        cfg = compose([f"transform={transform}", "dataset=fashion-mnist", "image_size=64"])
+        gallery.make_gallery(cfg, tmp_path / f"{transform}.png", n_images=2, n_views=3)
+    names, notes, title = drawn["byol"]
+    assert names == ["original", "view 1 (A)", "view 2 (B)", "view 3 (A)"]
+    assert title.splitlines()[1:] == [
+        "view A: blur p=1, solarize p=0", "view B: blur p=0.1, solarize p=0.2",
+    ]  # fmt: skip
+    assert not any(notes)  # no pretext labels
+    names, notes, _ = drawn["lorot"]
+    assert names[1] == "view 1" and all(n.startswith("lorot k=") for n in notes)
+    assert all("patch not turned" in n or "patch turned" in n for n in notes)
+    _, notes, _ = drawn["dcl"]
+    assert all(n.startswith("region confusion\n") and "of 49 tiles moved" in n for n in notes)
 
 
 @needs_fmnist

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -476,6 +477,8 @@ def test_out_writes_report_and_plots(tmp_path, capsys):
             assert image.size[0] > 100 and len(set(image.convert("L").getdata())) > 2
         assert svg.read_text().lstrip().startswith("<?xml") and "<dc:date>" not in svg.read_text()
         assert f"](<report_fashion-mnist_{name}.png>)" in text
+        # readable by others, as results.json (results.atomic_write_bytes), not mkstemp's 0600
+        assert stat.S_IMODE(png.stat().st_mode) == stat.S_IMODE(svg.stat().st_mode) == 0o644
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(
         ["report.md"] + [f"report_fashion-mnist_{n}.{e}" for n in names for e in ("png", "svg")]
     )

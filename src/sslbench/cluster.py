@@ -26,6 +26,7 @@ from typing import Any
 import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 
+from sslbench.quiet import rank_environment
 from sslbench.run_folder import Requeued
 
 __all__ = [
@@ -69,8 +70,9 @@ def run_ranks_with_torchrun(config_file: Path, processes: int) -> int:
         f"--nproc-per-node={processes}",
         "-m", "sslbench", "pretrain", "--config", str(config_file),
     ]  # fmt: skip
-    # the parent prints the run's summary once, the ranks do not
-    env = {**os.environ, RANKS_OF_A_COMMAND: "1"}
+    # the parent prints the run's summary once, the ranks do not; torch reads its C++ log
+    # level at import, so the ranks' quieter level is set here (sslbench.quiet says why)
+    env = {**os.environ, RANKS_OF_A_COMMAND: "1", **rank_environment()}
     try:
         return subprocess.run(command, env=env).returncode
     except KeyboardInterrupt:  # torchrun stops its ranks on the same Ctrl-C

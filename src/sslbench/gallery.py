@@ -4,15 +4,17 @@ One row per image (a few images of different classes from the run's seeded, clas
 training subset): the original (centre view at ``image_size``), then augmented global views
 (view i from the transform's variant ``i % variants``), then the method's local views if it
 has any (SwAV, VICRegL). Views are shown un-normalised; views with pretext labels (LoRot,
-region confusion) get a short caption. Imported only by the command line, after validation.
+region confusion) get a caption saying what the label means, and a transform with several
+view variants (BYOL's two) names each view's variant and what sets it apart. Imported only by
+the command line, after validation.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
-from collections.abc import Mapping
+import dataclasses
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from sslbench.results import atomic_write_bytes
 from sslbench.transforms import Pipeline, center_view, make_generator
 from sslbench.transforms.pipeline import local_view_pipeline, view_pipelines
 
@@ -30,8 +33,12 @@ from sslbench.transforms.pipeline import local_view_pipeline, view_pipelines
 POOL_SIZE = 1000
 #: Stream id of the gallery's generator (training streams are (seed, rank, epoch, step)).
 GALLERY_STREAM = 0x6A11E7
-#: Short names of pretext ops in captions.
-SHORT_NAMES = {"region_confusion": "rcm"}
+#: Names of pretext ops in captions.
+SHORT_NAMES = {"region_confusion": "region confusion"}
+#: Names of ops in the notes on view variants.
+OP_NAMES = {"gaussian_blur": "blur", "color_jitter": "colour jitter", "resized_crop": "crop"}
+#: LoRot-E's quadrants by label q (sslbench.transforms.ops.lorot).
+QUARTERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
 def pick_images(labels: np.ndarray, indices: np.ndarray, n: int) -> np.ndarray:
@@ -62,21 +69,69 @@ def for_display(views: Tensor, pipeline: Pipeline) -> np.ndarray:
     return x.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
 
 
+def _turned(k: int) -> str:
+    # torch.rot90 over (height, width): counter-clockwise as the picture is shown
+    return "not turned" if k == 0 else f"turned {90 * k}° ccw"
+
+
 def caption(name: str, op: str, params: Any, labels: Tensor, row: int) -> str:
-    """A short caption for one sample's pretext label, e.g. ``lorot k=2``, ``lorot q=1 k=3``
-    (LoRot-E: quadrant and quarter turns) or ``rcm moved 17/49`` (tiles out of place)."""
+    """A caption for one sample's pretext label, saying what the label means: LoRot's
+    ``lorot k=3`` / ``patch turned 270° ccw`` (k quarter turns of a square patch; LoRot-E:
+    ``lorot q=1 k=3`` / ``top-right quarter`` / ``turned 270° ccw``, the quadrant q turned),
+    region confusion's ``17 of 49 tiles moved`` (tiles out of place in the shuffled grid)."""
     short = SHORT_NAMES.get(op, op if name == op else name)
     value = labels[row]
     if value.ndim == 0:  # a class: LoRot's k, or 4 * quadrant + k for LoRot-E
         v = int(value)
         if op == "lorot" and getattr(params, "variant", None) == "E":
-            return f"{short} q={v // 4} k={v % 4}"
-        return f"{short} k={v}" if op == "lorot" else f"{short} {v}"
+            q, k = divmod(v, 4)
+            return f"{short} q={q} k={k}\n{QUARTERS[q]} quarter\n{_turned(k)}"
+        return f"{short} k={v}\npatch {_turned(v)}" if op == "lorot" else f"{short} {v}"
     flat = value.reshape(-1)
     if not flat.is_floating_point() and flat.numel() > 1:  # a permutation of tiles
         moved = int((flat != torch.arange(flat.numel(), dtype=flat.dtype)).sum())
-        return f"{short} moved {moved}/{flat.numel()}"
+        if moved == 0:
+            return f"{short}\nnot shuffled"
+        return f"{short}\n{moved} of {flat.numel()} tiles moved"
     return short
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(map(_value, v)) + "]"
+    return str(v)
+
+
+def variant_notes(pipelines: Sequence[Pipeline]) -> list[str]:
+    """What sets each global-view variant apart, one note per pipeline (none for a single
+    one): the op parameters whose values differ between the variants, e.g. BYOL's
+    ``blur p=1, solarize p=0`` and ``blur p=0.1, solarize p=0.2``. A blur on views at or
+    below its ``skip_at_or_below`` side does nothing, so its differences are left out there
+    (BYOL's 32 px views differ in solarisation only)."""
+    if len(pipelines) < 2:
+        return []
+    specs = [{entry: (op, params) for entry, op, params in p.spec} for p in pipelines]
+    notes: list[list[str]] = [[] for _ in pipelines]
+    for entry in dict.fromkeys(e for spec in specs for e in spec):
+        present = [spec.get(entry) for spec in specs]
+        op = next(found[0] for found in present if found is not None)
+        values = [None if f is None else dataclasses.asdict(f[1]) for f in present]
+        if op == "gaussian_blur" and all(
+            v is None or size <= v["skip_at_or_below"]
+            for v, size in zip(values, (p.size for p in pipelines), strict=True)
+        ):
+            continue
+        shown = [v for v in values if v is not None]
+        keys = [k for k in shown[0] if any(v[k] != shown[0][k] for v in shown)]
+        if not keys and len(shown) == len(values):
+            continue  # the same in every variant
+        label = OP_NAMES.get(op, op.replace("_", " ")) if entry == op else entry
+        for note, v in zip(notes, values, strict=True):
+            settings = "" if v is None else " ".join(f"{k}={_value(v[k])}" for k in keys)
+            note.append(f"no {label}" if v is None else f"{label} {settings}".rstrip())
+    return [", ".join(note) or "the shared ops" for note in notes]
 
 
 def _captions(pipeline: Pipeline, labels: Mapping[str, Tensor], row: int) -> str:
@@ -115,6 +170,8 @@ def make_gallery(cfg: DictConfig, out: Path, n_images: int = 4, n_views: int = 6
     pipelines = view_pipelines(transform, size)
     n_local, local = local_view_pipeline(pipelines[0], cfg.method.get("local_views"))
 
+    variants = variant_notes(pipelines)
+    letters = [chr(ord("A") + v) if v < 26 else str(v + 1) for v in range(len(variants))]
     gen = make_generator(int(cfg.seed), "cpu", GALLERY_STREAM)
     columns: list[tuple[str, np.ndarray, list[str]]] = []
     originals = center_view(images, aspect, size)
@@ -124,7 +181,8 @@ def make_gallery(cfg: DictConfig, out: Path, n_images: int = 4, n_views: int = 6
             pipeline = pipelines[i % len(pipelines)]
             batch = pipeline.views(images, aspect, gen)
             notes = [_captions(pipeline, batch.labels, r) for r in range(len(idx))]
-            columns.append((f"view {i + 1}", for_display(batch.images, pipeline), notes))
+            name = f"view {i + 1}" + (f" ({letters[i % len(letters)]})" if letters else "")
+            columns.append((name, for_display(batch.images, pipeline), notes))
         if local is not None:
             for i in range(n_local):
                 batch = local.views(images, aspect, gen)
@@ -140,6 +198,9 @@ def make_gallery(cfg: DictConfig, out: Path, n_images: int = 4, n_views: int = 6
     if n_local > 0:
         title += f", method={cfg.method.name} local views"
     title += f", seed {cfg.seed}"
+    # which variant a view column is (its letter) and what the variant changes
+    for letter, note in zip(letters, variants, strict=True):
+        title += f"\nview {letter}: {note}"
     _draw(columns, row_names, title, out)
     return out
 
@@ -173,12 +234,7 @@ def _draw(
             if notes and notes[r]:
                 ax.set_xlabel(notes[r], fontsize=7)
     fig.suptitle(title, fontsize=10)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    # results' writer: temporary file and rename, readable by others as the run's files are
+    atomic_write_bytes(out, png.getvalue())

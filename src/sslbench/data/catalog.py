@@ -523,12 +523,16 @@ def _on_disk(name: str) -> Source | None:
 
 def status(name: str, source: Source | None = None) -> str:
     """Whether dataset ``name`` is on disk and which cache sides are built, without
-    downloading anything: ``cached 128, 160 px``, ``downloaded``, ``here`` or ``-``."""
+    downloading anything: ``cached 128, 160 px``, ``downloaded``, ``on disk``,
+    ``not downloaded``, or ``your folder`` for ``folder`` (its files are wherever
+    ``dataset.path`` says)."""
     from .cache import default_cache_root
 
+    if name == "folder":
+        return "your folder"
     source = source or _on_disk(name)
     if source is None:
-        return "-"
+        return "not downloaded"  # said in words: a bare "-" read as a missing value
     cache = default_cache_root() / source.cache_key()
     sides = sorted({int(m.parent.name.rsplit("-", 1)[1]) for m in cache.glob("*-*/meta.json")
                     if m.parent.name.rsplit("-", 1)[1].isdigit()})  # fmt: skip
