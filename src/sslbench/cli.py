@@ -31,6 +31,8 @@ commands:
   pretrain -m KEY=A,B ...   a grid: each combination a run in its own process; completed
                             runs skipped; experiment=study_imagenette: the study (--dry-run)
   eval run_dir=DIR          evaluate a finished run's backbone again
+  export run_dir=DIR [format=timm|torchvision|safetensors] [out=FILE.safetensors]
+                            its backbone's weights (safetensors) + a JSON that rebuilds it
   datasets [list|prepare NAME]
                             the datasets, and building their decode-once caches
   gallery transform=NAME [method=NAME] [out=views.png] [images=4] [views=6]
@@ -83,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate a finished run again (run_dir=DIR)")
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
+    export = sub.add_parser(
+        "export", help="a run's backbone as safetensors + JSON (run_dir=DIR format=timm out=FILE)"
+    )
+    export.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
     datasets = sub.add_parser("datasets", help="list datasets; prepare NAME builds its cache")
     datasets.add_argument("action", nargs="?", default="list", choices=["list", "prepare"])
     datasets.add_argument("name", nargs="?")
@@ -126,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "demo": _demo,
             "pretrain": _pretrain,
             "eval": _eval,
+            "export": _export,
             "datasets": _datasets,
             "gallery": _gallery,
             "report": _report,
@@ -230,6 +238,29 @@ def _eval(args: argparse.Namespace) -> int:
     metrics = evaluate_run(run_dir, cfg)
     results = update_results(run_dir, metrics)
     print(_summary(results, run_dir))
+    return 0
+
+
+#: Keys of ``sslbench export``, with their defaults (out: D/backbone.safetensors).
+EXPORT_KEYS = {"run_dir": "", "format": "timm", "out": ""}
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    own, rest = _own_args(args.overrides, EXPORT_KEYS, positive=())
+    if rest:  # the run is exported as it was trained: no run overrides
+        raise UsageError(
+            f"'{rest[0]}': export takes run_dir=DIR, format=timm|torchvision|safetensors "
+            "and out=FILE.safetensors"
+        )
+    if not own["run_dir"]:
+        raise UsageError("export needs run_dir=DIR (a folder with config.yaml and last.ckpt)")
+    from sslbench.export import export_run  # checks the request before it imports torch
+
+    out = Path(own["out"]).expanduser() if own["out"] else None
+    weights, info = export_run(Path(own["run_dir"]).expanduser(), own["format"], out)
+    print(f"{weights}\n{info}")
     return 0
 
 
