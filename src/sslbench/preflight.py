@@ -13,12 +13,15 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sslbench.config import ConfigError
+from sslbench.loggers import check_logger_packages
 
 
 def check_run_data(cfg: DictConfig) -> None:
-    """Raise ConfigError if the run's dataset path or size cannot work."""
+    """Raise ConfigError if the run's dataset path or size cannot work, or a logger it asks
+    for is not installed."""
     train_images = _check_path(cfg)
     _check_batch_fits(cfg, train_images)
+    check_logger_packages(cfg)
 
 
 def _check_path(cfg: DictConfig) -> int | None:

@@ -447,7 +447,7 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
 #: ignores them, so the same run found by a single command or by any grid has one folder.
 NOT_IN_HASH = (
     "run_dir", "runs_root", "progress_bar", "num_workers", "threads", "data_path", "compile",
-    "overwrite", "resume", "checkpoint_every_n_steps", *GRID_SECTIONS,
+    "overwrite", "resume", "checkpoint_every_n_steps", "logger", *GRID_SECTIONS,
 )  # fmt: skip
 
 
@@ -544,6 +544,22 @@ def _check_no_env_values(cfg: DictConfig) -> None:
     walk(OmegaConf.to_container(cfg, resolve=False), "")
 
 
+def logger_names(value: Any) -> list[str]:
+    """The loggers a run writes to, from ``logger`` (a name or a list of names): csv first,
+    always (the report reads metrics.csv), then the others in the order given, once each."""
+    if OmegaConf.is_list(value) or isinstance(value, (list, tuple)):
+        names = [str(name) for name in value]
+    else:
+        names = [str(value)]
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(
+                f"unknown logger '{name}'; valid: {', '.join(LOGGERS)} (one, or a list: "
+                "logger=[csv,tensorboard])"
+            )
+    return ["csv", *dict.fromkeys(name for name in names if name != "csv")]
+
+
 def resolve(cfg: DictConfig) -> DictConfig:
     """Fill derived values and check the parts YAML files could still get wrong."""
     _check_no_env_values(cfg)
@@ -592,6 +608,7 @@ def resolve(cfg: DictConfig) -> DictConfig:
             "checkpoint_every_n_steps must be at least 1 (or null: at each epoch's end), "
             f"got {cfg.checkpoint_every_n_steps}"
         )
+    logger_names(cfg.get("logger", "csv"))  # absent from configs saved before trackers
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be at least 1 (or null: the cores), got {cfg.threads}")
     if cfg.dataset.path_required and not cfg.dataset.path:

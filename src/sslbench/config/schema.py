@@ -24,6 +24,9 @@ DATA_PATHS: tuple[str, ...] = ("auto", "dataloader", "device", "pinned", "worker
 COMPILE_MODES: tuple[str, ...] = ("none", "default", "reduce-overhead", "max-autotune")
 #: Values of ``resume``.
 RESUME_MODES: tuple[str, ...] = ("auto", "never")
+#: Values of ``logger`` (one, or a list): Lightning's loggers (sslbench.loggers). csv is
+#: always written whatever the list says: the report reads metrics.csv.
+LOGGERS: tuple[str, ...] = ("csv", "tensorboard", "wandb", "mlflow")
 
 #: The configuration groups; each is a folder of YAML files under ``conf/``.
 GROUPS: tuple[str, ...] = (
@@ -182,6 +185,10 @@ class RunConfig:
     # last.ckpt at every epoch's end, on Ctrl-C, and every N optimiser steps when set
     checkpoint_every_n_steps: int | None = None
     runs_root: str = "runs"  # where run folders go when run_dir is null
+    # experiment trackers beside metrics.csv: csv | tensorboard | wandb | mlflow, or a list
+    # ([csv,tensorboard]); Any because OmegaConf types no union of a string and a list
+    # (config.compose.logger_names checks it; docs/trackers.md)
+    logger: Any = "csv"
     log_every_n_steps: int = 10
     check_finite_every_n_steps: int = 10  # a non-finite loss stops the run within this many steps
     progress_bar: bool = True

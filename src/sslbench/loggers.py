@@ -1,0 +1,216 @@
+"""Experiment trackers: Lightning's own loggers, chosen with ``logger=`` (docs/trackers.md).
+
+``logger=csv|tensorboard|wandb|mlflow``, or a list (``logger=[csv,tensorboard]``). The CSV
+logger is always built, and first: the report reads ``metrics.csv``, and Lightning takes the
+Trainer's log folder from the first logger. Every tracker records the run's resolved config
+as its hyperparameters and is named after the run folder:
+
+- ``tensorboard``: event files in ``<run folder>/tensorboard/``;
+- ``wandb``: Weights & Biases, offline (``<run folder>/wandb/offline-run-*``, ``wandb sync``
+  uploads them) unless ``WANDB_MODE=online`` is set; project ``WANDB_PROJECT`` or sslbench;
+- ``mlflow``: the SQLite store ``<runs_root>/mlflow.db`` (artifacts in
+  ``<runs_root>/mlartifacts``) unless ``MLFLOW_TRACKING_URI`` names another; experiment
+  ``MLFLOW_EXPERIMENT_NAME`` or sslbench.
+
+The three trackers are optional packages. This module imports none of them, nor torch, at
+import time: :func:`check_logger_packages` runs before anything is built (sslbench.preflight).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sslbench.config import ConfigError
+from sslbench.config.compose import logger_names
+
+if TYPE_CHECKING:
+    from pytorch_lightning.loggers import Logger
+
+#: The modules each tracker imports, and the command that installs them.
+PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "tensorboard": (("tensorboard",), "pip install tensorboard"),
+    "wandb": (("wandb",), "pip install wandb"),
+    "mlflow": (("mlflow",), "pip install mlflow"),
+}
+#: What MLflow's database stores (SQLite, the default here) need beyond mlflow-skinny.
+MLFLOW_SQL_PACKAGES: tuple[tuple[str, ...], str] = (
+    ("sqlalchemy", "alembic"),
+    "pip install sqlalchemy alembic",
+)
+#: Tracking URI schemes that MLflow serves through SQLAlchemy (mlflow.utils.uri's list).
+MLFLOW_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+#: Weights & Biases project and MLflow experiment when the environment names none.
+DEFAULT_PROJECT = "sslbench"
+
+
+def _missing(modules: tuple[str, ...]) -> list[str]:
+    # find_spec, not import: the check runs before torch is imported and must stay quick
+    return [module for module in modules if importlib.util.find_spec(module) is None]
+
+
+def mlflow_tracking_uri(cfg: DictConfig) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the SQLite store ``<runs_root>/mlflow.db``
+    (absolute: a run started from another folder must find the same store)."""
+    given = os.environ.get("MLFLOW_TRACKING_URI")
+    if given:
+        return given
+    return f"sqlite:///{Path(str(cfg.runs_root)).expanduser().resolve() / 'mlflow.db'}"
+
+
+def check_logger_packages(cfg: DictConfig) -> None:
+    """Raise ConfigError, in one line naming the pip command, if a logger the run asks for
+    needs a package that is not installed: said before a run folder is claimed or torch is
+    imported, not after the cache is built."""
+    for name in logger_names(cfg.get("logger", "csv"))[1:]:
+        needed = [PACKAGES[name]]
+        if name == "mlflow":
+            scheme = mlflow_tracking_uri(cfg).partition(":")[0].partition("+")[0]
+            if scheme in MLFLOW_DATABASE_SCHEMES:  # mlflow-skinny lacks these; mlflow has them
+                needed.append(MLFLOW_SQL_PACKAGES)
+        for modules, command in needed:
+            missing = _missing(modules)
+            if missing:
+                raise ConfigError(
+                    f"logger={name} needs {', '.join(missing)}, not installed: {command} "
+                    "(or pip install 'sslbench[trackers]' for every tracker)"
+                )
+
+
+def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"method": {"name": "simclr"}}`` -> ``{"method.name": "simclr"}``: the keys the
+    command line sets (list entries by index, ``transform.views.1...``), for trackers whose
+    hyperparameters are one flat table. None is ``null``, an empty list or mapping ``[]`` /
+    ``{}``, as the YAML would say."""
+    if isinstance(data, dict) and data:
+        items = data.items()
+    elif isinstance(data, list) and data:
+        items = enumerate(data)
+    else:
+        if data is None:
+            data = "null"
+        elif isinstance(data, (dict, list)):
+            data = "{}" if isinstance(data, dict) else "[]"
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+    """Lightning's loggers for ``cfg.logger``: the CSV logger first (always; it writes
+    ``run_dir/metrics.csv``), then each tracker asked for, named after the run folder, with
+    the resolved config logged as its hyperparameters.
+
+    On ranks other than 0 only the CSV logger is built: Lightning's loggers write nothing
+    there, and MLflow's client would open (on the first run, create) its database from
+    every rank at once.
+    """
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    check_logger_packages(cfg)
+    run_dir = Path(run_dir)
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return loggers
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    builders = {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}
+    for name in logger_names(cfg.get("logger", "csv"))[1:]:
+        loggers.append(builders[name](cfg, run_dir, config))
+    return loggers
+
+
+#: The scalar TensorBoard's HParams tab shows beside each run's config (the method's loss,
+#: which SSLMethod logs per epoch).
+HPARAMS_METRIC = "train_loss_epoch"
+
+
+def _tensorboard(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> Logger:
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from torch.utils.tensorboard.summary import hparams
+
+    # no hp_metric: Lightning's placeholder scalar (-1) means nothing here
+    logger = TensorBoardLogger(
+        save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+    )
+    flat = flatten_config(config)
+    logger.log_hyperparams(flat)  # hparams.yaml beside the events
+    # Lightning writes the HParams summary only together with a metric value, which would put
+    # a made-up point on that metric's curve; the summary itself needs only the metric's name.
+    writer = logger.experiment._get_file_writer()
+    for summary in hparams(flat, {HPARAMS_METRIC: 0.0}):
+        writer.add_summary(summary)
+    return logger
+
+
+def _wandb(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> Logger:
+    from pytorch_lightning.loggers import WandbLogger
+
+    class FinishingWandbLogger(WandbLogger):
+        """Lightning's WandbLogger, whose run ends with training: wandb.finish writes the
+        run's last records (and its summary line), and the next run of this process gets
+        a W&B run of its own instead of attaching to this one (Lightning's reuses an open
+        wandb.run)."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            # Lightning always passes anonymous=, which recent wandb warns about even as None
+            self._wandb_init.pop("anonymous", None)
+
+        def finalize(self, status: str) -> None:
+            super().finalize(status)
+            if self._experiment is not None:
+                self._experiment.finish(exit_code=0 if status in ("success", "finished") else 1)
+                self._experiment = None
+
+    logger = FinishingWandbLogger(
+        name=run_dir.name,
+        save_dir=str(run_dir),
+        project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
+        mode=wandb_mode(),  # not offline=True: Lightning then sets WANDB_MODE for the process
+    )
+    logger.log_hyperparams(config)  # W&B shows a nested config as method.name etc. itself
+    return logger
+
+
+def wandb_mode() -> str:
+    """``online`` when ``WANDB_MODE=online`` is set, else ``offline``: a run never needs the
+    network (or an API key) to record itself; ``wandb sync`` uploads an offline run later."""
+    return "online" if os.environ.get("WANDB_MODE", "").lower() == "online" else "offline"
+
+
+def _mlflow(cfg: DictConfig, run_dir: Path, config: dict[str, Any]) -> Logger:
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from sslbench.data.folders import exclusive
+
+    uri = mlflow_tracking_uri(cfg)
+    artifacts = None  # a server of the user's own keeps its artifacts where it says
+    one_at_a_time: Any = contextlib.nullcontext()
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        root = Path(str(cfg.runs_root)).expanduser().resolve()
+        artifacts = (root / "mlartifacts").as_uri()
+        # The runs of a grid (grid.jobs > 1) share this store: MLflow creates its tables, and
+        # the experiment, without a lock, and two processes doing it at once fail. Logging
+        # into an existing store, SQLite's own locking serialises.
+        one_at_a_time = exclusive(root / "mlflow.db", "MLflow's database", progress=False)
+    with one_at_a_time:
+        logger = MLFlowLogger(
+            experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_PROJECT),
+            run_name=run_dir.name,
+            tracking_uri=uri,
+            tags={"sslbench.run_dir": str(run_dir.resolve())},
+            artifact_location=artifacts,
+        )
+        # creates the experiment (first run) and this run
+        logger.log_hyperparams(flatten_config(config))
+    return logger

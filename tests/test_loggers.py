@@ -1,0 +1,287 @@
+"""Experiment trackers (``logger=``): each tracker's files, written by a tiny real run, read
+back with that tracker's own reader; metrics.csv written whatever the list says; a bad name
+or a missing package said in one line before anything is built."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY_RUN, needs_fmnist
+
+from sslbench.cli import main
+from sslbench.config import ConfigError, compose
+from sslbench.config.compose import logger_names
+from sslbench.loggers import check_logger_packages, flatten_config, wandb_mode
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sslbench: error: ") and "\n" not in err, err
+    return err
+
+
+# ------------------------------------------------------------------ the key, without training
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [
+        ("csv", ["csv"]),
+        ("tensorboard", ["csv", "tensorboard"]),
+        ("[csv,tensorboard]", ["csv", "tensorboard"]),
+        ("[mlflow,wandb,mlflow]", ["csv", "mlflow", "wandb"]),  # csv first, each once
+        ("[]", ["csv"]),  # csv is always written
+    ],
+)
+def test_a_name_or_a_list_and_the_run_folder_is_the_same(value, names) -> None:
+    cfg = compose([f"logger={value}"])
+    assert logger_names(cfg.logger) == names
+    # where a run is recorded is not what it computes: same hash, same folder
+    assert cfg.run_dir == compose([]).run_dir
+
+
+def test_an_unknown_logger_is_one_line_naming_the_valid_ones(tmp_path, capsys) -> None:
+    with pytest.raises(ConfigError, match="unknown logger 'tensorbord'; valid: csv, tensorboard"):
+        compose(["logger=[csv,tensorbord]"])
+    run_dir = tmp_path / "run"
+    assert main(["pretrain", "logger=neptune", f"run_dir={run_dir}"]) == 2
+    err = _one_line_error(capsys)
+    for name in ("'neptune'", "csv", "tensorboard", "wandb", "mlflow"):
+        assert name in err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("logger", "hidden", "command"),
+    [
+        ("tensorboard", "tensorboard", "pip install tensorboard"),
+        ("wandb", "wandb", "pip install wandb"),
+        ("mlflow", "mlflow", "pip install mlflow"),
+        ("mlflow", "sqlalchemy", "pip install sqlalchemy alembic"),  # mlflow-skinny alone
+    ],
+)
+def test_a_missing_package_is_one_line_with_its_pip_command_before_any_folder(
+    logger, hidden, command, tmp_path, capsys, monkeypatch
+) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == hidden else find_spec(name, *a),
+    )
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_dir = tmp_path / "run"
+    args = ["pretrain", *TINY_RUN, f"logger=[csv,{logger}]", f"run_dir={run_dir}"]
+    assert main([*args, f"runs_root={tmp_path}"]) == 2
+    err = _one_line_error(capsys)
+    assert f"logger={logger} needs {hidden}" in err and command in err
+    assert not run_dir.exists()  # said before the run folder is claimed
+
+
+def test_mlflow_on_a_tracking_server_needs_no_sql_packages(monkeypatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("sqlalchemy", "alembic") else find_spec(name, *a),
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    check_logger_packages(compose(["logger=mlflow"]))  # the server has its own database
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://db/mlflow")
+    with pytest.raises(ConfigError, match="pip install sqlalchemy alembic"):
+        check_logger_packages(compose(["logger=mlflow"]))
+
+
+def test_the_config_is_flattened_to_command_line_keys() -> None:
+    nested = {"method": {"name": "simclr", "optimizer": {"lr": 0.06}}, "path": None,
+              "views": [{"p": 0.5}, 3], "runs": [], "axes": {}}  # fmt: skip
+    assert flatten_config(nested) == {
+        "method.name": "simclr", "method.optimizer.lr": 0.06, "path": "null",
+        "views.0.p": 0.5, "views.1": 3, "runs": "[]", "axes": "{}",
+    }  # fmt: skip
+
+
+def test_wandb_is_offline_unless_online_is_asked_for(monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert wandb_mode() == "online"
+
+
+# ------------------------------------------------------------------ tiny real runs
+
+
+def _tiny_run(tmp_path: Path, logger: str) -> Path:
+    """A tiny run (2 optimiser steps, each logged) to ``logger``; its run folder."""
+    run_dir = tmp_path / "runs" / "tiny-run"
+    args = ["pretrain", "method=simclr", *TINY_RUN, "log_every_n_steps=1", f"logger={logger}",
+            f"run_dir={run_dir}", f"runs_root={tmp_path / 'runs'}"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+    return run_dir
+
+
+def _csv_losses(run_dir: Path) -> dict[int, float]:
+    """step -> train_loss_step, from metrics.csv (the report's source, always written)."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("train_loss_step")]
+    losses = {int(row["step"]): float(row["train_loss_step"]) for row in rows}
+    assert len(losses) == 2, losses  # the run's two optimiser steps
+    return losses
+
+
+@needs_fmnist
+@pytest.mark.parametrize("logger", ["tensorboard", "[csv,tensorboard]"])
+def test_tensorboard_events_read_back(logger, tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run_dir = _tiny_run(tmp_path, logger)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tb = {e.step: e.value for e in events.Scalars("train_loss_step")}
+    assert tb == pytest.approx(_csv_losses(run_dir))
+    assert "train_loss_epoch" in events.Tags()["scalars"]
+    # the resolved config, in TensorBoard's HParams tab
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["method.name"].string_value == "simclr"
+    assert hparams["backbone.name"].string_value == "resnet10t"
+    assert hparams["epochs"].number_value == 1
+    assert (run_dir / "tensorboard" / "hparams.yaml").is_file()
+
+
+@needs_fmnist
+def test_mlflow_sqlite_store_reads_back(tmp_path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    run_dir = _tiny_run(tmp_path, "mlflow")
+    assert (run_dir / "metrics.csv").is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")  # under runs_root
+    experiment = client.get_experiment_by_name("sslbench")
+    assert experiment.artifact_location == (tmp_path / "runs" / "mlartifacts").as_uri()
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == run_dir.name and run.info.status == "FINISHED"
+    assert run.data.tags["sslbench.run_dir"] == str(run_dir.resolve())
+    params = run.data.params
+    assert params["method.name"] == "simclr" and params["backbone.name"] == "resnet10t"
+    assert params["epochs"] == "1" and params["dataset.max_train"] == "128"
+    history = client.get_metric_history(run.info.run_id, "train_loss_step")
+    assert {m.step: m.value for m in history} == pytest.approx(_csv_losses(run_dir))
+    assert "train_loss_epoch" in run.data.metrics
+
+
+def _wandb_records(path: Path) -> list[Any]:
+    """The records of a W&B transaction log (``run-ID.wandb``), parsed with wandb's own
+    protobuf messages. The container is LevelDB's log format behind a 7-byte header: 32 KiB
+    blocks of chunks, each ``crc32 (4) | length (2) | type (1) | data``, a record in one
+    FULL chunk or split FIRST, MIDDLE..., LAST. wandb (0.31) ships no Python reader."""
+    from wandb.proto import wandb_internal_pb2
+
+    block, full, last = 32 * 1024, 1, 4
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:8]
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:  # zero padding up to the end of the block
+            pos += block - pos % block
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (full, last):
+            records.append(wandb_internal_pb2.Record.FromString(pending))
+            pending = b""
+    return records
+
+
+@needs_fmnist
+def test_wandb_offline_run_reads_back(tmp_path, monkeypatch) -> None:
+    # nothing reaches the network, nor the user's own W&B settings
+    for key in ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for key in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(key, str(tmp_path / "wandb-home"))
+    run_dir = _tiny_run(tmp_path, "wandb")
+    (log,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")  # under the run folder
+    records = _wandb_records(log)
+    runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert runs and runs[0].display_name == run_dir.name and runs[0].project == "sslbench"
+    config: dict[str, Any] = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+    assert config["method"]["name"] == "simclr" and config["backbone"]["name"] == "resnet10t"
+    assert config["epochs"] == 1 and config["run_dir"] == str(run_dir)
+    steps = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                     for i in record.history.item}  # fmt: skip
+            if "train_loss_step" in items:
+                steps[items["trainer/global_step"]] = items["train_loss_step"]
+    assert steps == pytest.approx(_csv_losses(run_dir))
+    assert any(r.WhichOneof("record_type") == "exit" for r in records)  # finished
+
+
+@needs_fmnist
+def test_a_stopped_run_resumes_into_every_logger(tmp_path, monkeypatch, capsys) -> None:
+    """Ctrl-C in the second epoch, then the same command: metrics.csv holds every step once
+    (the CSV logger's resume), TensorBoard's events of both attempts read as one curve, and
+    W&B has one finished run per attempt (the stopped one ended, not reused)."""
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sslbench.methods.simclr import SimCLR
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for key in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(key, str(tmp_path / "wandb-home"))
+    run_dir = tmp_path / "runs" / "stopped"
+    args = ["pretrain", "method=simclr", *TINY_RUN, "epochs=2", "log_every_n_steps=1",
+            "logger=[tensorboard,wandb]", f"run_dir={run_dir}"]  # fmt: skip
+    loss, calls = SimCLR.training_loss, {"n": 0}
+
+    def stopping(self: SimCLR, views: Any) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first step of epoch 1
+            raise KeyboardInterrupt("stopped by the test")
+        return loss(self, views)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SimCLR, "training_loss", stopping)
+        assert main(args) == 130
+    assert main(args) == 0
+    assert "resuming" in capsys.readouterr().out
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("train_loss_step")]
+    csv_losses = {int(row["step"]): float(row["train_loss_step"]) for row in rows}
+    assert len(rows) == len(csv_losses) == 4  # 2 epochs of 2 steps, each once
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert {e.step: e.value for e in events.Scalars("train_loss_step")} == pytest.approx(csv_losses)
+    logs = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 2  # one W&B run per attempt, both named after the run folder
+    exits = []
+    for log in logs:
+        records = _wandb_records(log)
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        assert run.display_name == run_dir.name
+        exits += [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+    assert sorted(exits) == [0, 1]  # the stopped attempt ended as failed, the other finished
