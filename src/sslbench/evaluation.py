@@ -13,7 +13,9 @@ augmentation), so the probe costs seconds instead of epochs of forward passes:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,9 +38,11 @@ def extract_features(
     *,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
+    on_batch: Callable[[], Any] | None = None,
 ) -> Tensor:
     """Pooled features (len(indices), D) in float32 of cached uint8 images (N, 3, S, S),
-    from the pipeline's deterministic evaluation view (centre square, normalised)."""
+    from the pipeline's deterministic evaluation view (centre square, normalised);
+    ``on_batch`` is called after each batch (a progress bar)."""
     was_training = backbone.training
     backbone.eval()
     device = torch.device(device)
@@ -53,6 +57,8 @@ def extract_features(
             device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
         ):
             chunks.append(backbone(view).float().cpu())
+        if on_batch is not None:
+            on_batch()
     backbone.train(was_training)
     return torch.cat(chunks)
 
@@ -92,9 +98,14 @@ def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: i
 @dataclass
 class LinearProbeResult:
     top1: float
-    top5: float
+    top5: float | None  # None with 5 classes or fewer, where every image is in its top 5
     l2: float
     description: str
+
+
+def top5_means_something(num_classes: int) -> bool:
+    """Top-5 accuracy is 1 by construction with 5 classes or fewer: reported only above."""
+    return num_classes > 5
 
 
 def linear_probe(
@@ -131,9 +142,52 @@ def linear_probe(
         f"centre-view features of {len(train_x)} train images, L2 {best_l2:g} chosen from "
         f"{list(L2_GRID)} on {val_fraction:.0%} of them; tested on {len(test_x)} images"
     )
-    return LinearProbeResult(
-        topk_accuracy(logits, test_y, 1), topk_accuracy(logits, test_y, 5), best_l2, description
+    top5 = topk_accuracy(logits, test_y, 5) if top5_means_something(num_classes) else None
+    return LinearProbeResult(topk_accuracy(logits, test_y, 1), top5, best_l2, description)
+
+
+def knn_k_used(k: int, train_images: int) -> int:
+    """k, clamped to the train images: with k at or above their number every test image is
+    voted on by the whole train set and kNN measures little (say so beside the result)."""
+    return min(k, train_images)
+
+
+#: The few-shot evaluations: result-key suffix -> fraction of the train labels.
+FEW_SHOT_FRACTIONS: dict[str, float] = {"1pct": 0.01, "10pct": 0.1}
+
+
+def few_shot_probes(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    *,
+    seed: int,
+    max_iter: int = 200,
+    val_fraction: float = 0.2,
+) -> dict[str, Any]:
+    """The linear probe trained on 1% and 10% of the train labels (class-stratified, at
+    least one image per class, drawn with ``seed``: the same images for every run scored on
+    the same train set), tested on all test images: ``linear_top1_1pct``,
+    ``linear_top1_10pct``, and ``few_shot`` saying how many images each used."""
+    from sslbench.data.subset import few_shot_subset
+
+    results: dict[str, Any] = {}
+    used = []
+    for suffix, fraction in FEW_SHOT_FRACTIONS.items():
+        subset = torch.from_numpy(few_shot_subset(train_y.numpy(), fraction, seed))
+        probe = linear_probe(
+            train_x[subset], train_y[subset], test_x, test_y, num_classes,
+            max_iter=max_iter, val_fraction=val_fraction, seed=seed,
+        )  # fmt: skip
+        results[f"linear_top1_{suffix}"] = probe.top1
+        used.append(f"{fraction:.0%}: {len(subset)} images")
+    results["few_shot"] = (
+        f"linear probe (L-BFGS, as linear_top1) on class-stratified subsets of the "
+        f"{len(train_x)} train images, at least one per class, seed {seed} ({'; '.join(used)})"
     )
+    return results
 
 
 def knn_accuracy(
@@ -151,7 +205,7 @@ def knn_accuracy(
     class with weight exp(similarity / temperature)."""
     train_x = F.normalize(train_x, dim=1)
     test_x = F.normalize(test_x, dim=1)
-    k = min(k, len(train_x))
+    k = knn_k_used(k, len(train_x))
     correct = 0
     for start in range(0, len(test_x), chunk):
         sims = test_x[start : start + chunk] @ train_x.T

@@ -26,7 +26,6 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from sslbench.backbones import create_backbone
@@ -53,9 +52,19 @@ from sslbench.data.held import HeldBatches, choose_placement
 from sslbench.data.order import EpochBatchSampler, Resumable
 from sslbench.data.worker_views import StepBatchSampler, ViewsOfBatches, pass_through
 from sslbench.disk import no_space
-from sslbench.evaluation import extract_features, knn_accuracy, linear_probe
+from sslbench.evaluation import (
+    FEW_SHOT_FRACTIONS,
+    extract_features,
+    few_shot_probes,
+    knn_accuracy,
+    knn_k_used,
+    linear_probe,
+)
+from sslbench.loggers import build_loggers
 from sslbench.methods import SSLMethod, method_class
+from sslbench.online_probe import OnlineProbe
 from sslbench.preflight import check_run_data
+from sslbench.quiet import quiet_lightning
 from sslbench.results import (
     atomic_write_text,
     fsync_folder,
@@ -69,6 +78,12 @@ from sslbench.results import (
 )
 from sslbench.resume import DataOrder, TrainingClock, checkpoint_position
 from sslbench.run_folder import claim_run_folder, metrics_columns, trim_metrics
+from sslbench.supervised import (
+    LabelledImages,
+    SupervisedSettings,
+    light_augmentation,
+    train_and_score,
+)
 from sslbench.transforms import Pipeline, view_pipelines
 
 
@@ -89,8 +104,8 @@ class LastCheckpoint(pl.Callback):
 
     def save(self, trainer: pl.Trainer) -> None:
         self.saved_step = trainer.global_step
-        if trainer.logger is not None:
-            trainer.logger.save()  # metrics.csv holds every step the checkpoint holds
+        for logger in trainer.loggers:  # all of them: trainer.logger is only the first
+            logger.save()  # metrics.csv holds every step the checkpoint holds
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
             # weights_only=False: optimiser and loop states too (a resume needs them); said
@@ -267,6 +282,7 @@ def build_trainer(
 ) -> pl.Trainer:
     """Lightning's Trainer for the run's epochs (or ``max_steps`` steps), precision and
     devices; with the run's progress bar (and ``profiler``, Lightning's, when given)."""
+    quiet_lightning()  # before the Trainer: it logs lines that mean nothing here (sslbench.quiet)
     if cfg.progress_bar:
         # Refreshing the bar reads the loss: a host sync, so only every N steps.
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=cfg.log_every_n_steps)]
@@ -399,40 +415,114 @@ def train_loader(cfg: DictConfig, data: RunData, world_size: int) -> DataLoader:
 
 
 def evaluate_backbone(
-    backbone: torch.nn.Module, cfg: DictConfig, data: RunData, pipeline: Pipeline, device: str
+    backbone: torch.nn.Module,
+    cfg: DictConfig,
+    data: RunData,
+    pipeline: Pipeline,
+    device: str,
+    transform: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Linear probe (top-1, top-5) and weighted kNN top-1 on frozen features."""
+    """The frozen backbone's scores: linear probe (top-1, top-5 above 5 classes), weighted
+    kNN top-1 and the few-shot probes on features computed once; with ``eval.probe=sgd`` the
+    linear numbers from lightly's SGD linear evaluation instead, with ``eval.finetune`` a
+    fine-tuned copy's top-1 too (``transform``: the run's, whose crop and flip they use)."""
     if not cfg.eval.enabled or data.test is None or data.test_indices is None:
         reason = "disabled" if not cfg.eval.enabled else "the dataset has no labelled test split"
         return {"linear_top1": None, "linear_top5": None, "knn_top1": None,
                 "probe": f"not evaluated: {reason}", "test_subset": None}  # fmt: skip
+    from tqdm.auto import tqdm
+
+    splits = (("train", data.train, data.train_indices), ("test", data.test, data.test_indices))
+    batches = sum(-(-len(idx) // cfg.eval.batch_size) for _, _, idx in splits)
+    fits = 1 + (len(FEW_SHOT_FRACTIONS) if cfg.eval.few_shot else 0)
+    bar = tqdm(total=batches + fits, desc="evaluating: features", unit="step",
+               disable=not cfg.progress_bar, leave=False)  # fmt: skip
     features = {}
-    for name, split, idx in (
-        ("train", data.train, data.train_indices),
-        ("test", data.test, data.test_indices),
-    ):
+    for name, split, idx in splits:
         x = extract_features(
             backbone, split.images, split.aspect, idx, pipeline,
-            batch_size=cfg.eval.batch_size, device=device,
+            batch_size=cfg.eval.batch_size, device=device, on_batch=lambda: bar.update(),
         )  # fmt: skip
         features[name] = (x, torch.from_numpy(split.labels[idx]).long())
     (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
+    bar.set_description("evaluating: linear probe")
     probe = linear_probe(
         train_x, train_y, test_x, test_y, data.num_classes,
         max_iter=cfg.eval.linear_max_iter, val_fraction=cfg.eval.linear_val_fraction,
         seed=cfg.seed,
     )  # fmt: skip
+    bar.update()
     knn = knn_accuracy(
         train_x, train_y, test_x, test_y, data.num_classes,
         k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature,
     )  # fmt: skip
-    description = (
-        f"{probe.description}; kNN: k={cfg.eval.knn_k}, T={cfg.eval.knn_temperature}, "
-        f"cosine-weighted votes on the same features"
-    )
-    return {"linear_top1": probe.top1, "linear_top5": probe.top5, "knn_top1": knn,
-            "probe": description,
-            "test_subset": subset_fingerprint(data.test_indices, len(data.test))}  # fmt: skip
+    k_used = knn_k_used(cfg.eval.knn_k, len(train_x))
+    knn_note = ""
+    if k_used < cfg.eval.knn_k:
+        knn_note = f" (eval.knn_k={cfg.eval.knn_k} clamped to the {len(train_x)} train images)"
+    per_class = len(train_x) / max(1, data.num_classes)
+    if k_used > per_class:  # most of the k votes then come from other classes
+        knn_note += (
+            f"; k exceeds the ~{per_class:.0f} train images per class, so most votes come "
+            "from other classes (a larger train set, or a smaller eval.knn_k, measures more)"
+        )
+    results: dict[str, Any] = {
+        "linear_top1": probe.top1,
+        "linear_top5": probe.top5,
+        "knn_top1": knn,
+        "probe": f"{probe.description}; kNN: k={k_used}{knn_note}, T={cfg.eval.knn_temperature}, "
+        f"cosine-weighted votes on the same features",
+        "test_subset": subset_fingerprint(data.test_indices, len(data.test)),
+    }
+    if cfg.eval.few_shot:
+        bar.set_description("evaluating: few-shot probes")
+        results.update(few_shot_probes(
+            train_x, train_y, test_x, test_y, data.num_classes, seed=cfg.eval.subset_seed,
+            max_iter=cfg.eval.linear_max_iter, val_fraction=cfg.eval.linear_val_fraction,
+        ))  # fmt: skip
+        bar.update(len(FEW_SHOT_FRACTIONS))
+    bar.close()
+    if cfg.eval.probe == "sgd" or cfg.eval.finetune:
+        if transform is None:
+            raise ValueError("eval.probe=sgd and eval.finetune need the run's transform")
+        results.update(_trained_evaluations(backbone, cfg, data, pipeline, device, transform))
+    return results
+
+
+def _trained_evaluations(
+    backbone: torch.nn.Module,
+    cfg: DictConfig,
+    data: RunData,
+    pipeline: Pipeline,
+    device: str,
+    transform: dict[str, Any],
+) -> dict[str, Any]:
+    """lightly's SGD linear evaluation (``eval.probe=sgd``: its numbers replace the L-BFGS
+    probe's) and fine-tuning (``eval.finetune``), on crop+flip views (sslbench.supervised)."""
+    assert data.test is not None and data.test_indices is not None
+    train = LabelledImages(data.train.images, data.train.aspect, data.train.labels,
+                           data.train_indices)  # fmt: skip
+    test = LabelledImages(data.test.images, data.test.aspect, data.test.labels, data.test_indices)
+    views = light_augmentation(transform, pipeline.size)
+    results: dict[str, Any] = {}
+    kinds = [False] if cfg.eval.probe == "sgd" else []  # finetune: False (the SGD probe) / True
+    kinds += [True] if cfg.eval.finetune else []
+    for finetune in kinds:
+        settings = SupervisedSettings(
+            finetune=finetune, seed=cfg.seed,
+            epochs=cfg.eval.finetune_epochs if finetune else cfg.eval.sgd_epochs,
+            lr=cfg.eval.finetune_lr if finetune else cfg.eval.sgd_lr,
+            batch_size=cfg.eval.finetune_batch_size if finetune else cfg.eval.sgd_batch_size,
+        )  # fmt: skip
+        scored = train_and_score(backbone, data.num_classes, train, test, views, pipeline,
+                                 settings, device, progress=cfg.progress_bar)  # fmt: skip
+        if finetune:
+            results.update(finetune_top1=scored["top1"], finetune_top5=scored["top5"],
+                           finetune=scored["description"])  # fmt: skip
+        else:
+            results.update(linear_top1=scored["top1"], linear_top5=scored["top5"],
+                           probe=scored["description"])  # fmt: skip
+    return results
 
 
 def _base_results(cfg: DictConfig) -> dict[str, Any]:
@@ -611,14 +701,18 @@ def _pretrain_and_evaluate(
     source = resumable_source(loader)
     if source is not None:  # one device (sslbench.resume says what several do)
         callbacks.append(DataOrder(source))
-    logger = CSVLogger(save_dir=str(run_dir), name="", version="")
+    probe = online_probe(cfg, data, model)
+    if probe is not None:  # first: a step's checkpoint holds the probe after that step
+        callbacks.insert(0, probe)
+    loggers = build_loggers(cfg, run_dir)  # metrics.csv's CSVLogger first, then the trackers
+    logger = loggers[0]
     if resume_from is not None and (run_dir / "metrics.csv").is_file():
         # Lightning's CSV writer deletes metrics.csv when it starts: put the earlier
         # attempts' rows back, and append with their columns.
         earlier = (run_dir / "metrics.csv").read_text()
         logger.experiment.metrics_keys = metrics_columns(run_dir)
         atomic_write_text(run_dir / "metrics.csv", earlier)
-    trainer = build_trainer(cfg, accelerator, run_dir, logger=logger, callbacks=callbacks)
+    trainer = build_trainer(cfg, accelerator, run_dir, logger=loggers, callbacks=callbacks)
     if accelerator == "gpu":
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -637,6 +731,7 @@ def _pretrain_and_evaluate(
     return {
         **metrics,
         **pretext_results(model, trainer),
+        **online_probe_results(trainer),
         "pretrain_seconds": pretrain_seconds,
         "images_per_second": images_seen / pretrain_seconds,
         "peak_gpu_memory_bytes": peak_gpu,
@@ -646,6 +741,28 @@ def _pretrain_and_evaluate(
         "held_images_bytes": loader.nbytes if isinstance(loader, HeldBatches) else None,
         "train_images": int(len(data.pretrain_indices)),
         "test_images": None if data.test_indices is None else int(len(data.test_indices)),
+    }
+
+
+def online_probe(cfg: DictConfig, data: RunData, model: SSLMethod) -> OnlineProbe | None:
+    """The run's online probe (``eval.online_probe``), for a dataset with classes."""
+    if not cfg.eval.online_probe or data.num_classes < 2:
+        return None
+    test = None
+    if data.test is not None and data.test_indices is not None:
+        test = (data.test.images, data.test.aspect, data.test.labels, data.test_indices)
+    return OnlineProbe(
+        model.feature_dim, data.num_classes, test, cfg.eval.online_every_n_epochs,
+        eval_batch_size=cfg.eval.batch_size,
+    )  # fmt: skip
+
+
+def online_probe_results(trainer: pl.Trainer) -> dict[str, Any]:
+    """The online probe's last values: train accuracy and (when measured) test top-1."""
+    logged = trainer.callback_metrics
+    return {
+        key: float(logged[key]) if key in logged else None
+        for key in ("online_probe_train_acc", "online_probe_top1")
     }
 
 
@@ -708,8 +825,12 @@ def evaluate_run(run_dir: str | Path, cfg: DictConfig, random_init: bool = False
 
 
 def _evaluate(model: SSLMethod, cfg: DictConfig, data: RunData, device: str) -> dict[str, Any]:
+    transform = OmegaConf.to_container(cfg.transform, resolve=True)
+    assert isinstance(transform, dict)
     try:
-        return evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
+        return evaluate_backbone(
+            model.backbone.to(device), cfg, data, model.pipeline, device, transform
+        )
     except torch.OutOfMemoryError as err:
         raise out_of_gpu_memory(
             "extracting features", "eval.batch_size", cfg.eval.batch_size

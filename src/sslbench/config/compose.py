@@ -29,6 +29,7 @@ from sslbench.config.schema import (
     DATA_PATHS,
     GRID_SECTIONS,
     GROUPS,
+    LOGGERS,
     REQUIRED_GROUPS,
     RESUME_MODES,
     TYPED_SECTIONS,
@@ -451,6 +452,26 @@ NOT_IN_HASH = (
 )  # fmt: skip
 
 
+#: Keys added after runs had been made, with their defaults: part of a run's hash only when
+#: set to another value, so a run from before them keeps its folder. (dataset.jpeg_draft:
+#: false is the full decode those runs did; the evaluations added run on such a folder
+#: through ``sslbench eval``, which adds their numbers to its results.json.)
+KEYS_HASHED_ONLY_AWAY_FROM_DEFAULT: dict[str, Any] = {
+    "dataset.jpeg_draft": False,
+    "eval.few_shot": True,
+    "eval.probe": "lbfgs",
+    "eval.sgd_epochs": 90,
+    "eval.sgd_lr": 0.1,
+    "eval.sgd_batch_size": 256,
+    "eval.finetune": False,
+    "eval.finetune_epochs": 30,
+    "eval.finetune_lr": 0.05,
+    "eval.finetune_batch_size": 256,
+    "eval.online_probe": True,
+    "eval.online_every_n_epochs": None,
+}
+
+
 def what_it_computes(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config without the keys that do not change a run's result
     (:data:`NOT_IN_HASH`): what :func:`config_hash` hashes."""
@@ -460,8 +481,11 @@ def what_it_computes(cfg: DictConfig) -> dict[str, Any]:
         data.pop(key, None)
     if pretext_name(data.get("pretext")) is None:
         data.pop("pretext", None)  # no task: the hash (and folder) of runs from before pretext
-    if not data.get("dataset", {}).get("jpeg_draft", False):
-        data["dataset"].pop("jpeg_draft", None)  # full decode: as runs from before the key
+    # keys added after runs existed, at their defaults: the hash (and folder) of those runs
+    for dotted, default in KEYS_HASHED_ONLY_AWAY_FROM_DEFAULT.items():
+        section, key = dotted.split(".")
+        if data.get(section, {}).get(key, default) == default:
+            data.get(section, {}).pop(key, None)
     # keys without effect on a run of one process: its hash is that of runs from before them
     if data.get("num_nodes", 1) == 1:
         data.pop("num_nodes", None)
@@ -509,6 +533,9 @@ def _check_transform(transform: DictConfig) -> None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
+
+#: Values of ``eval.probe``: L-BFGS on precomputed features (fast), or lightly's SGD one.
+PROBES = ("lbfgs", "sgd")
 
 #: Lightning 2's precision names (and its short aliases), and auto: bf16-mixed on a GPU,
 #: 32-true on a CPU. Checked here because Lightning's own error spans many lines.
@@ -603,6 +630,17 @@ def resolve(cfg: DictConfig) -> DictConfig:
                        ("resume", RESUME_MODES)):  # fmt: skip
         if str(cfg[key]) not in valid:
             raise ConfigError(f"{key} must be one of {', '.join(valid)}; got '{cfg[key]}'")
+    if str(cfg.eval.probe) not in PROBES:
+        raise ConfigError(f"eval.probe must be one of {', '.join(PROBES)}; got '{cfg.eval.probe}'")
+    for key in ("sgd_epochs", "sgd_batch_size", "finetune_epochs", "finetune_batch_size"):
+        if cfg.eval[key] < 1:
+            raise ConfigError(f"eval.{key} must be at least 1, got {cfg.eval[key]}")
+    every = cfg.eval.online_every_n_epochs
+    if every is not None and every < 1:
+        raise ConfigError(
+            f"eval.online_every_n_epochs must be at least 1 (or null: no test accuracy during "
+            f"pretraining), got {every}"
+        )
     if cfg.checkpoint_every_n_steps is not None and cfg.checkpoint_every_n_steps < 1:
         raise ConfigError(
             "checkpoint_every_n_steps must be at least 1 (or null: at each epoch's end), "

@@ -124,6 +124,27 @@ class EvalConfig:
     # seed of the test subset (dataset.max_test): not the run's seed, so that every run of a
     # dataset is scored on the same images (results.json: test_subset)
     subset_seed: int = 0
+    # the linear probe also trained on 1% and 10% of the train labels (class-stratified, at
+    # least one image per class, drawn with subset_seed): linear_top1_1pct / _10pct
+    few_shot: bool = True
+    # the linear probe: lbfgs (logistic regression on precomputed centre-view features,
+    # seconds) | sgd (lightly's linear evaluation: SGD on features of crop+flip views, the
+    # backbone frozen, sgd_epochs epochs; how the study scored its runs, minutes to hours)
+    probe: str = "lbfgs"
+    sgd_epochs: int = 90  # lightly's linear evaluation
+    sgd_lr: float = 0.1  # lightly's: 0.1 x global batch / 256, momentum 0.9, no weight decay
+    sgd_batch_size: int = 256
+    # fine-tuning of the whole backbone with a linear head on crop+flip views (lightly's
+    # finetune evaluation: 30 epochs, SGD 0.05 x batch / 256, momentum 0.9, cosine per step)
+    finetune: bool = False
+    finetune_epochs: int = 30
+    finetune_lr: float = 0.05
+    finetune_batch_size: int = 256
+    # an online linear probe on detached features of the first global view, trained during
+    # pretraining with its own optimiser (the run's result does not change): per-epoch train
+    # accuracy in metrics.csv; with online_every_n_epochs also its test top-1
+    online_probe: bool = True
+    online_every_n_epochs: int | None = None
 
 
 @dataclass

@@ -26,6 +26,7 @@ _EXPORTS = {
     "ImageFolder": "sources",
     "Source": "sources",
     "read_idx": "sources",
+    "few_shot_subset": "subset",
     "stratified_subset": "subset",
     "subset_fingerprint": "subset",
 }

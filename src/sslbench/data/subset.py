@@ -10,7 +10,7 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["stratified_subset", "subset_fingerprint"]
+__all__ = ["few_shot_subset", "stratified_subset", "subset_fingerprint"]
 
 
 def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -39,6 +39,25 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
     # Group indices by class with one stable sort (faster than a mask per class).
     grouped = np.split(np.argsort(labels, kind="stable"), np.cumsum(counts)[:-1])
     picked = [rng.choice(g, size=k, replace=False) for g, k in zip(grouped, share, strict=True)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def few_shot_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted positions of ``fraction`` of each class of ``labels`` (rounded, at least one
+    image per class), drawn with ``seed``: the labelled part of a "1% of the labels"
+    evaluation. Unlabelled items (label < 0) are never picked. Depends only on
+    ``(labels, fraction, seed)``."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels).reshape(-1)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for label in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == label)
+        take = max(1, round(fraction * len(members)))
+        picked.append(rng.choice(members, size=take, replace=False))
+    if not picked:
+        return np.zeros(0, dtype=np.int64)
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 

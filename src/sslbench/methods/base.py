@@ -185,6 +185,10 @@ class SSLMethod(pl.LightningModule):
                 backbone=backbone, view_size=self.pipeline.size,
             )  # fmt: skip
         self._tap: FeatureTap | None = None  # set during a training step with a pretext task
+        # the online probe's input (sslbench.online_probe sets keep_online_features): not a
+        # parameter or buffer, never in the method's optimiser or state_dict
+        self.keep_online_features = False
+        self.online_features: Tensor | None = None
 
     # -- what a method implements -------------------------------------------------------
     def training_loss(self, views: Views) -> Tensor:
@@ -314,22 +318,38 @@ class SSLMethod(pl.LightningModule):
         """One step's loss from its views: the method's, plus the pretext task's; logged,
         and checked for non-finite values without a host sync."""
         n = views.global_views[0].shape[0]
-        if self.pretext is None:
+        if self.pretext is None and not self.keep_online_features:
             loss = self.training_loss(views)
-        else:
+        else:  # the backbone's feature maps are kept for the pretext heads / online probe
             self._tap = FeatureTap()
             try:
-                method_loss = self.training_loss(views)
-                pretext_loss, metrics = self.pretext(self.pretext_inputs(views, self._tap))
+                loss = self.training_loss(views)
+                if self.keep_online_features:
+                    self.online_features = self._pooled_first_view(views, self._tap)
+                if self.pretext is not None:
+                    method_loss = loss
+                    pretext_loss, metrics = self.pretext(self.pretext_inputs(views, self._tap))
+                    loss = method_loss + self.pretext.weight * pretext_loss
+                    self.log("method_loss", method_loss, on_step=False, on_epoch=True,
+                             batch_size=n)  # fmt: skip
+                    for name, value in metrics.items():
+                        self.log(f"pretext_{name}", value, on_step=False, on_epoch=True,
+                                 batch_size=n)  # fmt: skip
             finally:
                 self._tap = None
-            loss = method_loss + self.pretext.weight * pretext_loss
-            self.log("method_loss", method_loss, on_step=False, on_epoch=True, batch_size=n)
-            for name, value in metrics.items():
-                self.log(f"pretext_{name}", value, on_step=False, on_epoch=True, batch_size=n)
         self._flag_nonfinite(loss)
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, batch_size=n)
         return loss
+
+    @torch.no_grad()
+    def _pooled_first_view(self, views: Views, tap: FeatureTap) -> Tensor | None:
+        """Detached pooled features of the first global view, from the feature map the
+        method's own forward left in ``tap`` (None if it left none: no extra forward, which
+        would move batch norm's running statistics)."""
+        fmap = tap.feature_map(views.global_views[0])
+        if fmap is None:
+            return None
+        return self.backbone.forward_head(fmap.detach(), pre_logits=True)
 
     def pretext_inputs(self, views: Views, tap: FeatureTap) -> PretextInputs:
         """The views that carry the pretext op's labels (global first, then local), with

@@ -93,6 +93,10 @@ class Run:
     linear_top5: float | None
     knn_top1: float | None
     pretext_accuracy: float | None
+    linear_top1_1pct: float | None  # the few-shot probes (1% and 10% of the train labels)
+    linear_top1_10pct: float | None
+    finetune_top1: float | None
+    online_probe_top1: float | None  # the online probe's last test top-1
     pretrain_seconds: float | None
     images_per_second: float | None
     peak_gpu_bytes: float | None
@@ -118,6 +122,7 @@ class LossCurve:
     by_epoch: list[tuple[float, float]]  # (epoch, train_loss_epoch)
     epoch_loss_by_step: list[tuple[float, float]]  # (step, train_loss_epoch)
     by_step: list[tuple[float, float]]  # (step, train_loss_step)
+    online_by_epoch: list[tuple[float, float]] = field(default_factory=list)  # online probe top-1
 
 
 def printable(text: str) -> str:
@@ -390,6 +395,10 @@ def load_run(folder: Path, name: str) -> Run:
         linear_top5=_number(data, "linear_top5", 0.0, 1.0),
         knn_top1=_number(data, "knn_top1", 0.0, 1.0),
         pretext_accuracy=_number(data, "pretext_accuracy", 0.0, 1.0),
+        linear_top1_1pct=_number(data, "linear_top1_1pct", 0.0, 1.0),
+        linear_top1_10pct=_number(data, "linear_top1_10pct", 0.0, 1.0),
+        finetune_top1=_number(data, "finetune_top1", 0.0, 1.0),
+        online_probe_top1=_number(data, "online_probe_top1", 0.0, 1.0),
         pretrain_seconds=_number(data, "pretrain_seconds"),
         images_per_second=_number(data, "images_per_second"),
         peak_gpu_bytes=_number(data, "peak_gpu_memory_bytes"),
@@ -450,6 +459,7 @@ def read_loss_curve(folder: Path) -> LossCurve | None:
     by_epoch: list[tuple[float, float]] = []
     epoch_by_step: list[tuple[float, float]] = []
     by_step: list[tuple[float, float]] = []
+    online: list[tuple[float, float]] = []
     try:
         rows: Iterable[dict[str, str | None]] = csv.DictReader(
             io.StringIO(raw.decode("utf-8", errors="replace"), newline="")
@@ -465,8 +475,11 @@ def read_loss_curve(folder: Path) -> LossCurve | None:
                     epoch_by_step.append((step, epoch_loss))
             if step_loss is not None and step is not None:
                 by_step.append((step, step_loss))
+            online_top1 = _finite(row.get("online_probe_top1"))
+            if online_top1 is not None and epoch is not None:
+                online.append((epoch, online_top1))
     except (csv.Error, AttributeError) as err:
         raise RunFolderError(f"metrics.csv is not a CSV log: {one_line(str(err), 120)}") from None
-    if not (by_epoch or epoch_by_step or by_step):
+    if not (by_epoch or epoch_by_step or by_step or online):
         return None
-    return LossCurve(_thin(by_epoch), _thin(epoch_by_step), _thin(by_step))
+    return LossCurve(_thin(by_epoch), _thin(epoch_by_step), _thin(by_step), _thin(online))

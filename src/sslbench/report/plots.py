@@ -209,6 +209,37 @@ def plot_loss_curves(section: Section, warn: Callable[[str], None]) -> Figure | 
     return figure
 
 
+def plot_online_probe(section: Section) -> Figure | None:
+    """(d) the online probe's test top-1 after each epoch it was measured
+    (``eval.online_every_n_epochs``), one line per run; None when no run measured it."""
+    curves = []
+    for run in sorted(section.runs, key=lambda r: (_method_order(r), r.name)):
+        try:
+            curve = read_loss_curve(run.folder)
+        except Exception:  # noqa: BLE001 - the loss plot has said why already
+            continue
+        if curve is not None and curve.online_by_epoch:
+            curves.append((run, curve.online_by_epoch))
+    if not curves:
+        return None
+    figure = _new_figure(6.0, 4.0)
+    axes = figure.add_subplot(1, 1, 1)
+    colours = _colours(sorted({_method_label(run) for run, _ in curves}))
+    for run, points in curves:
+        xs, ys = zip(*[(epoch + 1, top1) for epoch, top1 in points], strict=True)
+        seed = "" if run.seed is None else f" seed {run.seed}"
+        axes.plot(xs, ys, marker="o", markersize=3, linewidth=1,
+                  color=colours[_method_label(run)],
+                  label=f"{_method_label(run)} / {run.transform}{seed}")  # fmt: skip
+    axes.set_title(f"online linear probe, test top-1 — {section.heading}", fontsize=9)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("top-1")
+    axes.grid(True, alpha=0.3)
+    if len(curves) <= 12:
+        axes.legend(fontsize=7)
+    return figure
+
+
 def make_plots(report: Report, warn: Callable[[str], None]) -> list[Plot]:
     """Every plot of every section that has the numbers for it."""
     plots = []
@@ -228,6 +259,11 @@ def make_plots(report: Report, warn: Callable[[str], None]) -> list[Plot]:
                 "loss",
                 f"Training loss per run: {section.heading}",
                 plot_loss_curves(section, warn),
+            ),
+            (
+                "online_probe",
+                f"Online linear probe during pretraining: {section.heading}",
+                plot_online_probe(section),
             ),
         ]
         for name, title, figure in drawings:

@@ -40,7 +40,13 @@ METRICS = {  # table kind -> (title, Run attribute)
     "top5": ("Linear top-5", "linear_top5"),
     "knn": ("kNN top-1", "knn_top1"),
     "pretext": ("Pretext-task accuracy", "pretext_accuracy"),
+    "few1": ("Linear top-1, 1% of the labels", "linear_top1_1pct"),
+    "few10": ("Linear top-1, 10% of the labels", "linear_top1_10pct"),
+    "finetune": ("Fine-tuned top-1", "finetune_top1"),
+    "online": ("Online-probe top-1 (during pretraining)", "online_probe_top1"),
 }
+#: Tables shown only where some run has the number (evaluations that are options).
+OPTIONAL_METRICS = ("pretext", "few1", "few10", "finetune", "online")
 #: At most this many differing config keys are named in a variant's label.
 MAX_LABEL_KEYS = 3
 
@@ -327,10 +333,7 @@ class CellRuns:
     completed: list[Run] = field(init=False)
     failed: list[Run] = field(init=False)
     interrupted: list[Run] = field(init=False)
-    top1: Stats | None = field(init=False)
-    top5: Stats | None = field(init=False)
-    knn: Stats | None = field(init=False)
-    pretext: Stats | None = field(init=False)
+    summaries: dict[str, Stats | None] = field(init=False)  # METRICS kind -> over completed
     minutes: float | None = field(init=False)  # means over the completed runs
     gpu_gb: float | None = field(init=False)
     host_gb: float | None = field(init=False)
@@ -344,16 +347,22 @@ class CellRuns:
         self.interrupted = [
             r for r in self.runs if r.status in ("running", "interrupted", "requeued")
         ]
-        self.top1 = summarize(r.linear_top1 for r in done)
-        self.top5 = summarize(r.linear_top5 for r in done)
-        self.knn = summarize(r.knn_top1 for r in done)
-        self.pretext = summarize(r.pretext_accuracy for r in done)
+        self.summaries = {
+            kind: summarize(getattr(r, attribute) for r in done)
+            for kind, (_, attribute) in METRICS.items()
+        }
         self.minutes, self.gpu_gb, self.host_gb, self.images_per_second = cost_means(done)
 
     def stats(self, kind: str) -> Stats | None:
-        return {"top1": self.top1, "top5": self.top5, "knn": self.knn, "pretext": self.pretext}[
-            kind
-        ]
+        return self.summaries[kind]
+
+    @property
+    def top1(self) -> Stats | None:
+        return self.summaries["top1"]
+
+    @property
+    def knn(self) -> Stats | None:
+        return self.summaries["knn"]
 
     @property
     def status(self) -> str:
@@ -585,12 +594,13 @@ def cell_record(key: SectionKey, cell: CellRuns) -> dict[str, Any]:
         "n_interrupted": len(cell.interrupted),
         "linear_top1_mean": _round(None if top1 is None else top1.mean),
         "linear_top1_std": _round(None if top1 is None else top1.std),
-        "linear_top5_mean": _round(None if cell.top5 is None else cell.top5.mean),
-        "linear_top5_std": _round(None if cell.top5 is None else cell.top5.std),
-        "knn_top1_mean": _round(None if cell.knn is None else cell.knn.mean),
-        "knn_top1_std": _round(None if cell.knn is None else cell.knn.std),
-        "pretext_accuracy_mean": _round(None if cell.pretext is None else cell.pretext.mean),
-        "pretext_accuracy_std": _round(None if cell.pretext is None else cell.pretext.std),
+        **{
+            f"{attribute}_{moment}": _round(None if stats is None else getattr(stats, moment))
+            for kind, (_, attribute) in METRICS.items()
+            if kind != "top1"
+            for stats in (cell.stats(kind),)
+            for moment in ("mean", "std")
+        },
         "minutes_mean": _round(cell.minutes),
         "peak_gpu_gb_mean": _round(cell.gpu_gb),
         "peak_host_gb_mean": _round(cell.host_gb),
@@ -629,8 +639,9 @@ def build_section(
         ),
         metric_table("knn", key, rows, transforms, cells, footnotes, False),
     ]
-    if any(r.pretext_accuracy is not None for r in runs):
-        tables.append(metric_table("pretext", key, rows, transforms, cells, footnotes, False))
+    for kind in OPTIONAL_METRICS:
+        if any(getattr(r, METRICS[kind][1]) is not None for r in runs):
+            tables.append(metric_table(kind, key, rows, transforms, cells, footnotes, False))
     tables.append(cost_table(rows, runs, row_of))
     used: list[int] = []
     for table in tables:
