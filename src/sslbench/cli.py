@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 
@@ -290,7 +291,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"{'backbone':<22}{'linear top-1':>14}{'kNN top-1':>12}{'minutes':>10}")
     for name, linear, knn, minutes in rows:
         print(f"{name:<22}{linear:>14.3f}{knn:>12.3f}{minutes:>10.1f}")
-    print(f"\n{_demo_sentence(results, random_init)}")
+    print(f"\n{textwrap.fill(_demo_sentence(results, random_init), width=90)}")
     print(f"\nrun folder: {cfg.run_dir}")
     return 0
 
