@@ -20,6 +20,13 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
+def one_line_error(capsys) -> str:
+    """The command's standard error, checked to be one ``sslbench: error: ...`` line."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sslbench: error: ") and "\n" not in err, err
+    return err
+
+
 def make_tar(
     files: dict[str, bytes], mode: str = "w:gz", links: dict[str, str] | None = None
 ) -> bytes:

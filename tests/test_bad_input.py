@@ -14,18 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, needs_fmnist
+from conftest import FMNIST, TINY_RUN, needs_fmnist, one_line_error
 from PIL import Image
 
 from sslbench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("sslbench: error: ") and "\n" not in err, err
-    return err
 
 
 @pytest.mark.parametrize(
@@ -45,7 +39,7 @@ def _one_line_error(capsys) -> str:
 def test_a_command_line_mistake_is_one_line_exit_2(override, named, tmp_path, capsys) -> None:
     run_dir = tmp_path / "run"
     assert main(["pretrain", override, f"run_dir={run_dir}"]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     for text in named:
         assert text in err
     assert not run_dir.exists()
@@ -54,7 +48,7 @@ def test_a_command_line_mistake_is_one_line_exit_2(override, named, tmp_path, ca
 def test_an_unknown_backbone_names_close_timm_models_and_leaves_no_folder(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["pretrain", "backbone=resnet181", f"run_dir={run_dir}"]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "unknown backbone 'resnet181'" in err and "resnet18" in err
     assert not run_dir.exists()
 
@@ -64,7 +58,7 @@ def test_a_transform_with_more_views_than_the_method_takes(tmp_path, capsys) -> 
     three.write_text("defaults: [simclr, _self_]\nname: three\nviews: [{}, {}, {}]\n")
     run_dir = tmp_path / "run"
     assert main(["pretrain", f"transform={three}", "backbone=resnet10t", f"run_dir={run_dir}"]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "transform 'three' defines 3 view variants" in err and "simclr takes 2" in err
     assert not run_dir.exists()
 
@@ -131,12 +125,12 @@ def test_a_config_file_that_expands_without_bound_is_refused(tmp_path, capsys) -
     bomb = tmp_path / "config.yaml"
     bomb.write_text("\n".join(levels) + "\n")
     assert main(["pretrain", "--config", str(bomb)]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "YAML aliases" in err and "1,234,567,909 values" in err
     loop = tmp_path / "loop.yaml"
     loop.write_text("a: &a [*a]\n")
     assert main(["pretrain", f"transform={loop}"]) == 2
-    assert "recursive YAML alias" in _one_line_error(capsys)
+    assert "recursive YAML alias" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize(
@@ -144,14 +138,14 @@ def test_a_config_file_that_expands_without_bound_is_refused(tmp_path, capsys) -
 )
 def test_an_environment_variable_never_reaches_config_yaml(override, capsys) -> None:
     assert main(["pretrain", override, "--dry-run"]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "oc.env" in err and "config.yaml" in err
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """A completed tiny SimCLR run (shared: the eval rows only read it)."""
-    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+    if not FMNIST.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make data)")
     run_dir = tmp_path_factory.mktemp("bad-input") / "run"
     assert main(["pretrain", "method=simclr", *TINY_RUN, f"run_dir={run_dir}"]) == 0
@@ -167,13 +161,13 @@ def test_a_checkpoint_from_another_config_is_named(finished_run, tmp_path, capsy
     before = (other / "results.json").read_text()
     capsys.readouterr()
     assert main(["eval", f"run_dir={other}"]) == 1
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "last.ckpt was not written by this run's config.yaml" in err and "size mismatch" in err
     assert (other / "results.json").read_text() == before
 
     # eval changes how the backbone is scored, never what was trained
     assert main(["eval", f"run_dir={finished_run}", "method.output_dim=64"]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "method.output_dim=64" in err and "eval.*" in err
 
 
@@ -194,7 +188,7 @@ def test_a_non_finite_loss_stops_names_the_step_and_keeps_the_checkpoint(
     run_dir = tmp_path / "nan"
     args = ["method=simclr", *TINY_RUN, "epochs=3", "check_finite_every_n_steps=1"]
     assert main(["pretrain", *args, f"run_dir={run_dir}"]) == 1
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "non-finite training loss at step 3 (epoch 1)" in err and "method.optimizer.lr" in err
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "failed"
@@ -213,7 +207,7 @@ def test_out_of_gpu_memory_names_a_batch_size_to_try(tmp_path, monkeypatch, caps
     monkeypatch.setattr(sslbench.train, "fit", out_of_memory)
     run_dir = tmp_path / "oom"
     assert main(["pretrain", "method=simclr", *TINY_RUN, f"run_dir={run_dir}"]) == 1
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "out of GPU memory training at batch_size=64; try batch_size=32" in err
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "failed" and "batch_size=32" in results["error"]
@@ -237,6 +231,6 @@ def test_vicregl_on_a_one_by_one_feature_map_leaves_no_folder(tmp_path, capsys) 
     run_dir = tmp_path / "run"
     args = ["method=vicregl", "backbone=resnet10t", "image_size=32", f"run_dir={run_dir}"]
     assert main(["pretrain", *args]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "VICRegL needs feature maps larger than 1x1" in err and "small_stem=true" in err
     assert not run_dir.exists()

@@ -46,7 +46,7 @@ def test_the_launcher_is_told_from_the_environment(monkeypatch, no_launcher) -> 
 
 def test_the_batch_is_global_and_must_split_evenly() -> None:
     cfg = compose(["devices=4", "batch_size=256"])
-    assert cfg.batch_size == 256  # the lr follows it (method.optimizer.reference_batch_size)
+    assert cfg.batch_size == 256  # kept whole; the lr that follows it: test_distributed_step
     with pytest.raises(ConfigError, match=r"batch_size=250 .* 4 processes; batch_size=248 does"):
         compose(["devices=4", "batch_size=250"])
     with pytest.raises(ConfigError, match=r"devices x num_nodes = 6 processes"):

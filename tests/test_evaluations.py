@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, needs_fmnist
+from conftest import FMNIST, TINY_RUN, needs_fmnist
 
 from sslbench.cli import main
 from sslbench.data.subset import few_shot_subset
@@ -66,7 +66,7 @@ def test_light_augmentation_keeps_crop_flip_and_normalisation() -> None:
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory) -> Path:
     """A tiny run with every evaluation: fine-tuning and the online probe's test top-1."""
-    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+    if not FMNIST.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make data)")
     run_dir = tmp_path_factory.mktemp("evaluations") / "run"
     args = ["pretrain", "method=simclr", *TINY_RUN, "epochs=2", "eval.finetune=true",

@@ -12,19 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY_RUN, needs_fmnist
+from conftest import TINY_RUN, needs_fmnist, one_line_error
 
 from sslbench.cli import main
 from sslbench.config import ConfigError, compose
 from sslbench.config.compose import logger_names
 from sslbench.loggers import check_logger_packages, flatten_config, wandb_mode
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("sslbench: error: ") and "\n" not in err, err
-    return err
-
 
 # ------------------------------------------------------------------ the key, without training
 
@@ -51,7 +44,7 @@ def test_an_unknown_logger_is_one_line_naming_the_valid_ones(tmp_path, capsys) -
         compose(["logger=[csv,tensorbord]"])
     run_dir = tmp_path / "run"
     assert main(["pretrain", "logger=neptune", f"run_dir={run_dir}"]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     for name in ("'neptune'", "csv", "tensorboard", "wandb", "mlflow"):
         assert name in err
     assert not run_dir.exists()
@@ -79,7 +72,7 @@ def test_a_missing_package_is_one_line_with_its_pip_command_before_any_folder(
     run_dir = tmp_path / "run"
     args = ["pretrain", *TINY_RUN, f"logger=[csv,{logger}]", f"run_dir={run_dir}"]
     assert main([*args, f"runs_root={tmp_path}"]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert f"logger={logger} needs {hidden}" in err and command in err
     assert not run_dir.exists()  # said before the run folder is claimed
 

@@ -21,7 +21,7 @@ from sslbench.config import ConfigError, compose, load_run_config
 from sslbench.config.compose import quote_path_override
 from sslbench.cpu import limit_spin_waiting
 from sslbench.preflight import check_run_data
-from sslbench.run_folder import Requeued
+from sslbench.run_folder import RANKS_OF_A_COMMAND, Requeued
 
 DESCRIPTION = """\
 Pretrain, evaluate and compare self-supervised vision models.
@@ -185,7 +185,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     results = pretrain(cfg)
     # rank 0 says it, once: not the other ranks, nor rank 0 of ranks that a command started
     # itself (that command does; sslbench.cluster)
-    if results and not os.environ.get("SSLBENCH_RANKS_OF_A_COMMAND"):
+    if results and not os.environ.get(RANKS_OF_A_COMMAND):
         print(_summary(results, cfg.run_dir))
     return 0
 

@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 
 from sslbench.quiet import rank_environment
-from sslbench.run_folder import Requeued
+from sslbench.run_folder import RANKS_OF_A_COMMAND, Requeued
 
 __all__ = [
     "RequeueOnSignal",
@@ -36,10 +36,6 @@ __all__ = [
     "launched_by",
     "run_ranks_with_torchrun",
 ]
-
-
-#: Set in the environment of ranks that an ``sslbench pretrain`` command started itself.
-RANKS_OF_A_COMMAND = "SSLBENCH_RANKS_OF_A_COMMAND"
 
 
 def launched_by() -> str | None:
@@ -62,9 +58,12 @@ def cluster_plugins() -> list[Any]:
     return []
 
 
-def run_ranks_with_torchrun(config_file: Path, processes: int) -> int:
+def run_ranks_with_torchrun(
+    config_file: Path, processes: int, threads_per_rank: int | None = None
+) -> int:
     """Run ``sslbench pretrain --config CONFIG_FILE`` as ``processes`` ranks on this node
-    through torchrun; return its exit status."""
+    through torchrun (``threads_per_rank``: each rank's ``OMP_NUM_THREADS``, when given);
+    return its exit status."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={processes}",
@@ -73,6 +72,8 @@ def run_ranks_with_torchrun(config_file: Path, processes: int) -> int:
     # the parent prints the run's summary once, the ranks do not; torch reads its C++ log
     # level at import, so the ranks' quieter level is set here (sslbench.quiet says why)
     env = {**os.environ, RANKS_OF_A_COMMAND: "1", **rank_environment()}
+    if threads_per_rank is not None:
+        env["OMP_NUM_THREADS"] = str(threads_per_rank)
     try:
         return subprocess.run(command, env=env).returncode
     except KeyboardInterrupt:  # torchrun stops its ranks on the same Ctrl-C

@@ -22,7 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 #: The probe's optimiser: SGD with momentum at a constant learning rate (solo-learn's
 #: online classifier uses 0.1, momentum 0.9, no weight decay).
@@ -55,12 +55,9 @@ class OnlineProbe(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         pl_module.keep_online_features = True
+        # before a resumed run's state is loaded (Lightning restores callbacks after setup):
+        # Optimizer.load_state_dict then puts the momentum buffers on the parameters' device
         self.head.to(pl_module.device)
-        # the optimiser's momentum buffers follow the parameters they belong to
-        for state in self.optimizer.state.values():
-            for key, value in state.items():
-                if isinstance(value, Tensor):
-                    state[key] = value.to(pl_module.device)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,

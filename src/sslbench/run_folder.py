@@ -27,6 +27,11 @@ class Requeued(Exception):  # noqa: N818 - not an error: the job continues in it
     (sslbench.cluster); the run's status is ``requeued`` until its next start resumes it."""
 
 
+#: Set in the environment of the ranks that an ``sslbench pretrain devices=N`` command
+#: started itself (sslbench.cluster): that command prints the run's summary, they do not.
+RANKS_OF_A_COMMAND = "SSLBENCH_RANKS_OF_A_COMMAND"
+
+
 #: What one attempt at a run leaves in its folder besides config.yaml and results.json.
 ATTEMPT_FILES = ("last.ckpt", "metrics.csv", "error.log")
 

@@ -420,12 +420,11 @@ def evaluate_backbone(
     data: RunData,
     pipeline: Pipeline,
     device: str,
-    transform: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The frozen backbone's scores: linear probe (top-1, top-5 above 5 classes), weighted
     kNN top-1 and the few-shot probes on features computed once; with ``eval.probe=sgd`` the
     linear numbers from lightly's SGD linear evaluation instead, with ``eval.finetune`` a
-    fine-tuned copy's top-1 too (``transform``: the run's, whose crop and flip they use)."""
+    fine-tuned copy's top-1 too (both on views made by the run's crop and flip)."""
     if not cfg.eval.enabled or data.test is None or data.test_indices is None:
         reason = "disabled" if not cfg.eval.enabled else "the dataset has no labelled test split"
         return {"linear_top1": None, "linear_top5": None, "knn_top1": None,
@@ -483,9 +482,7 @@ def evaluate_backbone(
         bar.update(len(FEW_SHOT_FRACTIONS))
     bar.close()
     if cfg.eval.probe == "sgd" or cfg.eval.finetune:
-        if transform is None:
-            raise ValueError("eval.probe=sgd and eval.finetune need the run's transform")
-        results.update(_trained_evaluations(backbone, cfg, data, pipeline, device, transform))
+        results.update(_trained_evaluations(backbone, cfg, data, pipeline, device))
     return results
 
 
@@ -495,7 +492,6 @@ def _trained_evaluations(
     data: RunData,
     pipeline: Pipeline,
     device: str,
-    transform: dict[str, Any],
 ) -> dict[str, Any]:
     """lightly's SGD linear evaluation (``eval.probe=sgd``: its numbers replace the L-BFGS
     probe's) and fine-tuning (``eval.finetune``), on crop+flip views (sslbench.supervised)."""
@@ -503,6 +499,8 @@ def _trained_evaluations(
     train = LabelledImages(data.train.images, data.train.aspect, data.train.labels,
                            data.train_indices)  # fmt: skip
     test = LabelledImages(data.test.images, data.test.aspect, data.test.labels, data.test_indices)
+    transform = OmegaConf.to_container(cfg.transform, resolve=True)
+    assert isinstance(transform, dict)
     views = light_augmentation(transform, pipeline.size)
     results: dict[str, Any] = {}
     kinds = [False] if cfg.eval.probe == "sgd" else []  # finetune: False (the SGD probe) / True
@@ -615,14 +613,10 @@ def _launch_ranks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     claim_run_folder(cfg, run_dir, modify=False)  # another run's folder: refused here
     save_config(cfg, run_dir)
-    env_threads = os.environ.get("OMP_NUM_THREADS")
-    if not env_threads and cfg.get("threads") is None:  # torchrun's default would be 1
-        os.environ["OMP_NUM_THREADS"] = str(max(1, available_cores() // cfg.devices))
-    try:
-        code = run_ranks_with_torchrun(run_dir / "config.yaml", cfg.devices)
-    finally:
-        if not env_threads:
-            os.environ.pop("OMP_NUM_THREADS", None)
+    threads = None  # torchrun's default would be 1 per rank: each gets its share instead
+    if not os.environ.get("OMP_NUM_THREADS") and cfg.get("threads") is None:
+        threads = max(1, available_cores() // cfg.devices)
+    code = run_ranks_with_torchrun(run_dir / "config.yaml", cfg.devices, threads)
     try:
         results = read_results(run_dir)
     except (OSError, ValueError):
@@ -825,12 +819,8 @@ def evaluate_run(run_dir: str | Path, cfg: DictConfig, random_init: bool = False
 
 
 def _evaluate(model: SSLMethod, cfg: DictConfig, data: RunData, device: str) -> dict[str, Any]:
-    transform = OmegaConf.to_container(cfg.transform, resolve=True)
-    assert isinstance(transform, dict)
     try:
-        return evaluate_backbone(
-            model.backbone.to(device), cfg, data, model.pipeline, device, transform
-        )
+        return evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
     except torch.OutOfMemoryError as err:
         raise out_of_gpu_memory(
             "extracting features", "eval.batch_size", cfg.eval.batch_size
