@@ -132,3 +132,27 @@ def test_a_preempted_slurm_job_requeues_itself_and_its_next_start_resumes(
     assert results["resumed_from"] == {"epoch": 1, "step": 3}
     assert calls.read_text().split() == ["requeue", "4242"]  # not requeued again
     assert Path(run_dir / "last.ckpt").is_file()
+
+
+def test_devices_n_refuses_a_folder_holding_another_run(
+    tmp_path, capsys, monkeypatch, no_launcher
+) -> None:
+    """The command that starts the ranks claims the folder as a one-device run does: it
+    overwrote another run's config.yaml, whose last.ckpt the ranks then resumed from."""
+    import sslbench.train
+    from sslbench.results import save_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_config(compose(["backbone=resnet10t", "epochs=1", f"run_dir={run_dir}"]), run_dir)
+    before = (run_dir / "config.yaml").read_text()
+
+    def no_ranks(*args, **kwargs) -> int:
+        raise AssertionError("the ranks were started in another run's folder")
+
+    monkeypatch.setattr(sslbench.train, "run_ranks_with_torchrun", no_ranks)
+    args = ["pretrain", "backbone=resnet10t", "epochs=2", "devices=2", f"run_dir={run_dir}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"run_dir={run_dir} holds another run (" in err and "epochs: 1 -> 2" in err
+    assert (run_dir / "config.yaml").read_text() == before

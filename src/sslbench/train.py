@@ -611,7 +611,9 @@ def _launch_ranks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "docs/multi-gpu.md"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    claim_run_folder(cfg, run_dir, modify=False)  # another run's folder: refused here
+    # claimed as rank 0 of a one-device run claims it: another run's folder is refused here
+    # (modify=False only reads, and refuses nothing), before its config.yaml is replaced
+    claim_run_folder(cfg, run_dir)
     save_config(cfg, run_dir)
     threads = None  # torchrun's default would be 1 per rank: each gets its share instead
     if not os.environ.get("OMP_NUM_THREADS") and cfg.get("threads") is None:
