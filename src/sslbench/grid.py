@@ -32,6 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from sslbench import grid_cost
 from sslbench.config import ConfigError, compose
 from sslbench.config.compose import config_hash, load_run_config, parse_overrides
 from sslbench.config.schema import GRID_SECTIONS, GROUPS, group_options
@@ -71,15 +72,20 @@ class Grid:
 # ---------------------------------------------------------------- expanding the command line
 
 
-def _sweep_values(override: Any) -> list[str]:
-    """The values of one command-line override, as override strings' right-hand sides."""
+def _is_glob(override: Any) -> bool:
+    """Whether an override is a ``glob(...)``: a pattern, which may match fewer values."""
     from hydra.core.override_parser.types import Glob
 
+    return override.is_sweep_override() and isinstance(override.value(), Glob)
+
+
+def _sweep_values(override: Any) -> list[str]:
+    """The values of one command-line override, as override strings' right-hand sides."""
     key = override.get_key_element()
     if not override.is_sweep_override():
         return [override.get_value_element_as_str()]
     value = override.value()
-    if isinstance(value, Glob):
+    if _is_glob(override):
         if key not in GROUPS:
             raise ConfigError(f"'{override.input_line}': glob() selects options of a group "
                               f"({', '.join(GROUPS)}), not values of {key}")  # fmt: skip
@@ -125,6 +131,32 @@ def _select_rows(
     return kept
 
 
+def _check_selection(
+    experiment: str,
+    rows: list[dict[str, str]],
+    axes: dict[str, list[str]],
+    selections: list[tuple[str, list[str]]],
+    patterns: set[str],
+) -> None:
+    """Refuse, in one line, every value of a selecting key that no row or axis of the
+    experiment has (a misspelt ``method=simsiamm`` beside a valid ``simclr`` would otherwise
+    drop out of the grid unseen). A glob's values are a pattern's matches: it only has to
+    match one, which the selection itself checks."""
+    missing = []
+    for key, values in selections:
+        if key in patterns:
+            continue
+        have = [row[key] for row in rows if key in row] or axes.get(key, [])
+        if not have:
+            continue  # not a selecting key: it applies to every run
+        unknown = [v for v in values if not any(_same_value(h, v) for h in have)]
+        if unknown:
+            valid = sorted(set(have), key=str) if key not in axes else have
+            missing.append(f"{key}={','.join(unknown)} (its values: {', '.join(valid)})")
+    if missing:
+        raise ConfigError(f"no run of experiment {experiment} has {', nor '.join(missing)}")
+
+
 def _rows_of(base: DictConfig) -> tuple[list[dict[str, str]], dict[str, list[str]]]:
     """An experiment's explicit rows (``grid.runs``) and its crossed ``grid.axes``."""
     rows = []
@@ -147,9 +179,12 @@ def expand(args: Sequence[str]) -> Grid:
     applies to all runs. ``run_dir=D`` puts the grid's runs under D."""
     fixed: list[tuple[str, str]] = []  # (key, value) applied to every run
     sweeps: dict[str, list[str]] = {}
+    patterns: set[str] = set()  # keys given as glob(...)
     for override in parse_overrides(args, allow_sweeps=True):
         key = override.get_key_element()
         values = _sweep_values(override)
+        if _is_glob(override):
+            patterns.add(key)
         if key == "run_dir":
             if len(values) > 1:
                 raise ConfigError("run_dir of a grid is one folder, under which its runs go")
@@ -165,8 +200,9 @@ def expand(args: Sequence[str]) -> Grid:
     )
     experiment = next((v for k, v in fixed if k == "experiment"), "")
     rows, axes = _rows_of(base)
-    for key, values in [*fixed, *sweeps.items()]:
-        values = values if isinstance(values, list) else [values]
+    selections = [(k, v if isinstance(v, list) else [v]) for k, v in [*fixed, *sweeps.items()]]
+    _check_selection(experiment, rows, axes, selections, patterns)
+    for key, values in selections:
         if any(key in row for row in rows):
             rows = _select_rows(experiment, rows, key, values)
         elif key in axes:
@@ -288,14 +324,7 @@ def child_command(run_dir: Path) -> list[str]:
 
 def _gpu_count() -> int:
     """GPUs a child could be given (only asked when several runs go at once)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip()])
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+    return len(grid_cost.gpu_names())
 
 
 def child_env(slot: int, jobs: int, gpus: int) -> dict[str, str]:
@@ -385,8 +414,7 @@ def run_grid(grid: Grid, dry_run: bool = False) -> int:
     print(f"grid: {total} runs, {len(done)} completed earlier, {len(todo)} to run "
           f"(launcher={launcher}, grid.jobs={grid.jobs})", flush=True)  # fmt: skip
     if dry_run:
-        for run in grid.runs:
-            print(f"{describe(run, total)}  {statuses[run.index]:<9}  {run.run_dir}")
+        dry_run_listing(grid, statuses)
         return 0
     for run in done:
         print(outcome_line(run, total), flush=True)
@@ -406,6 +434,36 @@ def run_grid(grid: Grid, dry_run: bool = False) -> int:
 
             launch_submitit(todo, grid.launcher, total)
     return summarize(grid, time.perf_counter() - start, len(done), interrupted)
+
+
+def dry_run_listing(grid: Grid, statuses: dict[int, str]) -> None:
+    """Each run (index, what sets it apart, status, expected time, folder), then what the
+    runs still to do need: the device they would use, the data to download first, and the
+    expected time with its sources (:mod:`sslbench.grid_cost`)."""
+    total = len(grid.runs)
+    todo = [run for run in grid.runs if statuses[run.index] != "completed"]
+    gpus = grid_cost.gpu_names()
+    roots = sorted({run.run_dir.parent for run in grid.runs})
+    measured = grid_cost.measured_here(roots)
+    estimates = {
+        run.index: grid_cost.estimate(run.cfg, grid_cost.device_of(run.cfg, gpus), measured)
+        for run in todo
+    }
+    for run in grid.runs:
+        found = estimates.get(run.index)
+        cost = f"~{grid_cost.duration(found.minutes, days=False)}" if found is not None else ""
+        if run.index in estimates and found is None:
+            cost = "?"  # to run, without an estimate
+        print(f"{describe(run, total)}  {statuses[run.index]:<9}  {cost:>8}  {run.run_dir}")
+    if not todo:
+        return
+    print()
+    print(grid_cost.device_line([run.cfg for run in todo], gpus))
+    for line in grid_cost.data_lines([run.cfg for run in todo]):
+        print(line)
+    on_gpu = [grid_cost.gpu_reference(run.cfg) for run in todo]
+    for line in grid_cost.time_lines(list(estimates.values()), roots, gpus, grid.jobs, on_gpu):
+        print(line)
 
 
 def summarize(grid: Grid, seconds: float, earlier: int, interrupted: bool) -> int:
