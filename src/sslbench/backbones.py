@@ -31,7 +31,11 @@ class BackboneError(ConfigError):
 
 
 def create_backbone(
-    name: str, *, small_stem: bool = False, zero_init_last: bool | None = False
+    name: str,
+    *,
+    small_stem: bool = False,
+    zero_init_last: bool | None = False,
+    image_size: int | None = None,
 ) -> nn.Module:
     """Build timm model ``name`` from scratch (random init) without its classifier.
 
@@ -42,6 +46,9 @@ def create_backbone(
             whether the last batch norm of each residual branch starts at 0 (timm's default)
             or at 1 (torchvision's, the reference). None keeps the model's own default;
             False is accepted by every model (the others have no such initialisation).
+        image_size: the side of the images the run feeds it; a model built for one input
+            size only (a ViT's patch embedding) and another size raises BackboneError here,
+            rather than timm's assertion at the first forward pass.
 
     Returns:
         A module mapping images (N, 3, H, W) to features (N, model.num_features).
@@ -51,9 +58,51 @@ def create_backbone(
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise BackboneError(f"unknown backbone '{name}': not a timm model name{hint}")
     model = _create(name, zero_init_last)
+    if image_size is not None:
+        _check_input_size(model, name, image_size)
     if small_stem:
         _use_small_stem(model, name)
     return model
+
+
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """(height, width) of the only images ``model`` accepts, or None when it takes any size.
+
+    timm's ViTs (and Swin, DeiT, EVA, ...) build a patch embedding for one image size and
+    assert it at every forward pass (``strict_img_size``) unless made with
+    ``dynamic_img_size``; CNNs take any size."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is None or not getattr(embed, "strict_img_size", False):
+        return None
+    if getattr(model, "dynamic_img_size", False) or getattr(embed, "dynamic_img_pad", False):
+        return None
+    return int(size[0]), int(size[1])
+
+
+def _check_input_size(model: nn.Module, name: str, image_size: int) -> None:
+    fixed = fixed_input_size(model)
+    if fixed is None or fixed == (image_size, image_size):
+        return
+    height, width = fixed
+    side = f"{height}" if height == width else f"{height}x{width}"
+    raise BackboneError(
+        f"backbone '{name}' takes {height}x{width} images only (its patch embedding is built "
+        f"for that size), but image_size={image_size}; use image_size={side}, or a backbone "
+        f"made for {image_size}-px images (a CNN such as resnet18 takes any size)"
+    )
+
+
+def total_stride(model: nn.Module) -> int | None:
+    """How many input pixels one cell of the final feature map spans along each side (32
+    for a ResNet, 8 with the small-image stem, 16 for a ViT-B/16), from timm's
+    ``feature_info``; None for a model that does not say."""
+    info = getattr(model, "feature_info", None)
+    try:
+        reduction = info[-1]["reduction"]  # type: ignore[index]
+    except (TypeError, IndexError, KeyError):
+        return None
+    return int(reduction) if reduction else None
 
 
 def _create(name: str, zero_init_last: bool | None) -> nn.Module:
@@ -85,6 +134,11 @@ def _use_small_stem(model: nn.Module, name: str) -> None:
     model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()
+    # The stem's stride 2 and the max-pool's are gone: every stage downsamples 4x less, and
+    # timm's feature_info (read by total_stride) says so.
+    model.feature_info = [
+        {**stage, "reduction": max(1, stage["reduction"] // 4)} for stage in model.feature_info
+    ]
 
 
 def feature_dim(model: nn.Module) -> int:

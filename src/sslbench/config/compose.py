@@ -14,6 +14,7 @@ import copy
 import functools
 import hashlib
 import re
+import types
 import typing
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
@@ -121,7 +122,7 @@ def load_yaml(path: Path, what: str) -> Any:
     try:
         root = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read {what} {path}: {_first_line(err)}") from None
+        raise ConfigError(f"cannot read {what} {path}: {_yaml_problem(err)}") from None
     sizes: dict[int, int] = {}  # an alias is the same node object: counted once, used often
 
     def expanded(node: Any, open_nodes: frozenset[int]) -> int:
@@ -150,6 +151,74 @@ def load_yaml(path: Path, what: str) -> Any:
         raise ConfigError(f"cannot read {what} {path}: {_first_line(err)}") from None
 
 
+def _yaml_problem(err: Exception) -> str:
+    """A YAML syntax error in one line, with where it is: ``line 2, column 5: expected ','
+    or ']', but got ':' (while parsing a flow sequence that starts at line 1, column 4)``
+    (PyYAML's first line is only the context, without a position)."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+        return _first_line(err)
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {getattr(err, 'problem', None)}"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context:
+        if start is not None and (start.line, start.column) != (mark.line, mark.column):
+            context += f" that starts at line {start.line + 1}, column {start.column + 1}"
+        text += f" ({context})"
+    return text
+
+
+def _file_key_type(keys: list[str], mapping: dict[str, Any]) -> Any:
+    """The type the schema gives a key of a YAML file (``keys``: its full dotted path, e.g.
+    ``["eval", "knn_k"]``; ``mapping``: the file's mapping that holds it), or None where the
+    schema does not type it (a method's own keys: typed by the method's YAML when set on the
+    command line). Raises ConfigError for a key the schema does not have."""
+    parent = ".".join(keys[:-1])
+    section = RunConfig if not parent else TYPED_SECTIONS.get(parent)
+    if section is not None:
+        if keys[-1] not in {f.name for f in fields(section)}:
+            scope = f" under {parent}" if parent else ""
+            valid = ", ".join(sorted(f.name for f in fields(section)))
+            raise ConfigError(f"unknown key '{'.'.join(keys)}'; valid keys{scope}: {valid}")
+        return _annotation(section, keys[-1])
+    if keys[:2] == ["transform", "ops"] and len(keys) == 4 and keys[-1] != "op":
+        from sslbench.transforms.params import OP_PARAMS
+
+        params = OP_PARAMS.get(str(mapping.get("op", keys[2])))
+        if params is not None and keys[-1] in {f.name for f in fields(params)}:
+            return _annotation(params, keys[-1])
+    return None  # an unknown op or parameter is named by the transform's own check
+
+
+def check_file_values(node: DictConfig, what: str, path: Path, group: str | None) -> None:
+    """Check every key of a YAML file against the schema, as the command line checks
+    ``key=value``: an unknown key, or a value of the wrong type, raises ConfigError naming
+    the file and the key as the file spells it (``config file F: epochs must be int, got
+    'abc'``). ``group``: the group the file is an option of (its keys are under it), None for
+    a file of the whole config (``--config``, an experiment)."""
+    data = OmegaConf.to_container(node, resolve=False)
+    prefix = [group] if group else []
+
+    def walk(mapping: dict[str, Any], keys: list[str]) -> None:
+        for key, value in mapping.items():
+            here = [*keys, str(key)]
+            if here == ["defaults"]:  # Hydra's defaults list, checked when composed
+                continue
+            spelled = ".".join(here)
+            try:
+                expected = _file_key_type(prefix + here, mapping)
+            except ConfigError as err:
+                raise ConfigError(f"{what} {path}: {err}") from None
+            interpolated = isinstance(value, str) and "${" in value
+            if expected is not None and not interpolated and not _type_ok(expected, value):
+                kind = "a mapping of keys" if is_dataclass(expected) else _type_name(expected)
+                raise ConfigError(f"{what} {path}: {spelled} must be {kind}, got {value!r}")
+            if isinstance(value, dict):
+                walk(value, here)
+
+    if isinstance(data, dict):
+        walk(data, [])
+
+
 def _is_file_choice(choice: Any) -> bool:
     return isinstance(choice, str) and choice.endswith((".yaml", ".yml"))
 
@@ -171,6 +240,7 @@ def _store_file_choice(group: str, choice: str) -> str:
     node = load_yaml(path, f"{group} file")
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{group} file {choice} must hold a mapping of keys to values")
+    check_file_values(node, f"{group} file", path, None if group == "experiment" else group)
     # an experiment sets keys anywhere (Hydra's "# @package _global_", which a stored node
     # cannot carry as a comment); the other groups' options are named
     package = "_global_" if group == "experiment" else None
@@ -181,7 +251,13 @@ def _store_file_choice(group: str, choice: str) -> str:
     identity = f"{path.resolve()}\n{OmegaConf.to_yaml(node)}"
     stored = "file-" + hashlib.sha256(identity.encode()).hexdigest()[:12]
     ConfigStore.instance().store(group=group, name=stored, node=node, package=package)
+    _FILE_CHOICES[f"{group}/{stored}"] = f"{group} file {path}"
     return stored
+
+
+#: ``group/file-<hash>`` (a user's YAML file stored as an option) -> ``group file PATH``, so
+#: that an error Hydra raises while composing it names the file, not its stored name.
+_FILE_CHOICES: dict[str, str] = {}
 
 
 def _split_overrides(overrides: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -247,7 +323,8 @@ def _type_ok(expected: Any, value: Any) -> bool:
 
 def _type_name(expected: Any) -> str:
     args = [a for a in typing.get_args(expected) if a is not type(None)]
-    if typing.get_origin(expected) is typing.Union and len(args) == 1:
+    # ``int | None`` (the schema's spelling) is a types.UnionType, ``Optional[int]`` a Union
+    if typing.get_origin(expected) in (typing.Union, types.UnionType) and len(args) == 1:
         return f"{_type_name(args[0])} or null"
     return getattr(expected, "__name__", str(expected))
 
@@ -375,8 +452,27 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(str(conf_dir()), version_base="1.3", job_name="sslbench"):
             cfg = hydra_compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"invalid configuration: {_first_line(err)}") from None
+        raise ConfigError(f"invalid configuration: {_composition_problem(err)}") from None
     return cfg  # typed: the defaults list starts with the RunConfig schema
+
+
+def _composition_problem(err: Exception) -> str:
+    """Hydra's composition error in one line, naming a user's YAML file by its path: Hydra
+    writes ``In 'experiment/file-<hash>': ValidationError raised while composing config:``,
+    then the problem and its ``full_key`` on the next lines."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    head = lines[0]
+    for stored, named in _FILE_CHOICES.items():
+        head = head.replace(f"'{stored}'", named)
+    composing = re.search(r": \w+ raised while composing config:$", head)
+    if composing and len(lines) > 1:
+        head = f"{head[: composing.start()]}: {lines[1]}"
+        key = next((line for line in lines[2:] if line.startswith("full_key:")), None)
+        if key is not None:
+            head += f" ({key.replace('full_key:', 'key').strip()})"
+    return head
 
 
 def _legacy_cache_size(saved: DictConfig) -> int | None:
@@ -427,11 +523,15 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
     loaded = load_yaml(path, "config file")
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    check_file_values(loaded, "config file", path, None)
     try:
         saved = upgrade_saved_config(loaded)
         cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
     except Exception as err:  # noqa: BLE001 - any parse/type error becomes one line
-        raise ConfigError(f"invalid config file {path}: {_first_line(err)}") from None
+        key = getattr(err, "full_key", None)
+        raise ConfigError(
+            f"invalid config file {path}: {f'{key}: ' if key else ''}{_first_line(err)}"
+        ) from None
     for override in parse_overrides(args):
         key = override.key_or_group
         if key in GROUPS:
@@ -652,16 +752,39 @@ def resolve(cfg: DictConfig) -> DictConfig:
     if cfg.dataset.path_required and not cfg.dataset.path:
         raise ConfigError(f"dataset {cfg.dataset.name} needs dataset.path=DIR")
     if cfg.run_dir is None:
-        pretext = pretext_name(cfg.get("pretext"))
-        name = "-".join(
-            str(part)
-            for part in (
-                method_name,
-                cfg.transform.get("name"),
-                *([f"pretext_{pretext}"] if pretext else []),
-                cfg.dataset.name,
-                cfg.backbone.name,
-            )
-        )
-        cfg.run_dir = str(Path(cfg.runs_root) / f"{name}-{config_hash(cfg)}")
+        cfg.run_dir = default_run_dir(cfg)
     return cfg
+
+
+#: Method keys a run folder's name carries, as (key, prefix): without them the study's four
+#: VICRegL runs (α 0.25 ... 0.95) differ only by their hash.
+NAMED_METHOD_KEYS: dict[str, tuple[str, str]] = {"vicregl": ("alpha", "a")}
+
+
+def _folder_name(cfg: DictConfig, method_keys: bool = True) -> str:
+    """``<method>[-a<α>]-<transform>[-pretext_<task>]-<dataset>-<backbone>-<hash>``;
+    ``method_keys=False``: the name without the method's keys, as folders were named before."""
+    method = str(cfg.method.get("name"))
+    tags = []
+    if method_keys and method in NAMED_METHOD_KEYS:
+        key, prefix = NAMED_METHOD_KEYS[method]
+        value = cfg.method.get(key)
+        if value is not None:
+            tags.append(f"{prefix}{value:g}" if isinstance(value, float) else f"{prefix}{value}")
+    pretext = pretext_name(cfg.get("pretext"))
+    task = [f"pretext_{pretext}"] if pretext else []
+    parts = [method, *tags, cfg.transform.get("name"), *task, cfg.dataset.name, cfg.backbone.name]
+    return "-".join(str(part) for part in parts) + f"-{config_hash(cfg)}"
+
+
+def default_run_dir(cfg: DictConfig) -> str:
+    """The run folder of a config without ``run_dir``: ``<runs_root>/<name>``
+    (:func:`_folder_name`). A folder that the same config got under the name without the
+    method's keys is kept, so that a rerun finds (and resumes or skips) what it holds."""
+    root = Path(cfg.runs_root)
+    named = root / _folder_name(cfg)
+    if not named.exists():
+        unnamed = root / _folder_name(cfg, method_keys=False)
+        if unnamed != named and unnamed.is_dir():
+            return str(unnamed)
+    return str(named)

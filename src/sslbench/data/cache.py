@@ -43,7 +43,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -206,7 +205,8 @@ def load_or_build(
 
     The cache is reused when its fingerprint, stored side and format version match; otherwise
     it is rebuilt, by one process at a time (others wait for it, then load its result).
-    Unreadable images are skipped with one warning and listed in ``meta["skipped"]`` (reasons
+    Unreadable images are skipped with one ``sslbench: warning:`` line on standard error
+    (:func:`_skipped_message`) and listed in ``meta["skipped"]`` (reasons
     in ``meta["skipped_reasons"]``); ``strict=True`` raises at the first instead. ``workers``:
     decoding processes for sources with :meth:`Source.items` (None: ``min(CPUs, 8)``; 1: in
     this process). ``progress`` shows a progress bar and the waiting message.
@@ -419,13 +419,9 @@ def _build(
     if n < capacity:  # files were skipped: copy the kept rows into a file of the right size
         _compact_npy(out / "images.npy", keep)
     if skipped:
-        shown = "; ".join(f"{name} ({reason})" for name, reason in skipped[:3])
-        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        warnings.warn(
-            f"{source.name}/{split}: skipped {len(skipped)} unreadable image(s), listed in the "
-            f"cache's meta.json: {shown}{more}",
-            stacklevel=3,
-        )
+        # One line of sslbench's own, whoever called: a Python warning shows a file, a line
+        # number and a line of sslbench's source, which tell the user nothing.
+        print(f"sslbench: warning: {_skipped_message(source, split, skipped)}", file=sys.stderr)
 
     np.save(out / "labels.npy", labels[keep])
     np.save(out / "sizes.npy", sizes[keep])
@@ -445,6 +441,30 @@ def _build(
         "skipped_reasons": dict(skipped),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+#: Unreadable files named in the warning; the others are counted (all are in meta.json).
+SKIPPED_NAMED = 3
+
+
+def _skipped_message(source: Source, split: str, skipped: list[tuple[str, str]]) -> str:
+    """``folder/train: skipped 2 unreadable images (a/x.jpg, b/y.png), ...``: how many, the
+    first :data:`SKIPPED_NAMED` (relative to the source's folder), and what happened."""
+    names = [_relative(name, source.path) for name, _ in skipped[:SKIPPED_NAMED]]
+    more = f" and {len(skipped) - SKIPPED_NAMED} more" if len(skipped) > SKIPPED_NAMED else ""
+    images = "image" if len(skipped) == 1 else "images"
+    return (
+        f"{source.name}/{split}: skipped {len(skipped)} unreadable {images} "
+        f"({', '.join(names)}{more}); the run goes on without them, each listed with its "
+        "reason in the cache's meta.json (dataset.strict=true stops at the first instead)"
+    )
+
+
+def _relative(name: str, root: Path) -> str:
+    try:
+        return Path(name).relative_to(root).as_posix()
+    except ValueError:  # not a path under the source's folder (a member name, ...)
+        return name
 
 
 def _decode_sequential(
