@@ -144,9 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as err:
         print(f"sslbench: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:
+    except KeyboardInterrupt as err:  # Ctrl-C: 130; a run stopped by SIGTERM: 143
         print(f"sslbench: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_code", 130)
     except Requeued as err:  # SLURM restarts the job; the run resumes from its checkpoint
         print(f"sslbench: requeued: {err}", file=sys.stderr)
         return EXIT_REQUEUED

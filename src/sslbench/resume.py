@@ -16,14 +16,23 @@ epoch's order again and trains on its first batches a second time.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from sslbench.data.order import Resumable
 
-__all__ = ["DataOrder", "TrainingClock", "checkpoint_position"]
+__all__ = [
+    "DataOrder", "EpochMetrics", "StopOnSignal", "TrainingClock", "checkpoint_position",
+    "keep_signal_handlers",
+]  # fmt: skip
 
 
 class DataOrder(pl.Callback):
@@ -93,3 +102,158 @@ class TrainingClock(pl.Callback):
 def checkpoint_position(checkpoint: dict[str, Any]) -> dict[str, int]:
     """Where a Lightning checkpoint stopped: the epoch it was in and the steps done."""
     return {"epoch": int(checkpoint["epoch"]), "step": int(checkpoint["global_step"])}
+
+
+#: The signals that stop a run at the next step's boundary: Ctrl-C, and what `kill`, a
+#: container runtime or a scheduler's time limit send first.
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopOnSignal(pl.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM during training stops the run between two steps, never
+    inside one: a step interrupted after its forward pass has moved the batch norms' running
+    statistics, one interrupted after the optimiser has moved the weights but not the
+    learning-rate schedule; a checkpoint of either resumes to another run. The signal is
+    noted, the step finishes, ``checkpoint`` (sslbench's last.ckpt) is saved before the next
+    step starts (or at the end of training) and KeyboardInterrupt ends the training, with
+    ``results["stopped_at"]`` saying where. A second signal stops at once (last.ckpt then
+    stays as the last boundary wrote it). With several processes the ranks agree every
+    ``check_every`` steps (a collective: not every step)."""
+
+    def __init__(self, checkpoint: Any, results: dict[str, Any], check_every: int = 1) -> None:
+        self.checkpoint = checkpoint  # an object with save(trainer) and saved_step
+        self.results = results
+        self.check_every = max(1, check_every)
+        self.received: signal.Signals | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The caller puts the handlers back after fit (keep_signal_handlers): Lightning's
+        # teardown, after every callback's last hook, restores what it found here.
+        if threading.current_thread() is threading.main_thread():  # where Python takes them
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # asked twice: stop now, inside the step
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum)
+        sys.stderr.write(
+            f"\nsslbench: {self.received.name}: stopping after this step with a checkpoint "
+            "that resumes exactly (again to stop at once)\n"
+        )
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._stop_if_asked(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # asked during the last step: training is whole, and the evaluation is not started
+        self._stop_if_asked(trainer)
+
+    def _stop_if_asked(self, trainer: pl.Trainer) -> None:
+        asked = self.received is not None
+        if trainer.world_size > 1:
+            if trainer.global_step % self.check_every:
+                return
+            asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
+        if not asked:
+            return
+        if trainer.global_step > 0 and self.checkpoint.saved_step != trainer.global_step:
+            self.checkpoint.save(trainer)
+        name = (self.received or signal.SIGINT).name
+        self.results["stopped_at"] = {
+            "epoch": trainer.current_epoch, "step": trainer.global_step, "signal": name
+        }  # fmt: skip
+        raise KeyboardInterrupt(f"{name} at epoch {trainer.current_epoch}, step "
+                                f"{trainer.global_step}")  # fmt: skip
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning stops on SIGTERM itself at an epoch's end (after that epoch's save)
+        if self.received is not None and self.results.get("stopped_at") is None:
+            self.results["stopped_at"] = {
+                "epoch": trainer.current_epoch, "step": trainer.global_step,
+                "signal": self.received.name,
+            }  # fmt: skip
+
+
+#: The checkpoint key holding the epoch's running sums (see :class:`EpochMetrics`).
+EPOCH_METRICS_KEY = "sslbench_epoch_metrics"
+
+
+class EpochMetrics(pl.Callback):
+    """Carries the epoch-level values logged so far (running sums and batch counts of every
+    ``on_epoch`` metric: the loss, effective rank, pretext and online-probe accuracies) in
+    a checkpoint saved in the middle of an epoch, and puts them back before the first step
+    of a resumed run: the epoch's row in metrics.csv then averages the whole epoch, and a
+    value logged every N steps (the effective rank) is not missing from it. Lightning keeps
+    these sums in its logger connector and saves none of them. It must follow the callbacks
+    that log in ``on_train_batch_end`` (the online probe)."""
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        per_epoch = int(trainer.num_training_batches)
+        done = trainer.global_step - trainer.current_epoch * per_epoch
+        if not 0 < done < per_epoch:  # at an epoch's end (or start): nothing is partial
+            return
+        carried = list(self.pending)  # a second stop before the first resumed step
+        for metric in trainer.fit_loop.epoch_loop._results.values():
+            meta = metric.meta
+            if not metric.is_tensor or not meta.on_epoch or metric.has_reset:
+                continue
+            reduce = ("mean" if meta.is_mean_reduction else "max" if meta.is_max_reduction
+                      else "min" if meta.is_min_reduction else "sum")  # fmt: skip
+            batches = int(metric.cumulated_batch_size) if reduce == "mean" else 1
+            carried.append({
+                "fx": meta.fx, "name": meta.name, "reduce": reduce, "on_step": meta.on_step,
+                "prog_bar": meta.prog_bar, "logger": meta.logger,
+                "value": float(metric.value), "batch_size": batches,
+            })  # fmt: skip
+        checkpoint[EPOCH_METRICS_KEY] = carried
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.pending = list(checkpoint.get(EPOCH_METRICS_KEY, []))
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        if not self.pending:
+            return
+        # After the first resumed step has logged: Lightning resets a hook's sums when that
+        # hook first logs in an epoch's first batch. Added to Lightning's collection as the
+        # hook that logged them would (LightningModule.log would reset them again), with the
+        # values' weights as batch sizes: a mean's sums then become a whole epoch's.
+        results = trainer.fit_loop.epoch_loop._results
+        for item in self.pending:
+            weight = item["batch_size"]
+            value = item["value"] / weight if item["reduce"] == "mean" else item["value"]
+            results.log(
+                item["fx"], item["name"], torch.tensor(value, device=pl_module.device),
+                prog_bar=item["prog_bar"], logger=item["logger"], on_step=item["on_step"],
+                on_epoch=True, reduce_fx=item["reduce"], batch_size=weight,
+                sync_dist_fn=trainer.strategy.reduce,
+            )  # fmt: skip
+        self.pending = []
+
+
+@contextlib.contextmanager
+def keep_signal_handlers() -> Iterator[None]:
+    """The handlers of :data:`STOP_SIGNALS` as they were, after whatever happens inside
+    (StopOnSignal's, and Lightning's SIG_IGN for SIGINT after an interrupt, end there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

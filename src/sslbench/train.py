@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
 import time
 import traceback
@@ -28,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader
 
-from sslbench.backbones import create_backbone
+from sslbench.backbones import create_backbone, total_stride
 from sslbench.cluster import (
     Requeued,
     RequeueOnSignal,
@@ -63,7 +62,7 @@ from sslbench.evaluation import (
 from sslbench.loggers import build_loggers
 from sslbench.methods import SSLMethod, method_class
 from sslbench.online_probe import OnlineProbe
-from sslbench.preflight import check_run_data
+from sslbench.preflight import check_run_data, model_caveats, run_caveats, say_caveats
 from sslbench.quiet import quiet_lightning
 from sslbench.results import (
     atomic_write_text,
@@ -76,8 +75,15 @@ from sslbench.results import (
     versions,
     write_results,
 )
-from sslbench.resume import DataOrder, TrainingClock, checkpoint_position
-from sslbench.run_folder import claim_run_folder, metrics_columns, trim_metrics
+from sslbench.resume import (
+    DataOrder,
+    EpochMetrics,
+    StopOnSignal,
+    TrainingClock,
+    checkpoint_position,
+    keep_signal_handlers,
+)
+from sslbench.run_folder import Stopped, claim_run_folder, metrics_columns, trim_metrics
 from sslbench.supervised import (
     LabelledImages,
     SupervisedSettings,
@@ -101,6 +107,7 @@ class LastCheckpoint(pl.Callback):
         self.results = results
         self.every_n_steps = every_n_steps
         self.saved_step = -1  # the step of the last save in this process
+        self.in_step = False  # between a step's start and its end the state is half-made
 
     def save(self, trainer: pl.Trainer) -> None:
         self.saved_step = trainer.global_step
@@ -127,9 +134,15 @@ class LastCheckpoint(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save(trainer)
 
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        self.in_step = True
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
+        self.in_step = False
         # Every N steps too, so a long epoch is not lost whole; not at an epoch's last
         # step, which on_train_epoch_end saves.
         step, per_epoch = trainer.global_step, int(trainer.num_training_batches)
@@ -145,8 +158,16 @@ class LastCheckpoint(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, KeyboardInterrupt) and trainer.global_step > 0:
-            self.save(trainer)  # the steps since the last epoch's end are kept too
+        # An interrupt between two steps keeps the steps since the last save; one inside a
+        # step (a second Ctrl-C: sslbench.resume.StopOnSignal) would save batch-norm
+        # statistics or weights that are a step ahead of the rest: the last save stays.
+        if (
+            isinstance(exception, KeyboardInterrupt)
+            and not self.in_step
+            and trainer.global_step > 0
+            and self.saved_step != trainer.global_step
+        ):
+            self.save(trainer)
 
 
 class EpochTimer(pl.Callback):
@@ -238,6 +259,7 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         cfg.backbone.name,
         small_stem=cfg.backbone.small_stem,
         zero_init_last=cfg.backbone.zero_init_last,
+        image_size=cfg.image_size,
     )
     channels_last = accelerator == "gpu" and cfg.backbone.channels_last
     if channels_last:
@@ -331,13 +353,13 @@ def fit(trainer: pl.Trainer, model: SSLMethod, loader: Any, checkpoint: Path | N
         # A run resumed mid-epoch continues its data order exactly (sslbench.resume).
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         try:
-            trainer.fit(model, loader, ckpt_path=checkpoint, weights_only=True)
+            with keep_signal_handlers():  # Lightning ignores SIGINT after an interrupt
+                trainer.fit(model, loader, ckpt_path=checkpoint, weights_only=True)
         except SystemExit:
             if not trainer.interrupted:
                 raise
-            # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on: give
-            # the interrupt back to the caller (exit 130) and Ctrl-C its usual meaning.
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            # Lightning turns Ctrl-C into sys.exit(1) (and SIGTERM into its own SystemExit):
+            # give the interrupt back to the caller (exit 130, or 143 for SIGTERM).
             raise KeyboardInterrupt from None
 
 
@@ -532,11 +554,23 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
         "git_sha": git_sha(),
         "started_at": now(),
         "resumed_from": None,  # {epoch, step} of the checkpoint a resumed run continued
+        # where a signal stopped this attempt ({epoch, step, signal}); every attempt's: stops
+        "stopped_at": None,
+        "stops": [],
         # who runs it, and when it last saved: a "running" run whose process is gone, or
         # whose heartbeat is older than an epoch, has died
         "process": {"pid": os.getpid(), "host": socket.gethostname()},
         "heartbeat_at": now(),
     }
+
+
+def _earlier_stops(run_dir: Path) -> list[dict[str, Any]]:
+    """The stops recorded by the earlier attempts at a run being resumed."""
+    try:
+        stops = read_results(run_dir).get("stops")
+    except (OSError, ValueError):
+        return []
+    return [s for s in stops if isinstance(s, dict)] if isinstance(stops, list) else []
 
 
 def now() -> str:
@@ -566,9 +600,12 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     resume_from = claim_run_folder(cfg, run_dir)
     save_config(cfg, run_dir)
     results = _base_results(cfg)
+    results["caveats"] = run_caveats(cfg) + model_caveats(cfg, total_stride(built.model.backbone))
+    say_caveats(results["caveats"])
     if resume_from is not None:
         position = checkpoint_position(read_checkpoint(resume_from))
         results["resumed_from"] = position
+        results["stops"] = _earlier_stops(run_dir)
         trim_metrics(run_dir, position["step"])
         print(f"resuming {run_dir} at epoch {position['epoch']}, step {position['step']} "
               "(resume=never starts over)", flush=True)  # fmt: skip
@@ -582,12 +619,17 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         raise
     except KeyboardInterrupt:
         results["status"] = "interrupted"
+        stopped = results.get("stopped_at") or {"signal": "SIGINT"}  # outside training: no step
+        results["stops"] = [*results.get("stops", []), {**stopped, "at": now()}]
         write_results(run_dir, results)
         if (run_dir / "last.ckpt").is_file():
             how = "the same command resumes it from last.ckpt"
         else:
             how = "it had no checkpoint yet; the same command starts it again"
-        raise KeyboardInterrupt(f"run stopped; {how} (run folder {run_dir})") from None
+        where = f" at epoch {stopped['epoch']}, step {stopped['step']}" if "step" in stopped else ""
+        raise Stopped(
+            f"run stopped{where}; {how} (run folder {run_dir})", stopped["signal"]
+        ) from None
     except BaseException as err:
         results["status"] = "failed"
         results["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
@@ -692,8 +734,10 @@ def _pretrain_and_evaluate(
     loader = train_batches(cfg, data, world_size, accelerator, model)
     clock = TrainingClock()
     last = LastCheckpoint(run_dir, results, cfg.get("checkpoint_every_n_steps"))
-    callbacks: list[pl.Callback] = [last, EpochTimer(), clock]
+    # StopOnSignal after LastCheckpoint: the end of training is saved before it stops there
+    callbacks: list[pl.Callback] = [EpochMetrics(), last, EpochTimer(), clock]
     callbacks.append(RequeueOnSignal(last, cfg.log_every_n_steps))  # acts in SLURM jobs only
+    callbacks.append(StopOnSignal(last, results, cfg.log_every_n_steps))
     source = resumable_source(loader)
     if source is not None:  # one device (sslbench.resume says what several do)
         callbacks.append(DataOrder(source))
