@@ -15,12 +15,12 @@ else
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: demo test test-fast lint data browser clean-venv
+.PHONY: demo test test-fast lint data browser latex clean-venv
 
 demo: $(STAMP) data
 	$(VENV)/bin/sslbench demo
 
-test: $(STAMP) data browser
+test: $(STAMP) data browser latex
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest -q
 
@@ -61,6 +61,20 @@ browser:
 			|| echo "note: could not install chromium; the HTML report test will be skipped"; \
 	else \
 		echo "note: chromium not found; the HTML report test will be skipped"; \
+	fi
+
+# pdflatex and booktabs, for the test that compiles `sslbench report --format latex`
+# (tests/test_report_latex.py skips it without them), from Debian where we may install it.
+latex:
+	@if command -v pdflatex >/dev/null && kpsewhich booktabs.sty >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's texlive-latex-base and -recommended (for the LaTeX report test)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends texlive-latex-base texlive-latex-recommended >/dev/null; } \
+			|| echo "note: could not install texlive; the LaTeX report test will be skipped"; \
+	else \
+		echo "note: pdflatex not found; the LaTeX report test will be skipped"; \
 	fi
 
 clean-venv:

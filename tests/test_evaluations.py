@@ -85,8 +85,14 @@ def test_a_run_with_every_evaluation_fills_every_field(evaluated_run) -> None:
         assert isinstance(results[key], float) and 0.0 <= results[key] <= 1.0, key
     assert "1%: 10 images" in results["few_shot"]  # 128 train images, 10 classes: 1 each
     assert "fine-tune: backbone and linear head trained 1 epochs" in results["finetune"]
-    assert "k=128 (eval.knn_k=200 clamped to the 128 train images)" in results["probe"]
-    assert "most votes come from other classes" in results["probe"]
+    assert "kNN: k=128, T=0.1" in results["evaluations"]["knn_top1"]["description"]
+    caveats = results["caveats"]
+    assert "kNN: eval.knn_k=200 clamped to the 128 train images" in caveats
+    assert any("most votes come from other classes" in c for c in caveats)
+    assert any(c.startswith("few-shot 1% of the labels is 10 images") for c in caveats)
+    assert set(results["evaluations"]) == {"linear", "knn_top1", "few_shot", "finetune"}
+    assert results["evaluations"]["linear"]["folds"] == 5
+    assert results["linear_l2"] == results["evaluations"]["linear"]["l2"]
     rows = [r for r in _metrics(evaluated_run) if r.get("online_probe_top1")]
     assert [int(r["epoch"]) for r in rows] == [0, 1]  # every epoch, as asked
     assert all(r["online_probe_train_acc"] for r in rows)
@@ -112,20 +118,38 @@ def test_the_online_probe_does_not_change_the_run(evaluated_run, tmp_path) -> No
 
 
 @needs_fmnist
-def test_eval_adds_the_evaluations_asked_for_and_keeps_the_rest(evaluated_run, tmp_path) -> None:
+def test_eval_adds_the_evaluations_asked_for_and_keeps_the_rest(
+    evaluated_run, tmp_path, capsys
+) -> None:
+    """Each protocol has fields of its own: the SGD probe never replaces the L-BFGS probe's
+    linear_top1 (it did: 0.729 -> 0.471, then averaged with L-BFGS runs as two seeds), another
+    kNN setting never replaces knn_top1; eval prints every score it computed."""
     import shutil
 
     run_dir = tmp_path / "copy"
     shutil.copytree(evaluated_run, run_dir)
     before = _results(run_dir)
+    capsys.readouterr()
     assert main(["eval", f"run_dir={run_dir}", "eval.probe=sgd", "eval.sgd_epochs=2",
-                 "eval.few_shot=false"]) == 0  # fmt: skip
+                 "eval.few_shot=false", "eval.knn_k=5", "eval.finetune=true",
+                 "eval.finetune_epochs=1"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
     after = _results(run_dir)
-    assert after["probe"].startswith("linear (SGD): frozen backbone, linear head trained 2")
-    assert 0.0 <= after["linear_top1"] <= 1.0
-    for kept in ("finetune_top1", "online_probe_top1", "linear_top1_1pct", "pretrain_seconds",
-                 "started_at", "status"):  # fmt: skip
+    assert after["sgd_probe"].startswith("linear (SGD): frozen backbone, linear head trained 2")
+    assert 0.0 <= after["sgd_linear_top1"] <= 1.0
+    assert 0.0 <= after["knn_top1_k5"] <= 1.0
+    for kept in ("linear_top1", "linear_top5", "probe", "knn_top1", "online_probe_top1",
+                 "linear_top1_1pct", "pretrain_seconds", "started_at", "status"):  # fmt: skip
         assert after[kept] == before[kept], kept
+    evaluations = after["evaluations"]
+    assert evaluations["sgd_linear"]["epochs"] == 2 and evaluations["knn_top1_k5"]["k"] == 5
+    assert evaluations["knn_top1"] == before["evaluations"]["knn_top1"]  # k=200's, kept
+    assert evaluations["few_shot"] == before["evaluations"]["few_shot"]
+    for printed in (f"SGD linear top-1 (eval.probe=sgd) {after['sgd_linear_top1']:.3f}",
+                    f"kNN top-1 at k5: {after['knn_top1_k5']:.3f}",
+                    f"fine-tuned top-1 {after['finetune_top1']:.3f}",
+                    "note: kNN: k=128 exceeds"):  # fmt: skip
+        assert printed in out, (printed, out)
 
 
 @needs_fmnist
@@ -143,3 +167,35 @@ def test_the_report_shows_the_new_evaluations(evaluated_run, tmp_path, capsys) -
     out_file = tmp_path / "report.html"
     assert main(["report", str(evaluated_run), "--format", "html", "--out", str(out_file)]) == 0
     assert any("online_probe" in p.name for p in tmp_path.glob("*.png"))
+
+
+def test_the_probes_l2_is_chosen_on_every_train_image_and_ties_go_to_the_stronger() -> None:
+    """k-fold: each train image is held out once (the accuracies are counts over all of
+    them); features every L2 separates equally choose the strongest L2, not the weakest."""
+    from sslbench.evaluation import L2_GRID
+
+    rng = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 4
+    x = torch.nn.functional.one_hot(y, 4).float() * 10 + 0.01 * torch.randn(200, 4, generator=rng)
+    result = linear_probe(x, y, x, y, 4, max_iter=30)
+    assert result.folds == 5
+    assert result.selection_accuracy == {f"{l2:g}": 1.0 for l2 in L2_GRID}
+    assert result.l2 == max(L2_GRID)
+    assert "5-fold cross-validation" in result.description
+
+
+@pytest.mark.slow
+def test_the_probes_l2_does_not_flip_on_features_that_differ_a_little() -> None:
+    """1,024 images, the same features up to a small perturbation (a resumed run, another
+    seed): one 20% split chose 1e-2 for some copies and 1e-3 for others, and the accuracy
+    moved with it; the k-fold choice is the same for every copy."""
+    torch.manual_seed(0)
+    n, dim, classes = 1024, 256, 10
+    labels = torch.arange(n) % classes
+    base = torch.randn(classes, dim)[labels] * 0.1 + torch.randn(n, dim)
+    chosen = set()
+    for copy in range(4):
+        noise = torch.randn(n, dim, generator=torch.Generator().manual_seed(100 + copy))
+        x = base + 0.05 * noise
+        chosen.add(linear_probe(x, labels, x[:10], labels[:10], classes, max_iter=50).l2)
+    assert len(chosen) == 1, chosen

@@ -30,6 +30,7 @@ SHA_A = "1a2b3c4d" + "0" * 56
 SHA_B = "9f8e7d6c" + "0" * 56
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_TIMEOUT_S = 60
+COST_CPU = "Pretraining minutes / peak host memory (GB, no GPU)"
 
 
 def make_run(
@@ -177,24 +178,27 @@ def test_2x2_grid_gives_a_2x2_table(tmp_path, capsys):
     header, *rows = table
     assert header == ["method", "baseline", "simclr"]
     assert [row[0] for row in rows] == ["simclr", "byol"]  # the study's method order
-    assert rows[0][1].startswith("0.610 (2.0 min / host 4.2 GB)")
-    assert rows[0][2].startswith("**0.640** (2.0 min / host 4.2 GB)")
-    assert rows[1][1].startswith("**0.660**") and rows[1][2].startswith("0.590")
+    assert rows[0][1:] == ["0.610", "**0.640**"]  # accuracy only: time and memory below
+    assert rows[1][1:] == ["**0.660**", "0.590"]
     assert (
         "## fashion-mnist — resnet10t, 32 px, 1 epoch, batch 64, test subset 64 images "
         "(sha 1a2b3c4d)" in text
     )
-    for title in ("Linear top-5", "kNN top-1", "Time and memory per method"):
+    for title in ("Linear top-5", "kNN top-1", COST_CPU, "Time and memory per method"):
         (other,) = md_tables(text, title)
         assert len(other) == 3
+    (cost,) = md_tables(text, COST_CPU)
+    assert cost[1][1:] == ["2.0 / 4.2", "2.0 / 4.2"]
 
 
 def test_seeds_aggregate_to_mean_and_sample_std(tmp_path, capsys):
     for seed, (top1, seconds) in enumerate([(0.70, 60.0), (0.72, 120.0), (0.74, 180.0)]):
         make_run(tmp_path, f"seed{seed}", seed=seed, top1=top1, seconds=seconds)
     (table,) = md_tables(md_report(capsys, [tmp_path]), "Linear top-1")
-    # mean 0.72, sample std 0.02, minutes mean (1 + 2 + 3) / 3
-    assert table[1][1] == "**0.720 ± 0.020** (n=3; 2.0 min / host 4.2 GB)"
+    # mean 0.72, sample std 0.02; minutes mean (1 + 2 + 3) / 3 in the cost table
+    assert table[1][1] == "**0.720 ± 0.020** (n=3)"
+    (cost,) = md_tables(md_report(capsys, [tmp_path]), COST_CPU)
+    assert cost[1][1] == "2.0 / 4.2"
 
 
 def test_runs_with_other_settings_are_not_averaged(tmp_path, capsys):
@@ -203,7 +207,7 @@ def test_runs_with_other_settings_are_not_averaged(tmp_path, capsys):
     (table,) = md_tables(md_report(capsys, [tmp_path]), "Linear top-1")
     labels = [row[0] for row in table[1:]]
     assert labels == ["simclr (method.temperature=0.1)", "simclr (method.temperature=0.5)"]
-    assert [row[1][:9] for row in table[1:]] == ["0.600 (2.", "**0.700**"]
+    assert [row[1] for row in table[1:]] == ["0.600", "**0.700**"]
 
 
 def test_vicregl_has_one_row_per_alpha(tmp_path, capsys):
@@ -350,10 +354,13 @@ def test_reference_study_on_imagenette2(tmp_path, capsys):
     nette, woof = md_tables(text, "Linear top-1")
     assert nette[0] == ["method", "simclr", "simclr study", "simclr Δ"]
     rows = {row[0]: row[1:] for row in nette[1:]}
-    assert rows["barlowtwins"][1] == "0.772 (127.6 min / 11.1 GB)"
+    assert rows["barlowtwins"][1] == "0.772"
     assert rows["barlowtwins"][2] == "-0.022"
-    assert rows["simclr"][1] == "0.705 (135.8 min / 11.8 GB)" and rows["simclr"][2] == "+0.005"
-    assert rows["barlowtwins"][0] == "**0.750** (2.0 min / 11.1 GB)"  # GPU memory, no "host"
+    assert rows["simclr"][1] == "0.705" and rows["simclr"][2] == "+0.005"
+    assert rows["barlowtwins"][0] == "**0.750**"
+    cost = md_tables(text, "Pretraining minutes / peak GPU memory (GB)")[0]  # GPU, no "host"
+    assert cost[0] == ["method", "simclr", "simclr study"]
+    assert {row[0]: row[1:] for row in cost[1:]}["barlowtwins"] == ["2.0 / 11.1", "127.6 / 11.1"]
     swav = woof[1]
     note = re.fullmatch(r"0\.051\[\^(\d+)\]", swav[2])
     assert note, swav
@@ -394,7 +401,7 @@ def test_latex_is_booktabs_escaped_and_balanced(tmp_path, capsys):
     report([tmp_path], "latex")
     text = capsys.readouterr().out
     for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\centering", r"\caption{"):
-        assert text.count(command) == 4  # one section (the failed run joins it), 4 tables
+        assert text.count(command) == 5  # one section (the failed run joins it), 5 tables
     assert r"baseline\_lorot" in text and "baseline_lorot" not in text
     assert (
         r"100\% \& \#3 \{x\} \$y \textasciitilde{}z \textasciicircum{}w \textbackslash{}v" in text
@@ -410,7 +417,7 @@ def test_latex_is_booktabs_escaped_and_balanced(tmp_path, capsys):
         assert depth >= 0
     begins = re.findall(r"\\begin\{(\w+)\}", text)
     ends = re.findall(r"\\end\{(\w+)\}", text)
-    assert sorted(begins) == sorted(ends) and begins.count("tabular") == 4
+    assert sorted(begins) == sorted(ends) and begins.count("tabular") == 5
 
 
 def test_csv_long_form(tmp_path, capsys):
@@ -655,7 +662,7 @@ def test_html_renders_in_headless_chromium(tmp_path):
     assert ok and total, dom[:500]
     assert int(ok[1]) == int(total[1]) == 3
     bodies = re.findall(r"<tbody>(.*?)</tbody>", dom, flags=re.S)
-    assert [body.count("<tr>") for body in bodies] == [2, 2, 2, 2]
+    assert [body.count("<tr>") for body in bodies] == [2, 2, 2, 2, 2]
 
     # sorting: a click on the "simclr" pipeline's header puts byol (0.59) above simclr (0.64)
     clicked = tmp_path / "clicked.html"

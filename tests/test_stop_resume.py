@@ -152,9 +152,7 @@ def test_a_signal_anywhere_in_a_step_resumes_exactly(
 
 
 @needs_fmnist
-def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_boundary(
-    tmp_path, monkeypatch
-) -> None:
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_boundary(tmp_path, monkeypatch) -> None:
     """Asked twice inside one step: the step is abandoned, and last.ckpt is the one the last
     boundary saved (epoch 0's end), not the half-made state of the step."""
     loss = SimCLR.training_loss

@@ -79,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
         "an experiment's run list, each run a child process; completed runs are skipped",
     )  # fmt: skip
     pretrain.add_argument(
-        "--dry-run", action="store_true", help="list the runs and their folders; run nothing"
+        "--dry-run",
+        action="store_true",
+        help="list the runs and their folders (with -m: the device, downloads and expected "
+        "time); run nothing",
     )
     pretrain.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
@@ -190,20 +193,49 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(results: dict, run_dir: str) -> str:
+def _summary(results: dict, run_dir: str, scores: dict | None = None) -> str:
+    """What a run (or ``sslbench eval``) computed, every score on its own line, then the
+    caveats a reader must see beside them. ``scores``: the numbers just computed (eval), by
+    default all of the run's."""
+    scores = results if scores is None else scores
+
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
     pretext = results.get("pretext")
     task = "" if not pretext else f" + pretext {pretext}"
-    head = "" if not pretext else f", pretext accuracy {fmt(results.get('pretext_accuracy'))}"
-    return (
-        f"{results['method']} / {results['transform']}{task} on {results['dataset']}: "
-        f"linear top-1 {fmt(results['linear_top1'])}, top-5 {fmt(results['linear_top5'])}, "
-        f"kNN top-1 {fmt(results['knn_top1'])}{head}; "
-        f"{results['pretrain_seconds'] / 60:.1f} min "
-        f"({results['images_per_second']:.0f} img/s)\nrun folder: {run_dir}"
-    )
+    first = []
+    if "linear_top1" in scores:
+        first.append(f"linear top-1 {fmt(scores['linear_top1'])}, "
+                     f"top-5 {fmt(scores.get('linear_top5'))}")  # fmt: skip
+    if "knn_top1" in scores:
+        first.append(f"kNN top-1 {fmt(scores['knn_top1'])}")
+    lines = [f"{results['method']} / {results['transform']}{task} on {results['dataset']}: "
+             f"{', '.join(first)}"]  # fmt: skip
+    for field in sorted(k for k in scores if k.startswith("knn_top1_k")):
+        lines.append(f"  kNN top-1 at {field[len('knn_top1_') :]}: {fmt(scores[field])}")
+    if scores.get("linear_top1_1pct") is not None:
+        lines.append(f"  few-shot linear top-1: 1% of the labels "
+                     f"{fmt(scores['linear_top1_1pct'])}, 10% "
+                     f"{fmt(scores.get('linear_top1_10pct'))}")  # fmt: skip
+    if scores.get("sgd_linear_top1") is not None:
+        lines.append(f"  SGD linear top-1 (eval.probe=sgd) {fmt(scores['sgd_linear_top1'])}, "
+                     f"top-5 {fmt(scores.get('sgd_linear_top5'))}")  # fmt: skip
+    if scores.get("finetune_top1") is not None:
+        lines.append(f"  fine-tuned top-1 {fmt(scores['finetune_top1'])}, "
+                     f"top-5 {fmt(scores.get('finetune_top5'))}")  # fmt: skip
+    if scores.get("online_probe_top1") is not None:
+        lines.append(f"  online probe top-1 {fmt(scores['online_probe_top1'])}")
+    if pretext and scores.get("pretext_accuracy") is not None:
+        chance = results.get("pretext_chance")
+        level = "" if chance is None else f" (chance {chance:g})"
+        lines.append(f"  pretext accuracy {fmt(scores['pretext_accuracy'])}{level}")
+    if results.get("pretrain_seconds") is not None and scores is results:
+        lines.append(f"  {results['pretrain_seconds'] / 60:.1f} min "
+                     f"({results['images_per_second']:.0f} img/s)")  # fmt: skip
+    lines += [f"  note: {caveat}" for caveat in results.get("caveats") or []]
+    lines.append(f"run folder: {run_dir}")
+    return "\n".join(lines)
 
 
 def _run_dir_arg(overrides: list[str]) -> tuple[str, list[str]]:
@@ -238,7 +270,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     metrics = evaluate_run(run_dir, cfg)
     results = update_results(run_dir, metrics)
-    print(_summary(results, run_dir))
+    print(_summary(results, run_dir, scores=metrics))
     return 0
 
 

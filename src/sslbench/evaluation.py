@@ -5,8 +5,8 @@ features of the train and test images are computed once (deterministic centre vi
 augmentation), so the probe costs seconds instead of epochs of forward passes:
 
 - linear probe: multinomial logistic regression on standardised features, fitted by
-  L-BFGS; its L2 strength is chosen on a held-out part of the train features, then the
-  probe is refitted on all of them (top-1, top-5);
+  L-BFGS; its L2 strength is chosen by k-fold cross-validation on the train features, then
+  the probe is refitted on all of them (top-1, top-5);
 - weighted kNN (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric
   Instance Discrimination"): cosine similarity, k neighbours, votes exp(sim / T).
 """
@@ -14,7 +14,7 @@ augmentation), so the probe costs seconds instead of epochs of forward passes:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -101,11 +101,58 @@ class LinearProbeResult:
     top5: float | None  # None with 5 classes or fewer, where every image is in its top 5
     l2: float
     description: str
+    #: how the L2 strength was chosen: folds (0: one held-out split, None: too few images to
+    #: choose, the grid's first value) and the mean held-out accuracy of each value tried
+    folds: int | None = None
+    selection_accuracy: dict[str, float] = field(default_factory=dict)
 
 
 def top5_means_something(num_classes: int) -> bool:
     """Top-5 accuracy is 1 by construction with 5 classes or fewer: reported only above."""
     return num_classes > 5
+
+
+def _held_out_parts(n: int, folds: int, val_fraction: float, seed: int) -> list[Tensor]:
+    """The held-out parts of ``n`` train images: ``folds`` disjoint folds covering them all
+    (k-fold), or with ``folds`` < 2 one part of ``val_fraction`` of them; drawn with
+    ``seed``."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if folds >= 2:
+        return [order[i::folds] for i in range(folds)]
+    return [order[: int(n * val_fraction)]]
+
+
+def choose_l2(
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    *,
+    max_iter: int,
+    folds: int = 5,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[float, int | None, dict[str, float]]:
+    """The L2 strength of :data:`L2_GRID` with the best held-out accuracy: the mean over
+    ``folds`` folds (each image held out once), so that features that differ a little (a
+    resumed run, another seed) do not flip the choice as one 20% split of a small train set
+    did; ties go to the stronger L2. With too few images for every fit part to hold
+    ``num_classes`` of them, no choice is made: the grid's first value, folds None."""
+    parts = _held_out_parts(len(x), folds, val_fraction, seed)
+    if not parts[0].numel() or any(len(x) - len(part) < num_classes for part in parts):
+        return L2_GRID[0], None, {}
+    correct = dict.fromkeys(L2_GRID, 0)
+    everything = torch.ones(len(x), dtype=torch.bool)
+    for held in parts:
+        fit = everything.clone()
+        fit[held] = False
+        for l2 in L2_GRID:
+            probe = _fit_logistic(x[fit], y[fit], num_classes, l2, max_iter)
+            with torch.no_grad():
+                correct[l2] += int((probe(x[held]).argmax(1) == y[held]).sum())
+    seen = sum(len(part) for part in parts)
+    accuracy = {f"{l2:g}": correct[l2] / seen for l2 in L2_GRID}
+    best = max(L2_GRID, key=lambda l2: (correct[l2], l2))
+    return best, (folds if folds >= 2 else 0), accuracy
 
 
 def linear_probe(
@@ -116,34 +163,49 @@ def linear_probe(
     num_classes: int,
     *,
     max_iter: int = 200,
+    folds: int = 5,
     val_fraction: float = 0.2,
     seed: int = 0,
 ) -> LinearProbeResult:
-    """Logistic regression on frozen features; L2 chosen on a held-out part of train."""
+    """Logistic regression on frozen features; L2 chosen by k-fold cross-validation on the
+    train features (:func:`choose_l2`), then refitted on all of them."""
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train_x), generator=generator)
-    n_val = int(len(train_x) * val_fraction)
-    best_l2, best_acc = L2_GRID[0], -1.0
-    if n_val > 0 and len(train_x) - n_val >= num_classes:
-        val, fit = order[:n_val], order[n_val:]
-        for l2 in L2_GRID:
-            probe = _fit_logistic(train_x[fit], train_y[fit], num_classes, l2, max_iter)
-            with torch.no_grad():
-                acc = topk_accuracy(probe(train_x[val]), train_y[val], 1)
-            if acc > best_acc:
-                best_l2, best_acc = l2, acc
+    best_l2, used_folds, accuracy = choose_l2(
+        train_x, train_y, num_classes, max_iter=max_iter, folds=folds,
+        val_fraction=val_fraction, seed=seed,
+    )  # fmt: skip
     probe = _fit_logistic(train_x, train_y, num_classes, best_l2, max_iter)
     with torch.no_grad():
         logits = probe(test_x)
+    if used_folds is None:
+        how = "not chosen: too few images per class to hold any out"
+    elif used_folds:
+        how = f"chosen from {list(L2_GRID)} by {used_folds}-fold cross-validation"
+    else:
+        how = f"chosen from {list(L2_GRID)} on {val_fraction:.0%} of them"
     description = (
         f"linear: L-BFGS logistic regression ({max_iter} iterations) on frozen standardised "
-        f"centre-view features of {len(train_x)} train images, L2 {best_l2:g} chosen from "
-        f"{list(L2_GRID)} on {val_fraction:.0%} of them; tested on {len(test_x)} images"
+        f"centre-view features of {len(train_x)} train images, L2 {best_l2:g} {how}; "
+        f"tested on {len(test_x)} images"
     )
     top5 = topk_accuracy(logits, test_y, 5) if top5_means_something(num_classes) else None
-    return LinearProbeResult(topk_accuracy(logits, test_y, 1), top5, best_l2, description)
+    return LinearProbeResult(
+        topk_accuracy(logits, test_y, 1), top5, best_l2, description, used_folds, accuracy
+    )
+
+
+#: kNN's default setting (Wu et al. 2018; lightly's benchmarks): its top-1 is ``knn_top1``.
+KNN_DEFAULT = {"k": 200, "temperature": 0.1}
+
+
+def knn_field(k: int, temperature: float) -> str:
+    """The results.json field of kNN top-1 at (k, T): ``knn_top1`` at the default setting,
+    else ``knn_top1_k20`` or ``knn_top1_k200_t0.07``: each setting keeps its own number."""
+    if k == KNN_DEFAULT["k"] and temperature == KNN_DEFAULT["temperature"]:
+        return "knn_top1"
+    suffix = "" if temperature == KNN_DEFAULT["temperature"] else f"_t{temperature:g}"
+    return f"knn_top1_k{k}{suffix}"
 
 
 def knn_k_used(k: int, train_images: int) -> int:
@@ -165,24 +227,28 @@ def few_shot_probes(
     *,
     seed: int,
     max_iter: int = 200,
+    folds: int = 5,
     val_fraction: float = 0.2,
 ) -> dict[str, Any]:
     """The linear probe trained on 1% and 10% of the train labels (class-stratified, at
     least one image per class, drawn with ``seed``: the same images for every run scored on
     the same train set), tested on all test images: ``linear_top1_1pct``,
-    ``linear_top1_10pct``, and ``few_shot`` saying how many images each used."""
+    ``linear_top1_10pct``, ``few_shot`` saying how many images each used, and
+    ``few_shot_images`` their numbers."""
     from sslbench.data.subset import few_shot_subset
 
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"few_shot_images": {}}
     used = []
     for suffix, fraction in FEW_SHOT_FRACTIONS.items():
         subset = torch.from_numpy(few_shot_subset(train_y.numpy(), fraction, seed))
         probe = linear_probe(
             train_x[subset], train_y[subset], test_x, test_y, num_classes,
-            max_iter=max_iter, val_fraction=val_fraction, seed=seed,
+            max_iter=max_iter, folds=folds, val_fraction=val_fraction, seed=seed,
         )  # fmt: skip
         results[f"linear_top1_{suffix}"] = probe.top1
-        used.append(f"{fraction:.0%}: {len(subset)} images")
+        results["few_shot_images"][suffix] = len(subset)
+        chosen = "L2 not chosen" if probe.folds is None else f"L2 {probe.l2:g}"
+        used.append(f"{fraction:.0%}: {len(subset)} images, {chosen}")
     results["few_shot"] = (
         f"linear probe (L-BFGS, as linear_top1) on class-stratified subsets of the "
         f"{len(train_x)} train images, at least one per class, seed {seed} ({'; '.join(used)})"

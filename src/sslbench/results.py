@@ -22,7 +22,10 @@ from sslbench.disk import no_space
 from sslbench.pretext import pretext_name
 
 #: Bump when a field of results.json changes meaning or is removed.
-SCHEMA_VERSION = 2  # 2: the test subset no longer depends on the run's seed (test_subset)
+# 2: the test subset no longer depends on the run's seed (test_subset); 3: each evaluation
+# protocol in fields of its own (sgd_linear_top1, knn_top1_k20, ...) with its settings in
+# evaluations; linear_top1 is always the L-BFGS probe
+SCHEMA_VERSION = 3
 
 #: The fields every results.json has (DESIGN.md §4); absent values are null.
 CONTRACT_FIELDS: tuple[str, ...] = (
@@ -77,6 +80,22 @@ def write_results(run_dir: str | Path, results: dict[str, Any]) -> None:
     full = {name: results.get(name) for name in CONTRACT_FIELDS}
     full.update(results)
     atomic_write_text(Path(run_dir) / "results.json", json.dumps(full, indent=2) + "\n")
+
+
+def gather_caveats(results: dict[str, Any]) -> list[str]:
+    """Everything a reader must see beside a run's numbers, from the run's settings
+    (``run_caveats``), its pretext head (``pretext_caveats``) and each evaluation protocol
+    (``evaluations[...]["caveats"]``, ``eval_caveats``): results.json's ``caveats``, which the
+    console and the report show."""
+    lists = [results.get(key) for key in ("run_caveats", "pretext_caveats", "eval_caveats")]
+    evaluations = results.get("evaluations")
+    if isinstance(evaluations, dict):  # each protocol's, kept with its settings
+        lists += [entry.get("caveats") for entry in evaluations.values() if isinstance(entry, dict)]
+    gathered: list[str] = []
+    for values in lists:
+        if isinstance(values, list):
+            gathered += [v for v in values if isinstance(v, str) and v not in gathered]
+    return gathered
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any]:

@@ -53,9 +53,11 @@ from sslbench.data.worker_views import StepBatchSampler, ViewsOfBatches, pass_th
 from sslbench.disk import no_space
 from sslbench.evaluation import (
     FEW_SHOT_FRACTIONS,
+    L2_GRID,
     extract_features,
     few_shot_probes,
     knn_accuracy,
+    knn_field,
     knn_k_used,
     linear_probe,
 )
@@ -67,6 +69,7 @@ from sslbench.quiet import quiet_lightning
 from sslbench.results import (
     atomic_write_text,
     fsync_folder,
+    gather_caveats,
     git_sha,
     peak_host_memory_bytes,
     read_results,
@@ -443,14 +446,18 @@ def evaluate_backbone(
     pipeline: Pipeline,
     device: str,
 ) -> dict[str, Any]:
-    """The frozen backbone's scores: linear probe (top-1, top-5 above 5 classes), weighted
-    kNN top-1 and the few-shot probes on features computed once; with ``eval.probe=sgd`` the
-    linear numbers from lightly's SGD linear evaluation instead, with ``eval.finetune`` a
-    fine-tuned copy's top-1 too (both on views made by the run's crop and flip)."""
+    """The frozen backbone's scores, each protocol in fields of its own (results.json):
+    the L-BFGS linear probe (``linear_top1``, top-5 above 5 classes), weighted kNN at the
+    run's (k, T) (``knn_top1`` at the default; :func:`knn_field`), the few-shot probes, on
+    features computed once; with ``eval.probe=sgd`` lightly's SGD linear evaluation
+    (``sgd_linear_top1``), with ``eval.finetune`` a fine-tuned copy (``finetune_top1``).
+    ``evaluations`` records each protocol's settings (runs scored otherwise are never
+    pooled) and what a reader must know beside its numbers (its ``caveats``)."""
     if not cfg.eval.enabled or data.test is None or data.test_indices is None:
         reason = "disabled" if not cfg.eval.enabled else "the dataset has no labelled test split"
         return {"linear_top1": None, "linear_top5": None, "knn_top1": None,
-                "probe": f"not evaluated: {reason}", "test_subset": None}  # fmt: skip
+                "probe": f"not evaluated: {reason}", "test_subset": None,
+                "eval_caveats": [f"not evaluated: {reason}"]}  # fmt: skip
     from tqdm.auto import tqdm
 
     splits = (("train", data.train, data.train_indices), ("test", data.test, data.test_indices))
@@ -467,44 +474,80 @@ def evaluate_backbone(
         features[name] = (x, torch.from_numpy(split.labels[idx]).long())
     (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
     bar.set_description("evaluating: linear probe")
-    probe = linear_probe(
-        train_x, train_y, test_x, test_y, data.num_classes,
-        max_iter=cfg.eval.linear_max_iter, val_fraction=cfg.eval.linear_val_fraction,
-        seed=cfg.seed,
-    )  # fmt: skip
+    # the folds are drawn with the subset seed, not the run's: every run of a dataset has
+    # its probe chosen on the same images
+    selection = {
+        "max_iter": cfg.eval.linear_max_iter, "folds": cfg.eval.linear_folds,
+        "val_fraction": cfg.eval.linear_val_fraction, "seed": cfg.eval.subset_seed,
+    }  # fmt: skip
+    probe = linear_probe(train_x, train_y, test_x, test_y, data.num_classes, **selection)
     bar.update()
-    knn = knn_accuracy(
-        train_x, train_y, test_x, test_y, data.num_classes,
-        k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature,
-    )  # fmt: skip
-    k_used = knn_k_used(cfg.eval.knn_k, len(train_x))
-    knn_note = ""
-    if k_used < cfg.eval.knn_k:
-        knn_note = f" (eval.knn_k={cfg.eval.knn_k} clamped to the {len(train_x)} train images)"
+    k, temperature = cfg.eval.knn_k, cfg.eval.knn_temperature
+    knn = knn_accuracy(train_x, train_y, test_x, test_y, data.num_classes,
+                       k=k, temperature=temperature)  # fmt: skip
+    k_used = knn_k_used(k, len(train_x))
+    knn_caveats = []
+    if k_used < k:
+        knn_caveats.append(f"kNN: eval.knn_k={k} clamped to the {len(train_x)} train images")
     per_class = len(train_x) / max(1, data.num_classes)
     if k_used > per_class:  # most of the k votes then come from other classes
-        knn_note += (
-            f"; k exceeds the ~{per_class:.0f} train images per class, so most votes come "
-            "from other classes (a larger train set, or a smaller eval.knn_k, measures more)"
+        knn_caveats.append(
+            f"kNN: k={k_used} exceeds the ~{per_class:.0f} train images per class, so most "
+            "votes come from other classes (a larger train set, or a smaller eval.knn_k, "
+            "measures more)"
         )
+    field = knn_field(k, temperature)
     results: dict[str, Any] = {
         "linear_top1": probe.top1,
         "linear_top5": probe.top5,
-        "knn_top1": knn,
-        "probe": f"{probe.description}; kNN: k={k_used}{knn_note}, T={cfg.eval.knn_temperature}, "
-        f"cosine-weighted votes on the same features",
+        "linear_l2": probe.l2,
+        field: knn,
+        "probe": probe.description,
         "test_subset": subset_fingerprint(data.test_indices, len(data.test)),
+    }
+    evaluations: dict[str, Any] = {
+        "linear": {
+            "protocol": "lbfgs",
+            **selection,
+            "folds": probe.folds,
+            "l2_grid": list(L2_GRID),
+            "l2": probe.l2,
+            "selection_accuracy": probe.selection_accuracy,
+            "train_images": len(train_x),
+        },  # fmt: skip
+        field: {
+            "k": k,
+            "k_used": k_used,
+            "temperature": temperature,
+            "train_images": len(train_x),
+            "description": f"weighted kNN: k={k_used}, T={temperature}, cosine-weighted votes "
+            "on the same features",
+            "caveats": knn_caveats,
+        },  # fmt: skip
     }
     if cfg.eval.few_shot:
         bar.set_description("evaluating: few-shot probes")
-        results.update(few_shot_probes(
-            train_x, train_y, test_x, test_y, data.num_classes, seed=cfg.eval.subset_seed,
-            max_iter=cfg.eval.linear_max_iter, val_fraction=cfg.eval.linear_val_fraction,
-        ))  # fmt: skip
+        few = few_shot_probes(train_x, train_y, test_x, test_y, data.num_classes,
+                              seed=cfg.eval.subset_seed, max_iter=cfg.eval.linear_max_iter,
+                              folds=cfg.eval.linear_folds,
+                              val_fraction=cfg.eval.linear_val_fraction)  # fmt: skip
+        results.update(few)
+        evaluations["few_shot"] = {"protocol": "lbfgs", **selection,
+                                   "images": few["few_shot_images"]}  # fmt: skip
+        evaluations["few_shot"]["caveats"] = [
+            f"few-shot {suffix.replace('pct', '%')} of the labels is {count} images "
+            f"(~{count / max(1, data.num_classes):.0f} per class)"
+            for suffix, count in few["few_shot_images"].items()
+            if count < 20 * data.num_classes  # a handful per class: a noisy number
+        ]
         bar.update(len(FEW_SHOT_FRACTIONS))
     bar.close()
     if cfg.eval.probe == "sgd" or cfg.eval.finetune:
-        results.update(_trained_evaluations(backbone, cfg, data, pipeline, device))
+        trained, settings = _trained_evaluations(backbone, cfg, data, pipeline, device)
+        results.update(trained)
+        evaluations.update(settings)
+    results["evaluations"] = evaluations
+    results["eval_caveats"] = []  # each protocol's are in its entry of evaluations
     return results
 
 
@@ -514,9 +557,10 @@ def _trained_evaluations(
     data: RunData,
     pipeline: Pipeline,
     device: str,
-) -> dict[str, Any]:
-    """lightly's SGD linear evaluation (``eval.probe=sgd``: its numbers replace the L-BFGS
-    probe's) and fine-tuning (``eval.finetune``), on crop+flip views (sslbench.supervised)."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """lightly's SGD linear evaluation (``eval.probe=sgd``: ``sgd_linear_top1``, beside the
+    L-BFGS probe's ``linear_top1``) and fine-tuning (``eval.finetune``), on crop+flip views
+    (sslbench.supervised); and the settings of each."""
     assert data.test is not None and data.test_indices is not None
     train = LabelledImages(data.train.images, data.train.aspect, data.train.labels,
                            data.train_indices)  # fmt: skip
@@ -527,7 +571,9 @@ def _trained_evaluations(
     results: dict[str, Any] = {}
     kinds = [False] if cfg.eval.probe == "sgd" else []  # finetune: False (the SGD probe) / True
     kinds += [True] if cfg.eval.finetune else []
+    used: dict[str, Any] = {}  # the settings of each, for results.json's evaluations
     for finetune in kinds:
+        protocol = "finetune" if finetune else "sgd_linear"
         settings = SupervisedSettings(
             finetune=finetune, seed=cfg.seed,
             epochs=cfg.eval.finetune_epochs if finetune else cfg.eval.sgd_epochs,
@@ -540,9 +586,11 @@ def _trained_evaluations(
             results.update(finetune_top1=scored["top1"], finetune_top5=scored["top5"],
                            finetune=scored["description"])  # fmt: skip
         else:
-            results.update(linear_top1=scored["top1"], linear_top5=scored["top5"],
-                           probe=scored["description"])  # fmt: skip
-    return results
+            results.update(sgd_linear_top1=scored["top1"], sgd_linear_top5=scored["top5"],
+                           sgd_probe=scored["description"])  # fmt: skip
+        used[protocol] = {"epochs": settings.epochs, "lr": settings.lr,
+                           "batch_size": settings.batch_size}  # fmt: skip
+    return results, used
 
 
 def _base_results(cfg: DictConfig) -> dict[str, Any]:
@@ -600,8 +648,11 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     resume_from = claim_run_folder(cfg, run_dir)
     save_config(cfg, run_dir)
     results = _base_results(cfg)
-    results["caveats"] = run_caveats(cfg) + model_caveats(cfg, total_stride(built.model.backbone))
-    say_caveats(results["caveats"])
+    results["run_caveats"] = run_caveats(cfg) + model_caveats(
+        cfg, total_stride(built.model.backbone)
+    )
+    results["caveats"] = gather_caveats(results)
+    say_caveats(results["run_caveats"])
     if resume_from is not None:
         position = checkpoint_position(read_checkpoint(resume_from))
         results["resumed_from"] = position
@@ -612,6 +663,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     write_results(run_dir, results)
     try:
         results.update(_pretrain_and_evaluate(cfg, run_dir, built, results, resume_from))
+        results["caveats"] = gather_caveats(results)
         results["status"] = "completed"
     except Requeued:
         results["status"] = "requeued"
@@ -832,11 +884,26 @@ def pretext_results(model: SSLMethod, trainer: pl.Trainer) -> dict[str, Any]:
         for key, value in trainer.callback_metrics.items()
         if key.startswith(prefix)
     }
+    accuracy, chance = logged.get("accuracy"), model.pretext.chance
+    caveats = []
+    if accuracy is not None and chance is not None and accuracy <= chance + PRETEXT_AT_CHANCE:
+        caveats.append(
+            f"pretext head at chance: accuracy {accuracy:.3f}, chance {chance:g} (the backbone "
+            f"did not learn to tell what {model.pretext.name} did; a larger pretext.weight or "
+            "more epochs may)"
+        )
     return {
-        "pretext_accuracy": logged.get("accuracy"),
+        "pretext_accuracy": accuracy,
+        "pretext_chance": chance,
         "pretext_metrics": logged,
         "pretext_task": model.pretext.describe(),
+        "pretext_caveats": caveats,
     }
+
+
+#: A pretext accuracy within this of its chance level is a head that learnt nothing: the
+#: last epoch's accuracy over a few hundred views has about this much noise.
+PRETEXT_AT_CHANCE = 0.02
 
 
 def evaluate_run(run_dir: str | Path, cfg: DictConfig, random_init: bool = False) -> dict[str, Any]:
@@ -896,5 +963,9 @@ def update_results(run_dir: str | Path, update: dict[str, Any]) -> dict[str, Any
     """Merge ``update`` into a run's results.json (atomically)."""
     results = read_results(run_dir)
     results.update(update)
+    if isinstance(results.get("evaluations"), dict) and "evaluations" in update:
+        # each protocol's settings: those evaluated now replace theirs, the others stay
+        results["evaluations"] = {**read_results(run_dir)["evaluations"], **update["evaluations"]}
+    results["caveats"] = gather_caveats(results)
     write_results(run_dir, results)
     return results

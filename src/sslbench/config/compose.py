@@ -559,6 +559,7 @@ NOT_IN_HASH = (
 KEYS_HASHED_ONLY_AWAY_FROM_DEFAULT: dict[str, Any] = {
     "dataset.jpeg_draft": False,
     "eval.few_shot": True,
+    "eval.linear_folds": 5,
     "eval.probe": "lbfgs",
     "eval.sgd_epochs": 90,
     "eval.sgd_lr": 0.1,

@@ -119,7 +119,11 @@ class EvalConfig:
     knn_k: int = 200  # weighted kNN (Wu et al. 2018): neighbours
     knn_temperature: float = 0.1  # weighted kNN: softmax temperature of cosine similarities
     linear_max_iter: int = 200  # L-BFGS iterations of the logistic-regression probe
-    linear_val_fraction: float = 0.2  # train features held out to choose the L2 strength
+    # the L2 strength is chosen by k-fold cross-validation on the train features (each held
+    # out once: stable on small train sets, where one split flipped the choice); 0 or 1: one
+    # held-out split of linear_val_fraction (how runs without results.json evaluations were)
+    linear_folds: int = 5
+    linear_val_fraction: float = 0.2  # with linear_folds < 2: train features held out
     batch_size: int = 512  # feature-extraction batch
     # seed of the test subset (dataset.max_test): not the run's seed, so that every run of a
     # dataset is scored on the same images (results.json: test_subset)

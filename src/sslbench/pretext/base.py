@@ -43,6 +43,8 @@ class PretextTask(nn.Module):
 
     #: What ``accuracy`` (results.json: pretext_accuracy) measures, and its chance level.
     accuracy_means = ""
+    #: ``accuracy`` of a head that guesses (results.json: pretext_chance)
+    chance: float | None = None
 
     def __init__(
         self,

@@ -57,6 +57,7 @@ class DCL(PretextTask):
     adversarial_weight, construction_weight."""
 
     accuracy_means = "shuffled vs original, class-balanced (chance 0.5)"
+    chance = 0.5
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ class LoRot(PretextTask):
         super().__init__(cfg, op_params=op_params, feature_dim=feature_dim, **kwargs)
         variant = single_value("lorot", "variant", op_params)
         self.num_classes = 16 if variant == "E" else 4
+        self.chance = 1 / self.num_classes
         self.head = nn.Linear(feature_dim, self.num_classes)
         self.accuracy_means = (
             f"rotation class of the turned region (LoRot-{variant}, {self.num_classes} "

@@ -2,13 +2,16 @@
 
     sslbench report DIR... [--format md|csv|html|latex|json] [--out FILE] [--reference study]
 
-The steps, one module each: ``collect`` finds and checks run folders (hostile input: bad
-ones are skipped with a warning), ``tables`` decides which runs may be compared and
-averaged and builds the cells, ``plots`` draws the figures, ``render`` writes the chosen
-format. With ``--out FILE`` the report and its plots (``<stem>_<section>_<plot>.png`` and
-``.svg`` beside FILE) are written atomically; otherwise the report goes to standard
-output, and only the HTML page (which embeds them) draws plots. No torch here: a report
-is quick and runs where no training happens. See docs/report.md.
+The steps: ``collect`` (with ``files``) finds and checks run folders (hostile input: bad
+ones are skipped with a warning); ``scoring`` says which folders hold one run and which
+numbers were scored alike; ``tables`` decides which runs may be compared and averaged
+and builds the tables of ``model`` (cells in ``cells``, time and memory in ``costs``);
+``plots`` draws the figures (loss curves from ``curves``); ``render`` (LaTeX in
+``latex``) writes the chosen format. With ``--out FILE`` the report and its plots
+(``<stem>_<section>_<plot>.png`` and ``.svg`` beside FILE) are written atomically;
+otherwise the report goes to standard output, and only the HTML page (which embeds
+them) draws plots. No torch here: a report is quick and runs where no training happens.
+See docs/report.md.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def run_report(args: argparse.Namespace) -> int:
     report = build_report(
         runs, with_reference=getattr(args, "reference", None) == "study", n_skipped=skipped
     )
+    for notice in report.notices:  # folders holding one run: said here and in the report
+        _warn(notice)
     plots = []
     if out is not None or fmt == "html":
         from sslbench.report.plots import make_plots  # matplotlib only now

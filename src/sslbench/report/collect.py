@@ -11,37 +11,42 @@ or executes anything.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 import re
-import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sslbench.config.compose import NOT_IN_HASH
+from sslbench.config.compose import KEYS_HASHED_ONLY_AWAY_FROM_DEFAULT, NOT_IN_HASH
+from sslbench.report.files import (
+    RESULTS_FILE,
+    RunFolderError,
+    Warn,
+    find_run_folders,
+    one_line,
+    printable,
+    read_regular_file,
+)
 from sslbench.results import SCHEMA_VERSION
 
-RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.csv"
 
-#: Size caps: a results.json is a few kB, a config.yaml a few kB, a metrics.csv a few MB.
+#: The newest results.json the report reads: what this sslbench writes, and at least
+#: schema 3 (each evaluation protocol in its own fields, ``evaluations``, ``caveats``),
+#: which this module reads whichever version the training side writes.
+READABLE_SCHEMA = SCHEMA_VERSION
+#: Size caps: a results.json is a few kB, a config.yaml a few kB.
 MAX_RESULTS_BYTES = 4 * 2**20
 MAX_CONFIG_BYTES = 4 * 2**20
-MAX_METRICS_BYTES = 256 * 2**20
 #: Caps on a config's nesting and size once parsed (YAML aliases can make a small file huge).
 MAX_CONFIG_DEPTH = 32
 MAX_CONFIG_NODES = 20_000
-#: Points kept per loss curve (longer curves are thinned evenly).
-MAX_CURVE_POINTS = 5_000
-
 STATUSES = ("running", "completed", "failed", "interrupted", "requeued")
 
 #: Top-level config keys that never change what a run computes: runs that differ only in
@@ -52,13 +57,20 @@ IGNORED_CONFIG_KEYS = frozenset({"seed", *NOT_IN_HASH})
 #: digit (so no cell of the CSV output can start a spreadsheet formula).
 _NAME = re.compile(r"[A-Za-z0-9][\w.+:/@=,()\- ]{0,119}")
 _HEX = re.compile(r"[0-9a-fA-F]{1,128}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-Warn = Callable[[str], None]
-
-
-class RunFolderError(ValueError):
-    """Why a run folder cannot be read; the message is one line."""
+#: An evaluation protocol's name in results.json ``evaluations`` (linear, knn_top1_k20, ...).
+_ENTRY = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
+#: kNN top-1 at other settings than the default: knn_top1_k{k} or knn_top1_k{k}_t{T}.
+KNN_FIELD = re.compile(r"knn_top1_k(\d{1,6})(?:_t(\d{1,6}(?:\.\d{1,12})?(?:e-?\d{1,3})?))?")
+#: Caps on what a run folder may make the report print.
+MAX_EVALUATIONS = 64
+MAX_KNN_FIELDS = 16
+MAX_CAVEATS = 20
+#: A results.json from before per-protocol fields (schema 3) with eval.probe=sgd holds the
+#: SGD probe's numbers in linear_top1 and a ``probe`` text that starts so.
+LEGACY_SGD_PROBE = "linear (SGD)"
+_LEGACY_KNN_PER_CLASS = re.compile(r"k exceeds the ~(\d+) train images per class")
+_LEGACY_KNN = re.compile(r"kNN: k=(\d+).*?, T=([0-9.eE+-]+),")
+_CHANCE = re.compile(r"chance (0?\.\d+|1(?:\.0+)?)\b")
 
 
 @dataclass(frozen=True)
@@ -109,88 +121,33 @@ class Run:
     #: True when test_subset was not recorded (the run was never evaluated) and was taken
     #: from evaluated runs of the same setting (see tables.assign_test_subsets).
     test_subset_inferred: bool = False
+    schema_version: int = SCHEMA_VERSION
+    #: lightly's SGD linear evaluation (eval.probe=sgd), never the default probe's numbers.
+    sgd_linear_top1: float | None = None
+    sgd_linear_top5: float | None = None
+    #: kNN top-1 at other settings: {"knn_top1_k20": 0.61, "knn_top1_k200_t0.07": ...}.
+    knn_variants: dict[str, float] = field(default_factory=dict)
+    #: results.json ``evaluations``: protocol -> its settings (canonical text per key);
+    #: None for a run from before they were recorded (scored by the older protocol).
+    evaluations: dict[str, dict[str, str]] | None = None
+    #: For a run from before schema 3: its ``probe`` text when it says the linear numbers
+    #: came from the SGD probe (they were moved to sgd_linear_*), its ``finetune`` text and
+    #: its kNN settings read from the probe text.
+    legacy_sgd_probe: str | None = None
+    legacy_finetune: str | None = None
+    legacy_knn: str | None = None
+    #: One-line notes a reader must see beside the numbers (results.json ``caveats``).
+    caveats: list[str] = field(default_factory=list)
+    pretext_chance: float | None = None  # the pretext head's chance accuracy
+    #: When the run finished (s since the epoch; its last write when unrecorded): of two
+    #: folders holding one run, the later one is shown.
+    finished: float = 0.0
 
     @property
     def evaluated(self) -> bool:
-        return self.status == "completed" and self.linear_top1 is not None
-
-
-@dataclass
-class LossCurve:
-    """A run's training loss from metrics.csv, as (x, loss) points."""
-
-    by_epoch: list[tuple[float, float]]  # (epoch, train_loss_epoch)
-    epoch_loss_by_step: list[tuple[float, float]]  # (step, train_loss_epoch)
-    by_step: list[tuple[float, float]]  # (step, train_loss_step)
-    online_by_epoch: list[tuple[float, float]] = field(default_factory=list)  # online probe top-1
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (newlines, terminal escapes) shown as "?"."""
-    return _CONTROL.sub("?", text)
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """The first line of ``text`` without control characters, at most ``limit`` characters."""
-    lines = str(text).strip().splitlines()
-    first = _CONTROL.sub(" ", lines[0] if lines else "").strip()
-    return first if len(first) <= limit else first[: limit - 1] + "…"
-
-
-# --- finding run folders -------------------------------------------------------------------
-
-
-def find_run_folders(dirs: Sequence[str], warn: Warn) -> list[tuple[Path, str]]:
-    """Every folder holding results.json under ``dirs`` (recursively, without following
-    symbolic links, skipping folders whose name starts with "."), each once, sorted;
-    as (path, name to show)."""
-    found: dict[tuple[int, int], tuple[Path, str]] = {}
-    for given in dirs:
-        root = Path(given)
-        if not root.exists():
-            raise FileNotFoundError(f"no such folder: {given}")
-        if not root.is_dir():
-            raise ValueError(f"not a folder: {given} (give run folders or folders of them)")
-
-        def on_error(err: OSError) -> None:
-            warn(f"cannot list {err.filename}: {one_line(err.strerror or str(err))}")
-
-        for current, subdirs, files in os.walk(root, onerror=on_error, followlinks=False):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            if RESULTS_FILE not in files:
-                continue
-            try:
-                info = os.lstat(current)
-            except OSError:
-                continue
-            found.setdefault((info.st_dev, info.st_ino), (Path(current), printable(current)))
-    return sorted(found.values(), key=lambda item: item[1])
-
-
-# --- reading files -------------------------------------------------------------------------
-
-
-def read_regular_file(path: Path, limit: int) -> bytes:
-    """The bytes of ``path`` if it is a regular file (no link, FIFO, device) under ``limit``."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        raise RunFolderError(f"no {path.name}") from None
-    except OSError as err:
-        raise RunFolderError(f"cannot read {path.name}: {err.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise RunFolderError(f"{path.name} is not a regular file (a symbolic link?)")
-    if info.st_size > limit:
-        raise RunFolderError(f"{path.name} is larger than {limit} bytes")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as err:
-        raise RunFolderError(f"cannot read {path.name}: {err.strerror}") from None
-    if len(data) > limit:
-        raise RunFolderError(f"{path.name} is larger than {limit} bytes")
-    return data
+        """Completed with some score of the frozen or fine-tuned backbone."""
+        scores = (self.linear_top1, self.knn_top1, self.sgd_linear_top1, self.finetune_top1)
+        return self.status == "completed" and any(s is not None for s in scores)
 
 
 def _text(data: dict[str, Any], key: str, *, required: bool = False) -> str | None:
@@ -247,6 +204,79 @@ def _test_subset(value: Any) -> TestSubset | None:
     )
 
 
+def _evaluations(value: Any) -> dict[str, dict[str, str]] | None:
+    """results.json ``evaluations``: protocol name -> {setting: canonical text}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_EVALUATIONS:
+        raise RunFolderError(
+            f"results.json: evaluations is not a mapping of at most {MAX_EVALUATIONS} protocols"
+        )
+    budget = _Budget()
+    entries: dict[str, dict[str, str]] = {}
+    for name, settings in value.items():
+        if not isinstance(name, str) or not _ENTRY.fullmatch(name):
+            shown = one_line(repr(name), 40)
+            raise RunFolderError(f"results.json: evaluations has a protocol named {shown}")
+        if not isinstance(settings, dict):
+            raise RunFolderError(f"results.json: evaluations.{name} is not a mapping")
+        entries[name] = {
+            printable(str(key))[:64]: printable(_canonical(setting, budget, 1))
+            for key, setting in sorted(settings.items(), key=lambda item: str(item[0]))
+        }
+    return entries
+
+
+def _caveats(value: Any) -> list[str]:
+    """results.json ``caveats``: each as one line, each once, at most MAX_CAVEATS."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise RunFolderError("results.json: caveats is not a list of text")
+    lines = list(dict.fromkeys(line for line in (one_line(c, 300) for c in value) if line))
+    if len(lines) > MAX_CAVEATS:
+        more = len(lines) - MAX_CAVEATS + 1
+        lines = [*lines[: MAX_CAVEATS - 1], f"and {more} more caveats in results.json"]
+    return lines
+
+
+def _knn_variants(data: dict[str, Any]) -> dict[str, float]:
+    """kNN top-1 at settings other than the default (knn_top1_k20, knn_top1_k200_t0.07)."""
+    names = sorted(
+        (k for k in data if isinstance(k, str) and KNN_FIELD.fullmatch(k)), key=knn_field_order
+    )
+    values = {name: _number(data, name, 0.0, 1.0) for name in names[:MAX_KNN_FIELDS]}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def knn_field_order(name: str) -> tuple[int, float]:
+    """knn_top1_k20 before knn_top1_k200, each k's default temperature first."""
+    match = KNN_FIELD.fullmatch(name)
+    assert match is not None
+    return int(match[1]), -1.0 if match[2] is None else float(match[2])
+
+
+def _finished(data: dict[str, Any], folder: Path) -> float:
+    """When the run finished (``finished_at``, else its last heartbeat, else the time
+    results.json was last written), in seconds since the epoch."""
+    for key in ("finished_at", "heartbeat_at"):
+        value = data.get(key)
+        if isinstance(value, str):
+            try:
+                return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            except (ValueError, OverflowError):
+                pass
+    try:
+        return os.lstat(folder / RESULTS_FILE).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _plain_text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return one_line(value, 300) if isinstance(value, str) else None
+
+
 # --- the config ----------------------------------------------------------------------------
 
 
@@ -279,7 +309,9 @@ def _canonical(value: Any, budget: _Budget, depth: int) -> str:
 
 def flatten_config(config: dict[Any, Any]) -> dict[str, str]:
     """``{"method.temperature": "0.1", ...}``: the config's leaves under dotted keys (lists
-    are leaves), values as canonical text; the keys in IGNORED_CONFIG_KEYS are left out."""
+    are leaves), values as canonical text; the keys in IGNORED_CONFIG_KEYS are left out, as
+    are those the config hash leaves out at their default (keys added after runs existed:
+    a run saved before one and a run with its default computed the same)."""
     budget = _Budget()
     flat: dict[str, str] = {}
 
@@ -293,6 +325,9 @@ def flatten_config(config: dict[Any, Any]) -> dict[str, str]:
                 flat[name] = _canonical(value, budget, depth + 1)
 
     walk({k: v for k, v in config.items() if str(k) not in IGNORED_CONFIG_KEYS}, "", 0)
+    for dotted, default in KEYS_HASHED_ONLY_AWAY_FROM_DEFAULT.items():
+        if flat.get(dotted) == _canonical(default, budget, 0):
+            del flat[dotted]
     return flat
 
 
@@ -333,9 +368,10 @@ def load_run(folder: Path, name: str) -> Run:
     version = data.get("schema_version", 1)
     if isinstance(version, bool) or not isinstance(version, int):
         raise RunFolderError("results.json: schema_version is not an integer")
-    if version > SCHEMA_VERSION:
+    if version > READABLE_SCHEMA:
         raise RunFolderError(
-            f"results.json has schema_version {version}; this sslbench reads up to {SCHEMA_VERSION}"
+            f"results.json has schema_version {version}; this sslbench reads up to "
+            f"{READABLE_SCHEMA}"
         )
     status = data.get("status")
     if status not in STATUSES:
@@ -377,6 +413,26 @@ def load_run(folder: Path, name: str) -> Run:
         key: _integer({key: from_config(key, key)}, key)
         for key in ("epochs", "batch_size", "image_size")
     }
+    linear = (_number(data, "linear_top1", 0.0, 1.0), _number(data, "linear_top5", 0.0, 1.0))
+    sgd = (_number(data, "sgd_linear_top1", 0.0, 1.0), _number(data, "sgd_linear_top5", 0.0, 1.0))
+    probe = _plain_text(data, "probe") or ""
+    caveats = _caveats(data.get("caveats"))
+    pretext_chance = _number(data, "pretext_chance", 0.0, 1.0)
+    legacy_sgd = legacy_knn = None
+    if version < 3:  # before every protocol had its own fields
+        if probe.startswith(LEGACY_SGD_PROBE):
+            legacy_sgd, sgd, linear = probe, linear, (None, None)
+        knn = _LEGACY_KNN.search(probe)
+        legacy_knn = None if knn is None else f"k={knn[1]}, T={knn[2]}"
+        per_class = _LEGACY_KNN_PER_CLASS.search(probe)
+        if per_class and knn:
+            caveats.append(
+                f"kNN: k={knn[1]} exceeds the ~{per_class[1]} train images per class, so most "
+                "votes come from other classes"
+            )
+        if pretext_chance is None and pretext is not None:
+            chance = _CHANCE.search(_plain_text(data, "pretext_task") or "")
+            pretext_chance = None if chance is None else float(chance[1])
     return Run(
         folder=folder,
         name=name,
@@ -391,8 +447,8 @@ def load_run(folder: Path, name: str) -> Run:
         epochs=sizes["epochs"],
         batch_size=sizes["batch_size"],
         image_size=sizes["image_size"],
-        linear_top1=_number(data, "linear_top1", 0.0, 1.0),
-        linear_top5=_number(data, "linear_top5", 0.0, 1.0),
+        linear_top1=linear[0],
+        linear_top5=linear[1],
         knn_top1=_number(data, "knn_top1", 0.0, 1.0),
         pretext_accuracy=_number(data, "pretext_accuracy", 0.0, 1.0),
         linear_top1_1pct=_number(data, "linear_top1_1pct", 0.0, 1.0),
@@ -406,6 +462,17 @@ def load_run(folder: Path, name: str) -> Run:
         seed=_integer(data, "seed"),
         test_subset=_test_subset(data.get("test_subset")),
         settings=settings,
+        schema_version=version,
+        sgd_linear_top1=sgd[0],
+        sgd_linear_top5=sgd[1],
+        knn_variants=_knn_variants(data),
+        evaluations=_evaluations(data.get("evaluations")),
+        legacy_sgd_probe=legacy_sgd,
+        legacy_finetune=_plain_text(data, "finetune") if version < 3 else None,
+        legacy_knn=legacy_knn,
+        caveats=caveats,
+        pretext_chance=pretext_chance,
+        finished=_finished(data, folder),
     )
 
 
@@ -424,62 +491,3 @@ def load_runs(dirs: Sequence[str], warn: Warn) -> tuple[list[Run], int]:
             skipped += 1
             warn(f"skipping {name}: unreadable ({type(err).__name__}: {one_line(str(err), 120)})")
     return runs, skipped
-
-
-# --- metrics.csv ---------------------------------------------------------------------------
-
-
-def _finite(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    points.sort()
-    if len(points) <= MAX_CURVE_POINTS:
-        return points
-    stride = len(points) / MAX_CURVE_POINTS
-    return [points[int(i * stride)] for i in range(MAX_CURVE_POINTS)]
-
-
-def read_loss_curve(folder: Path) -> LossCurve | None:
-    """The training loss logged in metrics.csv (Lightning's CSVLogger: sparse rows), or
-    None when there is none; RunFolderError when the file is unreadable."""
-    try:
-        raw = read_regular_file(folder / METRICS_FILE, MAX_METRICS_BYTES)
-    except RunFolderError as err:
-        if str(err) == f"no {METRICS_FILE}":
-            return None
-        raise
-    by_epoch: list[tuple[float, float]] = []
-    epoch_by_step: list[tuple[float, float]] = []
-    by_step: list[tuple[float, float]] = []
-    online: list[tuple[float, float]] = []
-    try:
-        rows: Iterable[dict[str, str | None]] = csv.DictReader(
-            io.StringIO(raw.decode("utf-8", errors="replace"), newline="")
-        )
-        for row in rows:
-            epoch, step = _finite(row.get("epoch")), _finite(row.get("step"))
-            epoch_loss = _finite(row.get("train_loss_epoch"))
-            step_loss = _finite(row.get("train_loss_step"))
-            if epoch_loss is not None:
-                if epoch is not None:
-                    by_epoch.append((epoch, epoch_loss))
-                if step is not None:
-                    epoch_by_step.append((step, epoch_loss))
-            if step_loss is not None and step is not None:
-                by_step.append((step, step_loss))
-            online_top1 = _finite(row.get("online_probe_top1"))
-            if online_top1 is not None and epoch is not None:
-                online.append((epoch, online_top1))
-    except (csv.Error, AttributeError) as err:
-        raise RunFolderError(f"metrics.csv is not a CSV log: {one_line(str(err), 120)}") from None
-    if not (by_epoch or epoch_by_step or by_step or online):
-        return None
-    return LossCurve(_thin(by_epoch), _thin(epoch_by_step), _thin(by_step), _thin(online))

@@ -16,8 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sslbench.report.collect import LossCurve, Run, RunFolderError, read_loss_curve
-from sslbench.report.tables import Report, RowKey, Section, pipeline_order
+from sslbench.report.collect import Run
+from sslbench.report.curves import LossCurve, read_loss_curve
+from sslbench.report.files import RunFolderError
+from sslbench.report.model import Report, RowKey, Section
+from sslbench.report.tables import pipeline_order
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -18,8 +18,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sslbench.report.latex import to_latex
+from sslbench.report.model import Cell, Report, Section, Table, summary
 from sslbench.report.plots import Plot
-from sslbench.report.tables import Cell, Report, Section, Table
 
 FORMATS = ("md", "csv", "html", "latex", "json")
 
@@ -34,6 +35,9 @@ CSV_COLUMNS = (
     "minutes_mean", "peak_gpu_gb_mean", "peak_host_gb_mean",
     "images_per_second_mean", "study_top1", "study_top5", "diff", "study_note", "status",
     "error", "run_folders",
+    # added with per-protocol fields (results.json schema 3): after the first columns, so
+    # that a reader of those by position still finds them
+    "sgd_linear_top1_mean", "sgd_linear_top1_std", "scoring", "pretext_chance", "caveats",
 )  # fmt: skip
 #: Long-form fields that only --reference fills.
 REFERENCE_COLUMNS = ("study_top1", "study_top5", "diff", "study_note")
@@ -51,18 +55,6 @@ def render(fmt: str, report: Report, plots: Sequence[Plot] = ()) -> str:
     if fmt not in renderers:
         raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     return renderers[fmt](report, plots)
-
-
-def _summary(report: Report) -> str:
-    runs = f"{report.n_runs} run{'s' * (report.n_runs != 1)}"
-    sections = len(report.sections)
-    text = f"{runs} in {sections} comparable set{'s' * (sections != 1)}"
-    if report.n_skipped:
-        text += (
-            f"; {report.n_skipped} run folder{'s' * (report.n_skipped != 1)} skipped "
-            "(the warnings on standard error say why)"
-        )
-    return text + "."
 
 
 def _plots_of(section: Section, plots: Sequence[Plot]) -> list[Plot]:
@@ -92,8 +84,8 @@ def _md_cell(cell: Cell) -> str:
     text = md_escape(cell.text if cell.spread is None else f"{cell.text} ± {cell.spread}")
     if cell.best:
         text = f"**{text}**"
-    if cell.detail:
-        text += f" ({md_escape(cell.detail)})"
+    if cell.details():
+        text += f" ({md_escape('; '.join(cell.details()))})"
     return text + "".join(f"[^{n}]" for n in cell.notes)
 
 
@@ -109,7 +101,9 @@ def _md_table(table: Table) -> list[str]:
 
 
 def to_markdown(report: Report, plots: Sequence[Plot] = ()) -> str:
-    lines = ["# sslbench report", "", md_escape(_summary(report)), ""]
+    lines = ["# sslbench report", "", md_escape(summary(report)), ""]
+    if report.notices:
+        lines.extend([f"- {md_escape(text)}" for text in report.notices] + [""])
     lines.extend(md_escape(text) + "  " for text in report.legend)
     lines.append("")
     first_use = _first_use(report)
@@ -154,12 +148,16 @@ def _csv_safe(value: Any) -> Any:
 
 
 def to_csv(report: Report) -> str:
-    """Long form: one row per cell with runs (columns CSV_COLUMNS)."""
+    """Long form: one row per cell with runs (columns CSV_COLUMNS, then one mean and std
+    per kNN setting other than the default that some run has)."""
+    records = _records(report)
+    extra = [k for r in records for k in r if k not in CSV_COLUMNS and k.startswith("knn_top1_k")]
+    columns = [*CSV_COLUMNS, *dict.fromkeys(extra)]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    for record in _records(report):
-        writer.writerow({k: _csv_safe(record[k]) for k in CSV_COLUMNS})
+    for record in records:
+        writer.writerow({k: _csv_safe(record.get(k)) for k in columns})
     return buffer.getvalue()
 
 
@@ -183,7 +181,7 @@ def to_json(report: Report) -> str:
                     "count": None if key.test_count < 0 else key.test_count,
                 },
                 "remarks": list(
-                    dict.fromkeys(r for t in section.tables if t.kind != "cost" for r in t.remarks)
+                    dict.fromkeys(r for t in section.tables if t.accuracy for r in t.remarks)
                 ),
                 "cells": [next(records) for _ in section.records],
                 "methods": [
@@ -207,6 +205,8 @@ def to_json(report: Report) -> str:
         "reference": "study" if report.reference else None,
         "n_runs": report.n_runs,
         "n_skipped": report.n_skipped,
+        "n_duplicates": report.n_duplicates,
+        "notices": report.notices,
         "sections": sections,
     }
     return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
@@ -288,8 +288,8 @@ def _html_cell(cell: Cell, first_use: dict[int, str]) -> str:
     text = _esc(cell.text if cell.spread is None else f"{cell.text} ± {cell.spread}")
     if cell.best:
         text = f"<strong>{text}</strong>"
-    if cell.detail:
-        text += f' <span class="detail">({_esc(cell.detail)})</span>'
+    if cell.details():
+        text += f' <span class="detail">({_esc("; ".join(cell.details()))})</span>'
     if cell.notes:
         links = ",".join(f'<a href="#note-{n}">{n}</a>' for n in cell.notes)
         text += f"<sup>{links}</sup>"
@@ -310,7 +310,11 @@ def _html_table(table: Table, first_use: dict[int, str]) -> list[str]:
 def to_html(report: Report, plots: Sequence[Plot] = ()) -> str:
     """One self-contained page: tables sortable by a click on a header, plots inline."""
     first_use = _first_use(report)
-    body = ["<h1>sslbench report</h1>", f'<p class="legend">{_esc(_summary(report))}</p>']
+    body = ["<h1>sslbench report</h1>", f'<p class="legend">{_esc(summary(report))}</p>']
+    if report.notices:
+        body.append('<ul class="notices">')
+        body.extend(f"<li>{_esc(text)}</li>" for text in report.notices)
+        body.append("</ul>")
     body.extend(f'<p class="legend">{_esc(text)}</p>' for text in report.legend)
     for section in report.sections:
         body.extend(["<section>", f"<h2>{_esc(section.heading)}</h2>"])
@@ -345,96 +349,3 @@ def to_html(report: Report, plots: Sequence[Plot] = ()) -> str:
     ]
     tail = [f"<script>{_HTML_SCRIPT}</script>", "</body>", "</html>"]
     return "\n".join(head + body + tail) + "\n"
-
-
-# --- LaTeX ---------------------------------------------------------------------------------
-
-_LATEX_CHARS = {
-    "\\": r"\textbackslash{}",
-    "{": r"\{",
-    "}": r"\}",
-    "$": r"\$",
-    "&": r"\&",
-    "#": r"\#",
-    "%": r"\%",
-    "_": r"\_",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "<": r"\textless{}",
-    ">": r"\textgreater{}",
-    "|": r"\textbar{}",
-    "–": "--",
-    "—": "---",
-    "−": "$-$",
-    "±": r"$\pm$",
-    "α": r"$\alpha$",
-    "Δ": r"$\Delta$",
-    "…": r"\dots{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    """Text typeset as itself: LaTeX's special characters escaped, α ± Δ – as math/dashes."""
-    return "".join(_LATEX_CHARS.get(char, char) for char in " ".join(text.split()))
-
-
-def _latex_cell(cell: Cell) -> str:
-    text = latex_escape(cell.text if cell.spread is None else f"{cell.text} ± {cell.spread}")
-    if cell.best:
-        text = rf"\textbf{{{text}}}"
-    if cell.detail:
-        text += f" ({latex_escape(cell.detail)})"
-    if cell.notes:
-        text += r"\textsuperscript{" + ",".join(str(n) for n in cell.notes) + "}"
-    return text
-
-
-def _latex_table(table: Table, section: Section) -> list[str]:
-    caption = latex_escape(f"{table.title}: {section.heading}")
-    label = re.sub(r"[^A-Za-z0-9-]", "-", f"tab:sslbench-{section.slug}-{table.kind}")
-    lines = [
-        r"\begin{table}[htbp]",
-        r"\centering",
-        r"\small",
-        rf"\caption{{{caption}}}",
-        rf"\label{{{label}}}",
-        r"\begin{tabular}{l" + "r" * (len(table.header) - 1) + "}",
-        r"\toprule",
-        " & ".join(latex_escape(h) for h in table.header) + r" \\",
-        r"\midrule",
-    ]
-    lines.extend(" & ".join(_latex_cell(c) for c in row) + r" \\" for row in table.rows)
-    lines.extend([r"\bottomrule", r"\end{tabular}"])
-    numbers = sorted({n for row in table.rows for c in row for n in c.notes})
-    texts = dict(section.footnotes)
-    notes = [rf"\textsuperscript{{{n}}}~{latex_escape(texts[n])}\par" for n in numbers]
-    notes.extend(latex_escape(r) + r"\par" for r in table.remarks)
-    if notes:
-        lines.extend([r"\par\smallskip", r"{\footnotesize\raggedright", *notes, "}"])
-    lines.append(r"\end{table}")
-    return lines
-
-
-def to_latex(report: Report, plots: Sequence[Plot] = ()) -> str:
-    """booktabs tables (and figures when plot files were written), to \\input."""
-    lines = [
-        "% sslbench report: needs \\usepackage{booktabs} (and graphicx for the figures)",
-        f"% {_summary(report)}",
-    ]
-    lines.extend(f"% {text}" for text in report.legend)
-    for section in report.sections:
-        lines.extend(["", f"% {section.heading}"])
-        for table in section.tables:
-            lines.extend(_latex_table(table, section))
-        for plot in _plots_of(section, plots):
-            if plot.file:
-                lines.extend(
-                    [
-                        r"\begin{figure}[htbp]",
-                        r"\centering",
-                        rf"\includegraphics[width=\linewidth]{{{plot.file}}}",
-                        rf"\caption{{{latex_escape(plot.title)}}}",
-                        r"\end{figure}",
-                    ]
-                )
-    return "\n".join(lines) + "\n"
