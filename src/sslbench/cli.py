@@ -40,8 +40,9 @@ commands:
                             a PNG grid of a pipeline's views of a few real images
   report DIR... [--format md|csv|html|latex|json] [--out FILE] [--reference study]
                             method x pipeline tables and plots from any run folders
-  bench [KEY=VALUE ...] [steps=20] [warmup=3] [workers=N] [rows=sslbench,lightly,ceiling]
-        [out=FILE.jsonl]    images/s of a run's training step: sslbench's data path, lightly's
+  bench [KEY=VALUE ...] [steps=20] [warmup=3] [repeats=3] [workers=N]
+        [rows=sslbench,lightly,ceiling] [out=FILE.jsonl]
+                            images/s of a run's training step: sslbench's data path, lightly's
                             per-image transforms in workers, and compute alone (default:
                             SimCLR, ResNet-18, 32 px, batch 128, Fashion-MNIST)
 
@@ -266,10 +267,15 @@ def _eval(args: argparse.Namespace) -> int:
                 f"{', '.join(k + '*' if k.endswith('.') else k for k in EVAL_KEY_PREFIXES)}"
             )
     cfg = load_run_config(config_file, [*overrides, quote_path_override(f"run_dir={run_dir}")])
-    from sslbench.train import evaluate_run, update_results
+    from sslbench.loggers import log_scores_to_run
+    from sslbench.resume import checkpoint_position
+    from sslbench.train import evaluate_run, read_checkpoint, update_results
 
     metrics = evaluate_run(run_dir, cfg)
     results = update_results(run_dir, metrics)
+    # the scores reach the run's trackers too, at the step the run ended
+    step = checkpoint_position(read_checkpoint(Path(run_dir) / "last.ckpt"))["step"]
+    log_scores_to_run(cfg, Path(run_dir), metrics, step)
     print(_summary(results, run_dir, scores=metrics))
     return 0
 
@@ -423,7 +429,7 @@ def _gallery(args: argparse.Namespace) -> int:
 
 
 #: Keys of ``sslbench bench`` that are not run config keys, with their defaults.
-BENCH_KEYS = {"steps": "20", "warmup": "3", "workers": "auto",
+BENCH_KEYS = {"steps": "20", "warmup": "3", "repeats": "3", "workers": "auto",
               "rows": "sslbench,lightly,ceiling", "out": ""}  # fmt: skip
 
 
@@ -438,7 +444,7 @@ def bench_overrides(overrides: Sequence[str]) -> list[str]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    own, overrides = _own_args(args.overrides, BENCH_KEYS, positive=("steps", "warmup"))
+    own, overrides = _own_args(args.overrides, BENCH_KEYS, positive=("steps", "warmup", "repeats"))
     if own["workers"] != "auto" and not own["workers"].isdigit():
         raise UsageError(f"workers must be auto or a number >= 0, got '{own['workers']}'")
     cfg = compose(bench_overrides(overrides))
@@ -446,7 +452,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     try:
         settings = BenchSettings(
-            steps=int(own["steps"]), warmup=int(own["warmup"]),
+            steps=int(own["steps"]), warmup=int(own["warmup"]), repeats=int(own["repeats"]),
             rows=[r.strip() for r in own["rows"].split(",") if r.strip()],
             workers=None if own["workers"] == "auto" else int(own["workers"]),
         )  # fmt: skip

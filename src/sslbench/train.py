@@ -61,7 +61,7 @@ from sslbench.evaluation import (
     knn_k_used,
     linear_probe,
 )
-from sslbench.loggers import build_loggers
+from sslbench.loggers import build_loggers, close_loggers, log_scores
 from sslbench.methods import SSLMethod, method_class
 from sslbench.online_probe import OnlineProbe
 from sslbench.preflight import check_run_data, model_caveats, run_caveats, say_caveats
@@ -796,7 +796,8 @@ def _pretrain_and_evaluate(
     probe = online_probe(cfg, data, model)
     if probe is not None:  # first: a step's checkpoint holds the probe after that step
         callbacks.insert(0, probe)
-    loggers = build_loggers(cfg, run_dir)  # metrics.csv's CSVLogger first, then the trackers
+    # metrics.csv's CSVLogger first, then the trackers (kept open for the final scores)
+    loggers = build_loggers(cfg, run_dir, keep_open=evaluate)
     logger = loggers[0]
     if resume_from is not None and (run_dir / "metrics.csv").is_file():
         # Lightning's CSV writer deletes metrics.csv when it starts: put the earlier
@@ -813,17 +814,22 @@ def _pretrain_and_evaluate(
         raise out_of_gpu_memory("training", "batch_size", cfg.batch_size) from err
     pretrain_seconds = clock.seconds  # every attempt's training, a resumed run's included
     if trainer.interrupted:
+        close_loggers(loggers, "failed")
         raise KeyboardInterrupt("training interrupted")
     if not evaluate:
         return {}
     images_seen = trainer.global_step * cfg.batch_size  # all devices' images (global batch)
     peak_gpu = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
     device = "cuda" if accelerator == "gpu" else "cpu"
-    metrics = _evaluate(model, cfg, data, device)
+    try:
+        metrics = _evaluate(model, cfg, data, device)
+    except BaseException:
+        close_loggers(loggers, "failed")
+        raise
+    scores = {**metrics, **pretext_results(model, trainer), **online_probe_results(trainer)}
+    log_scores(loggers, scores, trainer.global_step)  # the trackers show the scores too
     return {
-        **metrics,
-        **pretext_results(model, trainer),
-        **online_probe_results(trainer),
+        **scores,
         "pretrain_seconds": pretrain_seconds,
         "images_per_second": images_seen / pretrain_seconds,
         "peak_gpu_memory_bytes": peak_gpu,
