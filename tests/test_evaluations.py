@@ -145,7 +145,7 @@ def test_eval_adds_the_evaluations_asked_for_and_keeps_the_rest(
     assert evaluations["sgd_linear"]["epochs"] == 2 and evaluations["knn_top1_k5"]["k"] == 5
     assert evaluations["knn_top1"] == before["evaluations"]["knn_top1"]  # k=200's, kept
     assert evaluations["few_shot"] == before["evaluations"]["few_shot"]
-    for printed in (f"SGD linear top-1 (eval.probe=sgd) {after['sgd_linear_top1']:.3f}",
+    for printed in (f"SGD linear probe (eval.probe=sgd) top-1 {after['sgd_linear_top1']:.3f}",
                     f"kNN top-1 at k5: {after['knn_top1_k5']:.3f}",
                     f"fine-tuned top-1 {after['finetune_top1']:.3f}",
                     "note: kNN: k=128 exceeds"):  # fmt: skip

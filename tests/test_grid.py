@@ -209,7 +209,10 @@ def test_tiny_grid_runs_skips_completed_runs_and_reports(tmp_path, capsys) -> No
     rows = [line for line in table.splitlines() if line.startswith("| simclr") or
             line.startswith("| byol")]  # fmt: skip
     assert len(rows) == 2 and "orthogonality study" in table
-    assert all(row.count("min /") == 2 for row in rows)  # two pipelines, each a run
+    assert all(row.count("0.") >= 2 and "min" not in row for row in rows)  # accuracy only
+    costs = report.split("### Pretraining minutes / peak host memory")[1].split("###")[0]
+    cost_rows = [line for line in costs.splitlines() if line.startswith(("| simclr", "| byol"))]
+    assert len(cost_rows) == 2 and all(row.count(" / ") == 2 for row in cost_rows)
 
     page = tmp_path / "report" / "grid.html"
     assert main(["report", str(tmp_path), "--format", "html", "--out", str(page)]) == 0

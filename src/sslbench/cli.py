@@ -216,11 +216,11 @@ def _summary(results: dict, run_dir: str, scores: dict | None = None) -> str:
     for field in sorted(k for k in scores if k.startswith("knn_top1_k")):
         lines.append(f"  kNN top-1 at {field[len('knn_top1_') :]}: {fmt(scores[field])}")
     if scores.get("linear_top1_1pct") is not None:
-        lines.append(f"  few-shot linear top-1: 1% of the labels "
+        lines.append(f"  few-shot linear probe top-1: 1% of the labels "
                      f"{fmt(scores['linear_top1_1pct'])}, 10% "
                      f"{fmt(scores.get('linear_top1_10pct'))}")  # fmt: skip
     if scores.get("sgd_linear_top1") is not None:
-        lines.append(f"  SGD linear top-1 (eval.probe=sgd) {fmt(scores['sgd_linear_top1'])}, "
+        lines.append(f"  SGD linear probe (eval.probe=sgd) top-1 {fmt(scores['sgd_linear_top1'])}, "
                      f"top-5 {fmt(scores.get('sgd_linear_top5'))}")  # fmt: skip
     if scores.get("finetune_top1") is not None:
         lines.append(f"  fine-tuned top-1 {fmt(scores['finetune_top1'])}, "

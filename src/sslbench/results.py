@@ -85,9 +85,9 @@ def write_results(run_dir: str | Path, results: dict[str, Any]) -> None:
 def gather_caveats(results: dict[str, Any]) -> list[str]:
     """Everything a reader must see beside a run's numbers, from the run's settings
     (``run_caveats``), its pretext head (``pretext_caveats``) and each evaluation protocol
-    (``evaluations[...]["caveats"]``, ``eval_caveats``): results.json's ``caveats``, which the
+    (``evaluations[...]["caveats"]``): results.json's ``caveats``, which the
     console and the report show."""
-    lists = [results.get(key) for key in ("run_caveats", "pretext_caveats", "eval_caveats")]
+    lists = [results.get(key) for key in ("run_caveats", "pretext_caveats")]
     evaluations = results.get("evaluations")
     if isinstance(evaluations, dict):  # each protocol's, kept with its settings
         lists += [entry.get("caveats") for entry in evaluations.values() if isinstance(entry, dict)]

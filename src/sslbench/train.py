@@ -456,8 +456,7 @@ def evaluate_backbone(
     if not cfg.eval.enabled or data.test is None or data.test_indices is None:
         reason = "disabled" if not cfg.eval.enabled else "the dataset has no labelled test split"
         return {"linear_top1": None, "linear_top5": None, "knn_top1": None,
-                "probe": f"not evaluated: {reason}", "test_subset": None,
-                "eval_caveats": [f"not evaluated: {reason}"]}  # fmt: skip
+                "probe": f"not evaluated: {reason}", "test_subset": None}  # fmt: skip
     from tqdm.auto import tqdm
 
     splits = (("train", data.train, data.train_indices), ("test", data.test, data.test_indices))
@@ -547,7 +546,6 @@ def evaluate_backbone(
         results.update(trained)
         evaluations.update(settings)
     results["evaluations"] = evaluations
-    results["eval_caveats"] = []  # each protocol's are in its entry of evaluations
     return results
 
 
