@@ -27,7 +27,12 @@ RUN = [
     "log_every_n_steps=4", "eval.linear_max_iter=30", "progress_bar=false",
 ]  # fmt: skip
 
-DATA_PATHS = ["auto", "dataloader", pytest.param("workers", marks=pytest.mark.slow)]
+#: auto is the DataLoader on a CPU (the device and pinned paths need a GPU): slow here
+DATA_PATHS = [
+    pytest.param("auto", marks=pytest.mark.slow),
+    "dataloader",
+    pytest.param("workers", marks=pytest.mark.slow),
+]
 
 
 def _results(run_dir: Path) -> dict[str, Any]:
