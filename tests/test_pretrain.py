@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import needs_fmnist
+from conftest import TINY_RUN, needs_fmnist
 from PIL import Image
 
 from sslbench.cli import main
@@ -18,12 +18,7 @@ from sslbench.methods import Views
 from sslbench.methods.simclr import SimCLR
 from sslbench.results import CONTRACT_FIELDS
 
-# A tiny but complete run: small timm ResNet, 2 optimiser steps, real images.
-TINY = [
-    "method=simclr", "dataset=fashion-mnist", "backbone=resnet10t", "image_size=32",
-    "dataset.max_train=128", "dataset.max_test=64", "epochs=1", "batch_size=64",
-    "eval.linear_max_iter=30", "progress_bar=false",
-]  # fmt: skip
+TINY = ["method=simclr", *TINY_RUN]  # later overrides (epochs=3, ...) win
 
 
 def _results(run_dir: Path) -> dict:

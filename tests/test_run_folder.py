@@ -11,18 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import needs_fmnist
+from conftest import TINY_RUN, needs_fmnist
 
 from sslbench.cli import main
 from sslbench.methods import Views
 from sslbench.methods.simclr import SimCLR
 from sslbench.train import LastCheckpoint
 
-TINY = [
-    "method=simclr", "dataset=fashion-mnist", "backbone=resnet10t", "image_size=32",
-    "dataset.max_train=128", "dataset.max_test=64", "batch_size=64",
-    "eval.linear_max_iter=30", "progress_bar=false",
-]  # fmt: skip
+TINY = ["method=simclr", *TINY_RUN]  # later overrides (epochs=3, ...) win
 
 
 def _results(run_dir: Path) -> dict:

@@ -15,17 +15,13 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import needs_fmnist
+from conftest import TINY_RUN, needs_fmnist
 
 from sslbench.cli import main
 from sslbench.methods.simclr import SimCLR
 
 #: 4 steps an epoch, 2 epochs; the effective rank is logged at each epoch's first step.
-RUN = [
-    "method=simclr", "dataset=fashion-mnist", "backbone=resnet10t", "image_size=32",
-    "dataset.max_train=128", "dataset.max_test=64", "batch_size=32", "epochs=2",
-    "log_every_n_steps=4", "eval.linear_max_iter=30", "progress_bar=false",
-]  # fmt: skip
+RUN = ["method=simclr", *TINY_RUN, "batch_size=32", "epochs=2", "log_every_n_steps=4"]
 
 #: auto is the DataLoader on a CPU (the device and pinned paths need a GPU): slow here
 DATA_PATHS = [
