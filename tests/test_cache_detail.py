@@ -16,8 +16,9 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from sslbench.data import ImageFolder, get_source, load_or_build, requested_side
-from sslbench.data.cache import default_side, side_for_pictures
-from sslbench.data.catalog import CATALOG, cache_estimate
+from sslbench.data.catalog import CATALOG
+from sslbench.data.listing import cache_estimate
+from sslbench.data.sides import default_side, side_for_pictures
 from sslbench.transforms.ops import crop_to_boxes
 
 

@@ -13,6 +13,8 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 import sslbench.data.cache as cache_module
 from sslbench.data import ImageFolder, load_or_build
+from sslbench.data.catalog import CATALOG, CIFAR, STL10, ArchiveFolder, NABirds
+from sslbench.data.sources import FashionMNIST, Source, open_image
 
 SIDE = 64
 
@@ -151,6 +153,64 @@ def test_sources_with_their_own_decoding_are_not_drafted(tmp_path, draft_log):
     assert draft_calls(draft_log) == []
     assert cached.meta["jpeg_draft"] is False
     assert cached.meta["fingerprint"] == source.fingerprint("train")  # key unchanged
+
+
+class JpegList(Source):
+    """A source the cache has never heard of: JPEG files it lists itself, declared as image
+    files decoded by ``open_image``."""
+
+    name = "jpeg-list"
+    decodes_image_files = True
+
+    def __init__(self, files: list[Path]) -> None:
+        self.path, self.classes, self._files = files[0].parent, [], files
+
+    def splits(self) -> list[str]:
+        return ["train"]
+
+    def count(self, split: str) -> int:
+        return len(self._files)
+
+    def fingerprint(self, split: str) -> str:
+        return ";".join(f.name for f in self._files)
+
+    def items(self, split: str) -> list[tuple[str, int]]:
+        return [(str(f), -1) for f in self._files]
+
+    def decode(self, item: str) -> Image.Image:
+        return open_image(item)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_new_source_declaring_image_files_is_drafted(tmp_path, monkeypatch, draft_log, workers):
+    monkeypatch.setattr(cache_module, "PARALLEL_MIN_ITEMS", 0)  # workers=2: the parallel path
+    make_folder(tmp_path / "ds", [(1000, 750), (640, 480)])
+    source = JpegList(sorted((tmp_path / "ds").rglob("*.jpg")))
+    cached = build(source, tmp_path / "cache", draft=True, workers=workers)
+    assert len(draft_calls(draft_log)) == 2
+    assert cached.meta["jpeg_draft"] is True
+    assert cached.sizes.tolist() == [[1000, 750], [640, 480]]
+
+
+def test_which_sources_allow_drafts(tmp_path):
+    """The catalogue's image-file sources say so themselves; arrays and a subclass with its
+    own decode (or its own iter_images) do not."""
+    make_folder(tmp_path / "ds", [(100, 90)])
+    info = CATALOG["imagenette2-160"]
+
+    class OwnImages(ImageFolder):
+        def iter_images(self, split, on_error=None):
+            yield from super().iter_images(split, on_error)
+
+    def unread(kind: type[Source]) -> Source:
+        return object.__new__(kind)  # the answer is the class's: no files are needed
+
+    assert ImageFolder(tmp_path / "ds").allows_jpeg_draft()
+    assert ArchiveFolder(info, tmp_path / "ds").allows_jpeg_draft()
+    assert unread(NABirds).allows_jpeg_draft()
+    assert not OwnDecode(tmp_path / "ds").allows_jpeg_draft()
+    assert not OwnImages(tmp_path / "ds").allows_jpeg_draft()
+    assert not any(unread(kind).allows_jpeg_draft() for kind in (CIFAR, STL10, FashionMNIST))
 
 
 def test_pngs_are_unaffected(tmp_path, draft_log):

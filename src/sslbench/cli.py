@@ -347,7 +347,8 @@ def _demo_sentence(results: dict, random_init: dict) -> str:
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    from sslbench.data.catalog import CATALOG, catalog_table
+    from sslbench.data.catalog import CATALOG
+    from sslbench.data.listing import catalog_table
 
     if args.action == "list":
         rows = catalog_table()

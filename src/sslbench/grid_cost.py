@@ -31,8 +31,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sslbench.cpu import available_cores
-from sslbench.data.catalog import CATALOG, cache_estimate
-from sslbench.data.catalog import status as data_status
+from sslbench.data.catalog import CATALOG
+from sslbench.data.listing import cache_estimate
+from sslbench.data.listing import status as data_status
 from sslbench.pretext import pretext_name
 from sslbench.results import read_results
 

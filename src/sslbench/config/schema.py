@@ -84,7 +84,7 @@ class DatasetConfig:
     max_train: int | None = None  # seeded, class-stratified subset of the train split
     max_test: int | None = None  # same for the test split, drawn with eval.subset_seed
     # stored side S of the decode-once cache; null: the source's own detail (the long side of
-    # its typical picture) up to 320-px pictures, else 2 x image_size (data.cache.default_side)
+    # its typical picture) up to 320-px pictures, else 2 x image_size (data.sides.default_side)
     cache_size: int | None = None
     default_image_size: int = 224  # global crop side when the run does not set image_size
     strict: bool = False  # unreadable images: an error instead of a warning

@@ -14,10 +14,10 @@ from typing import Any
 _EXPORTS = {
     "CachedSplit": "cache",
     "cache_dir": "cache",
-    "default_cache_root": "cache",
-    "default_side": "cache",
     "load_or_build": "cache",
-    "requested_side": "cache",
+    "default_cache_root": "sides",
+    "default_side": "sides",
+    "requested_side": "sides",
     "CATALOG": "catalog",
     "get_source": "catalog",
     "IndexedImages": "dataset",

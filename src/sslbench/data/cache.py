@@ -11,12 +11,12 @@ once into ``<cache_root>/<source.cache_key()>/<split>-<S>/``::
                 ``skipped_reasons``)
 
 Images are squashed to S x S (aspect ratio kept in ``sizes`` for aspect-aware crops), with S the
-requested size (by default :func:`default_side`: the source's own detail) but never more than
-:meth:`Source.max_side` (no upsampling past a source of fixed-size squares). A
-build writes into ``<dir>.partial-<pid>-<random>`` and is renamed into place only when complete,
-so a killed build never leaves a directory that looks like a finished cache, and readers of a
-finished cache need no lock. Builders take an exclusive ``flock`` on ``<dir>.lock`` (kept
-forever), so two runs of a grid never build the same cache at once: the second waits, then
+requested size (by default :func:`~sslbench.data.sides.default_side`: the source's own detail)
+but never more than :meth:`Source.max_side` (no upsampling past a source of fixed-size squares).
+A build writes into ``<dir>.partial-<pid>-<random>`` and is renamed into place only when
+complete, so a killed build never leaves a directory that looks like a finished cache, and
+readers of a finished cache need no lock. Builders take an exclusive ``flock`` on ``<dir>.lock``
+(kept forever), so two runs of a grid never build the same cache at once: the second waits, then
 loads what the first built. Leftovers of killed builds are removed by the next build once their
 process id is dead (checked on this host only, so concurrent builders on several hosts sharing
 one cache directory are not supported).
@@ -66,17 +66,14 @@ from .folders import (
     release_inherited_locks,
     remove_stale,
 )
+from .sides import default_cache_root, stored_side
 from .sources import Source, as_8bit
 
 __all__ = [
     "FORMAT_VERSION",
     "CachedSplit",
     "cache_dir",
-    "default_cache_root",
-    "default_side",
     "load_or_build",
-    "requested_side",
-    "side_for_pictures",
 ]
 
 #: Bump when the on-disk layout or the decoding changes; older caches are then rebuilt.
@@ -127,64 +124,6 @@ class CachedSplit:
         self.__dict__.update(state)
 
 
-def default_cache_root() -> Path:
-    """``$SSLBENCH_CACHE``, else ``~/.cache/sslbench/cache``."""
-    return Path(os.environ.get("SSLBENCH_CACHE") or "~/.cache/sslbench/cache").expanduser()
-
-
-#: Sources whose typical picture is at most this on its short side are cached with every
-#: pixel of it (the -160 and -320 copies, CIFAR, STL-10, Fashion-MNIST); larger ones at twice
-#: the crop side.
-FULL_DETAIL_MAX_SHORT_SIDE = 320
-
-
-def default_side(source: Source, image_size: int) -> int:
-    """The cache side S when ``dataset.cache_size`` is null.
-
-    Views are resampled from the cached S x S square, so S decides how much of the source's
-    detail a crop keeps (the evaluation view too). S is the long side L of the source's
-    typical picture (:meth:`Source.typical_size`) when its short side is at most
-    ``FULL_DETAIL_MAX_SHORT_SIDE``: every pixel is kept along both axes (213 for a 213 x 160
-    picture of imagenette2-160; 28 for Fashion-MNIST). Larger pictures are cached at
-    min(L, 2 x image_size), at least twice the crop side along the short side (448 for the
-    full-size Imagenette at 224 px), where a crop of 8% of a 500 x 375 picture (140 x 105
-    pixels) keeps about 125 x 125 of them for its 224-px view. Sources of unknown picture
-    sizes get 2 x image_size.
-    """
-    return side_for_pictures(source.typical_size(), image_size)
-
-
-def side_for_pictures(typical: tuple[int, int] | None, image_size: int) -> int:
-    """:func:`default_side`'s rule for a typical picture of (long, short) pixels (None:
-    unknown) and a crop side ``image_size``."""
-    if typical is None:
-        return 2 * int(image_size)
-    long, short = typical
-    if short <= FULL_DETAIL_MAX_SHORT_SIDE:
-        return int(long)
-    return int(min(long, 2 * int(image_size)))
-
-
-def requested_side(source: Source, cache_size: int | None, image_size: int) -> int:
-    """The side a run asks the cache for: ``dataset.cache_size``, else :func:`default_side`."""
-    return int(cache_size) if cache_size else default_side(source, image_size)
-
-
-def stored_side(source: Source, size: int | None) -> int:
-    """Side S stored in the cache: ``size``, but never more than ``source.max_side()``.
-
-    ``size`` None stores the source's own side (sources of fixed-size images only).
-    """
-    cap = source.max_side()
-    if size is None:
-        if cap is None:
-            raise ValueError(f"{source.name}: images vary in size, so a cache size is required")
-        return cap
-    if size < 1:
-        raise ValueError(f"cache size must be positive, got {size}")
-    return min(size, cap) if cap else size
-
-
 def cache_dir(source: Source, split: str, size: int | None, cache_root: Path | None = None) -> Path:
     """Directory holding the cache of ``split`` of ``source`` at the stored side for ``size``."""
     root = Path(cache_root) if cache_root is not None else default_cache_root()
@@ -212,17 +151,19 @@ def load_or_build(
     this process). ``progress`` shows a progress bar and the waiting message.
 
     ``jpeg_draft``: decode JPEG files at a reduced scale that is still at least the stored
-    side (module docstring), for sources of image files (:func:`_drafts`). Cache key: the
-    folder is the same either way; a drafted cache's fingerprint is the source's fingerprint
-    hashed with ``"jpeg-draft"``, so a cache built one way is rebuilt, never reused, when asked
-    for the other. Full-size decoding (``jpeg_draft=False``) and sources that are never drafted
-    (arrays: Fashion-MNIST, CIFAR, STL-10) keep the fingerprint caches had before drafts
-    existed, so their caches stay valid.
+    side (module docstring), for sources that say their items are image files
+    (:meth:`Source.allows_jpeg_draft`). Cache key: the folder is the same either way; a
+    drafted cache's fingerprint is the source's fingerprint hashed with ``"jpeg-draft"``, so a
+    cache built one way is rebuilt, never reused, when asked for the other. Full-size
+    decoding (``jpeg_draft=False``) and sources that are never drafted (arrays:
+    Fashion-MNIST, CIFAR, STL-10) keep the fingerprint caches had before drafts existed, so
+    their caches stay valid.
     """
     n_workers = _worker_count(workers)
     side = stored_side(source, size)
     target = cache_dir(source, split, size, cache_root)
-    draft = jpeg_draft and _drafts(source)
+    # The source says whether its items are image files that _open_file may open as drafts.
+    draft = jpeg_draft and source.allows_jpeg_draft()
     fingerprint = _cache_fingerprint(source.fingerprint(split), draft)
     cached = _load(target, fingerprint, side)
     if cached is not None:
@@ -256,25 +197,6 @@ def _cache_fingerprint(source_fingerprint: str, draft: bool) -> str:
     if not draft:
         return source_fingerprint
     return hashlib.sha256(f"{source_fingerprint}\0jpeg-draft".encode()).hexdigest()
-
-
-def _drafts(source: Source) -> bool:
-    """Whether the builder opens ``source``'s items itself, as JPEG drafts (:func:`_open_file`).
-
-    Only for sources whose items are image files decoded by the default
-    :meth:`Source.iter_images` and ImageFolder's or NABirds' ``decode``
-    (``sources.open_image(item)``, which :func:`_open_file` repeats with a draft). A source
-    with its own ``decode`` or ``iter_images`` (arrays, or a subclass that does more) keeps its
-    own decoding, never drafted, and its cache keeps its fingerprint.
-    """
-    from .catalog import NABirds  # here: the catalogue is not needed to import this module
-    from .sources import ImageFolder
-
-    kind = type(source)
-    return kind.iter_images is Source.iter_images and kind.decode in (
-        ImageFolder.decode,
-        NABirds.decode,
-    )
 
 
 def _strictly(cached: CachedSplit, strict: bool) -> CachedSplit:

@@ -17,6 +17,7 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -132,6 +133,13 @@ class Source(ABC):
     classes: list[str]
     path: Path
 
+    #: How the source decodes: True when each item of :meth:`items` is the path of an image
+    #: file (JPEG, PNG, ...) that :meth:`decode` opens with :func:`open_image` and nothing
+    #: more, so the cache builder may open the files itself, JPEGs as drafts at a reduced
+    #: scale (``dataset.jpeg_draft``; :meth:`allows_jpeg_draft`). False: the source alone
+    #: knows how to decode its items (arrays, or a decode that does more).
+    decodes_image_files: ClassVar[bool] = False
+
     @abstractmethod
     def splits(self) -> list[str]:
         """Names of the available splits, e.g. ``["train", "test"]``."""
@@ -173,7 +181,7 @@ class Source(ABC):
 
     def typical_size(self) -> tuple[int, int] | None:
         """(long, short) side in pixels of the source's typical picture, which sets the
-        default cache side (:func:`sslbench.data.cache.default_side`); None when unknown.
+        default cache side (:func:`sslbench.data.sides.default_side`); None when unknown.
 
         Square sources of one size give their side twice. Sources that list their items
         read the headers (not the pixels) of up to ``SIZE_SAMPLE`` of them, evenly spaced
@@ -246,6 +254,20 @@ class Source(ABC):
         naming ``item``. The source is pickled to worker processes where ``fork`` is not used.
         """
         raise NotImplementedError(f"{type(self).__name__} has no random access (items() is None)")
+
+    def allows_jpeg_draft(self) -> bool:
+        """Whether the cache builder may open this source's items itself, JPEGs as drafts.
+
+        The class that sets :attr:`decodes_image_files` vouches for its own :meth:`decode`;
+        a subclass below it that replaces :meth:`decode`, or any class that replaces
+        :meth:`iter_images`, decodes in a way that class did not vouch for, so its items are
+        never drafted (and its cache keeps the fingerprint of a full decode).
+        """
+        mro = type(self).__mro__
+        declaring = next(k for k in mro if "decodes_image_files" in vars(k))
+        if not declaring.decodes_image_files or type(self).iter_images is not Source.iter_images:
+            return False
+        return not any("decode" in vars(k) for k in mro[: mro.index(declaring)])
 
     def cache_key(self) -> str:
         """Relative cache directory of this source (unique per source content location)."""
@@ -378,6 +400,7 @@ class ImageFolder(Source):
     """
 
     name = "folder"
+    decodes_image_files = True  # decode is open_image: JPEGs may be drafted
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser().resolve()
