@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -171,6 +172,42 @@ def test_slurm_launcher_keys_reach_sbatch(tmp_path) -> None:
         assert line in sbatch
     with pytest.raises(ConfigError, match="unknown launcher 'pbs'"):
         expand(["launcher=pbs"])
+
+
+def test_the_launcher_is_picked_by_name_and_gets_the_runs_to_do(tmp_path, monkeypatch, capsys):
+    """Every launcher is made from the grid and handed the runs still to do; one that says it
+    was interrupted makes the grid exit 130."""
+    from sslbench.grid import LAUNCHERS, LocalLauncher, launcher_for
+    from sslbench.slurm import SubmititLauncher
+
+    grid = expand(["method=simclr,byol", f"run_dir={tmp_path}"])
+    assert isinstance(launcher_for(grid), LocalLauncher)
+    for name in ("slurm", "submitit_local"):
+        assert isinstance(launcher_for(expand([f"launcher={name}"])), SubmititLauncher)
+
+    handed = []
+
+    class Interrupted:
+        def __init__(self, grid) -> None:
+            self.total = len(grid.runs)
+
+        def launch(self, runs) -> bool:
+            handed.extend(runs)
+            return True
+
+    monkeypatch.setitem(LAUNCHERS, "local", Interrupted)
+    assert run_grid(grid) == 130
+    assert handed == grid.runs
+    assert "2 runs: 0 completed (0 earlier), 2 not completed" in capsys.readouterr().out
+
+
+def test_the_launchers_import_only_downward() -> None:
+    """What both launchers share sits below them: SLURM's launcher does not import the grid
+    (which picks it), and neither imports torch."""
+    code = ("import sys, sslbench.slurm, sslbench.grid_runs; "
+            "print(sorted(m for m in ('sslbench.grid', 'torch') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def _tiny(*more: str) -> list[str]:

@@ -7,7 +7,9 @@ validated here, before anything starts, and gets its folder (named by the hash o
 resolved config, as a single run's is) → runs whose folder says ``completed`` are skipped →
 the others run, each in its own child process (``launcher=local``, ``grid.jobs`` at a time)
 or as one SLURM job each (``launcher=slurm``, through hydra-submitit-launcher) → one line per
-run as it ends, and a summary.
+run as it ends, and a summary. Both launchers are a :class:`~sslbench.grid_runs.Launcher`,
+picked by ``launcher.name`` (:data:`LAUNCHERS`); what they share is in :mod:`sslbench.grid_runs`,
+below them both.
 
 A child process per run is what makes a grid robust: a crash, a NaN or an out-of-memory kill
 ends that run only, and every run's peak-memory counters start at zero. Nothing here imports
@@ -24,50 +26,28 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from sslbench import grid_cost
 from sslbench.config import ConfigError, compose
-from sslbench.config.compose import config_hash, load_run_config, parse_overrides
+from sslbench.config.compose import parse_overrides
 from sslbench.config.schema import GRID_SECTIONS, GROUPS, group_options
 from sslbench.cpu import available_cores
-from sslbench.results import read_results, run_identity, save_config, write_results
-
-
-@dataclass
-class GridRun:
-    """One run of a grid: the overrides that compose it, and its resolved config."""
-
-    index: int  # 1-based, in the grid's order
-    overrides: list[str]  # everything the run is composed from
-    label: list[str]  # the overrides that tell it apart from the grid's other runs
-    cfg: DictConfig
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.cfg.run_dir)
-
-    def status(self) -> str:
-        """``new``, or the status its results.json says (``completed``, ``failed``,
-        ``running`` for a run that was interrupted or is running elsewhere)."""
-        try:
-            return str(read_results(self.run_dir).get("status", "unknown"))
-        except (OSError, ValueError):
-            return "new"
-
-
-@dataclass
-class Grid:
-    runs: list[GridRun]
-    jobs: int
-    launcher: DictConfig
-
+from sslbench.grid_runs import (
+    Grid,
+    GridRun,
+    Launcher,
+    child_command,
+    describe,
+    outcome_line,
+    prepare_run_dir,
+    record_failure,
+)
+from sslbench.slurm import PLUGIN_LAUNCHERS, SubmititLauncher
 
 # ---------------------------------------------------------------- expanding the command line
 
@@ -243,60 +223,6 @@ def expand(args: Sequence[str]) -> Grid:
 # ---------------------------------------------------------------- running it
 
 
-def describe(run: GridRun, total: int) -> str:
-    width = len(str(total))
-    return f"[{run.index:>{width}}/{total}] {' '.join(run.label) or '(one run)'}"
-
-
-def outcome_line(run: GridRun, total: int) -> str:
-    """``[2/4] method=byol transform=lorot  completed  top-1 0.612  1.3 min  runs/byol-…``"""
-    try:
-        results = read_results(run.run_dir)
-    except (OSError, ValueError):
-        results = {"status": "new"}
-    status = str(results.get("status"))
-    parts = [describe(run, total), f"{status:<9}"]
-    if status == "completed":
-        top1 = results.get("linear_top1")
-        parts.append("top-1 n/a" if top1 is None else f"top-1 {top1:.3f}")
-        parts.append(f"{(results.get('pretrain_seconds') or 0) / 60:.1f} min")
-    elif status == "failed":
-        parts.append(str(results.get("error")))
-    parts.append(str(run.run_dir))
-    return "  ".join(parts)
-
-
-def prepare_run_dir(run: GridRun) -> None:
-    """Write the run's config.yaml for its child process, refusing a folder that holds
-    another run's config (a run folder belongs to one config)."""
-    config_file = run.run_dir / "config.yaml"
-    if config_file.is_file():
-        try:
-            existing = config_hash(load_run_config(config_file))
-        except ConfigError:
-            existing = None
-        if existing != config_hash(run.cfg):
-            raise ConfigError(
-                f"{run.run_dir} holds the config of another run; move it away or set run_dir"
-            )
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(run.cfg, run.run_dir)
-
-
-def record_failure(run: GridRun, error: str) -> None:
-    """Mark a run failed in its results.json when its process could not say so itself
-    (killed by a signal, out of memory, never started)."""
-    try:
-        written = read_results(run.run_dir)
-    except (OSError, ValueError):
-        written = {}
-    results = {**run_identity(run.cfg), **written}  # which run it is, whatever got written
-    if results.get("status") == "completed":
-        return
-    results.update(status="failed", error=error)
-    write_results(run.run_dir, results)
-
-
 def _error_of(run: GridRun, returncode: int) -> str:
     """Why a child failed: its own one-line error from output.log, else how it ended."""
     log = run.run_dir / "output.log"
@@ -314,12 +240,6 @@ def _signal_error(returncode: int) -> str:
     name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
     hint = " (out of memory?)" if -returncode == signal.SIGKILL else ""
     return f"the run's process was killed by {name or -returncode}{hint}"
-
-
-def child_command(run_dir: Path) -> list[str]:
-    """The command that carries out the run whose config.yaml the grid wrote in run_dir."""
-    return [sys.executable, "-m", "sslbench", "pretrain", "--config",
-            str(run_dir / "config.yaml")]  # fmt: skip
 
 
 def _gpu_count() -> int:
@@ -342,10 +262,15 @@ def child_env(slot: int, jobs: int, gpus: int) -> dict[str, str]:
 
 
 class LocalLauncher:
-    """Runs a grid's runs as child processes of this one, ``jobs`` at a time.
+    """``launcher=local``: runs a grid's runs as child processes of this one, ``jobs`` at a
+    time (a :class:`~sslbench.grid_runs.Launcher`).
 
     With one job at a time on a terminal, a child's output (Lightning's progress bar) goes
     to the terminal; otherwise to ``output.log`` in its run folder."""
+
+    @classmethod
+    def for_grid(cls, grid: Grid) -> LocalLauncher:
+        return cls(grid.jobs, len(grid.runs), stream=grid.jobs == 1 and sys.stdout.isatty())
 
     def __init__(self, jobs: int, total: int, stream: bool) -> None:
         self.jobs, self.total, self.stream = jobs, total, stream
@@ -390,8 +315,16 @@ class LocalLauncher:
             record_failure(run, _error_of(run, returncode))
         self.say(outcome_line(run, self.total))
 
-    def launch(self, runs: list[GridRun]) -> None:
-        """Run them all; on Ctrl-C (which the children get too) start no other run."""
+    def launch(self, runs: list[GridRun]) -> bool:
+        """Run them all; on Ctrl-C (which the children get too) start no other run, and
+        say so (a Ctrl-C while the pool winds down counts too)."""
+        try:
+            self._launch_all(runs)
+        except KeyboardInterrupt:
+            self.interrupted = True
+        return self.interrupted
+
+    def _launch_all(self, runs: list[GridRun]) -> None:
         pool = ThreadPoolExecutor(max_workers=self.jobs)
         try:
             for future in [pool.submit(self.run_one, run) for run in runs]:
@@ -401,6 +334,21 @@ class LocalLauncher:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: ``launcher.name`` -> what makes the grid's launcher: ours for ``local``, submitit's for
+#: the SLURM names (:data:`sslbench.slurm.PLUGIN_LAUNCHERS`).
+LAUNCHERS: dict[str, Callable[[Grid], Launcher]] = {
+    "local": LocalLauncher.for_grid,
+    **dict.fromkeys(PLUGIN_LAUNCHERS, SubmititLauncher),
+}
+
+
+def launcher_for(grid: Grid) -> Launcher:
+    """The launcher that ``launcher.name`` names. Any other name goes to submitit's, which
+    refuses it naming the valid ones, as it did before the launchers shared an interface."""
+    name = str(grid.launcher.get("name", "local"))
+    return LAUNCHERS.get(name, SubmititLauncher)(grid)
 
 
 def run_grid(grid: Grid, dry_run: bool = False) -> int:
@@ -421,18 +369,7 @@ def run_grid(grid: Grid, dry_run: bool = False) -> int:
     start = time.perf_counter()
     interrupted = False
     if todo:
-        if launcher == "local":
-            stream = grid.jobs == 1 and sys.stdout.isatty()
-            local = LocalLauncher(grid.jobs, total, stream)
-            try:
-                local.launch(todo)
-            except KeyboardInterrupt:
-                local.interrupted = True
-            interrupted = local.interrupted
-        else:
-            from sslbench.slurm import launch_submitit
-
-            launch_submitit(todo, grid.launcher, total)
+        interrupted = launcher_for(grid).launch(todo)
     return summarize(grid, time.perf_counter() - start, len(done), interrupted)
 
 

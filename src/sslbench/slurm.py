@@ -24,7 +24,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sslbench.config.compose import quote_path_override
 from sslbench.config.schema import conf_dir
-from sslbench.grid import GridRun, child_command, outcome_line, prepare_run_dir, record_failure
+from sslbench.grid_runs import (
+    Grid,
+    GridRun,
+    child_command,
+    outcome_line,
+    prepare_run_dir,
+    record_failure,
+)
 
 #: Our launcher YAML's name -> the plugin's launcher config.
 PLUGIN_LAUNCHERS = {"slurm": "submitit_slurm", "submitit_local": "submitit_local"}
@@ -82,26 +89,39 @@ def plugin_launcher(launcher: DictConfig, sweep_dir: Path) -> Iterator[Any]:
         )
 
 
-def launch_submitit(runs: list[GridRun], launcher: DictConfig, total: int) -> None:
-    """Submit ``runs`` as one job each and wait for them; print one line per run."""
-    from hydra.core.utils import JobStatus
+class SubmititLauncher:
+    """``launcher=slurm`` (and ``submitit_local``): a grid's runs as one job each, through
+    hydra-submitit-launcher (a :class:`~sslbench.grid_runs.Launcher`)."""
 
-    for run in runs:
-        prepare_run_dir(run)
-    sweep_dir = Path(runs[0].cfg.runs_root) / ".submitit" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    with plugin_launcher(launcher, sweep_dir) as plugin:
-        print(f"submitting {len(runs)} jobs ({launcher.name}); submitit's logs in "
-              f"{sweep_dir}/.submitit", flush=True)  # fmt: skip
-        try:
-            jobs = [[quote_path_override(f"run_dir={run.run_dir.resolve()}")] for run in runs]
-            returns = plugin.launch(jobs, 0)
-        except Exception as err:  # noqa: BLE001 - a job the cluster killed: the others still ran
-            print(f"some jobs ended abnormally: {str(err).splitlines()[0] if str(err) else err}")
-            returns = []
-    for run, job in zip(runs, returns, strict=False):
-        if job.status != JobStatus.COMPLETED:
-            record_failure(run, f"the job failed: {job._return_value!r}")
-        elif job.return_value != 0:
-            record_failure(run, f"the run's process exited with status {job.return_value}")
-    for run in runs:
-        print(outcome_line(run, total), flush=True)
+    def __init__(self, grid: Grid) -> None:
+        self.config, self.total = grid.launcher, len(grid.runs)
+
+    def launch(self, runs: list[GridRun]) -> bool:
+        """Submit ``runs`` as one job each, wait for them, and print one line per run.
+        Ctrl-C is not caught here: it ends the grid command at once (``sslbench:
+        interrupted``, exit 130, no summary), so this never returns True."""
+        from hydra.core.utils import JobStatus  # Hydra only once a grid goes to submitit
+
+        for run in runs:
+            prepare_run_dir(run)
+        root = Path(runs[0].cfg.runs_root)
+        sweep_dir = root / ".submitit" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        with plugin_launcher(self.config, sweep_dir) as plugin:
+            print(f"submitting {len(runs)} jobs ({self.config.name}); submitit's logs in "
+                  f"{sweep_dir}/.submitit", flush=True)  # fmt: skip
+            try:
+                jobs = [[quote_path_override(f"run_dir={run.run_dir.resolve()}")] for run in runs]
+                returns = plugin.launch(jobs, 0)
+            except Exception as err:  # noqa: BLE001 - a job the cluster killed: the others ran
+                print(
+                    f"some jobs ended abnormally: {str(err).splitlines()[0] if str(err) else err}"
+                )
+                returns = []
+        for run, job in zip(runs, returns, strict=False):
+            if job.status != JobStatus.COMPLETED:
+                record_failure(run, f"the job failed: {job._return_value!r}")
+            elif job.return_value != 0:
+                record_failure(run, f"the run's process exited with status {job.return_value}")
+        for run in runs:
+            print(outcome_line(run, self.total), flush=True)
+        return False
