@@ -23,11 +23,9 @@ import torch
 from timm.models.resnet import ResNet
 from torch import nn
 
-from sslbench.config import ConfigError
-
-
-class BackboneError(ConfigError):
-    """A backbone that cannot be built as asked; the message is one line."""
+# the bottom module, not the config package: backbones sit below config (compose → pretext →
+# backbones), and BackboneError is re-exported here, its old home
+from sslbench.errors import BackboneError
 
 
 def create_backbone(

@@ -17,11 +17,12 @@ import time
 from collections.abc import Sequence
 
 from sslbench import __version__
-from sslbench.config import ConfigError, compose, load_run_config
+from sslbench.config import compose, load_run_config
 from sslbench.config.compose import quote_path_override
 from sslbench.cpu import limit_spin_waiting
+from sslbench.errors import ConfigError, Requeued, UsageError, one_line
 from sslbench.preflight import check_run_data
-from sslbench.run_folder import RANKS_OF_A_COMMAND, Requeued
+from sslbench.run_folder import RANKS_OF_A_COMMAND
 
 DESCRIPTION = """\
 Pretrain, evaluate and compare self-supervised vision models.
@@ -54,10 +55,6 @@ dataset.max_test, method.KEY, transform.ops.OP.PARAM, pretext.weight, ...; see R
 
 #: Exit status of a run stopped for SLURM to requeue it (sysexits' EX_TEMPFAIL: try again).
 EXIT_REQUEUED = 75
-
-
-class UsageError(Exception):
-    """A command-line mistake; the message is one line."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -158,8 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
         return 0
     except Exception as err:  # noqa: BLE001 - one line for the user, details in error.log
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"sslbench: error: {message}", file=sys.stderr)
+        print(f"sslbench: error: {one_line(err)}", file=sys.stderr)
         return 1
 
 

@@ -10,14 +10,9 @@ import os
 import shutil
 from pathlib import Path
 
+from sslbench.errors import NoSpaceError
+
 __all__ = ["NoSpaceError", "no_space", "reserve"]
-
-
-class NoSpaceError(OSError):
-    """The disk is full; str(err) is one line naming the folder, the need and what is free."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 def no_space(path: Path, needed: int | None = None) -> NoSpaceError:

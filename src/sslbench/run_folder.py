@@ -11,30 +11,23 @@ from __future__ import annotations
 
 import csv
 import io
-import signal
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sslbench.config import ConfigError, load_run_config
+from sslbench.config import load_run_config
 from sslbench.config.compose import config_differences
+from sslbench.errors import ConfigError, Requeued, Stopped  # Requeued, Stopped: re-exported
 from sslbench.results import atomic_write_text, read_results
 
-__all__ = ["ATTEMPT_FILES", "claim_run_folder", "metrics_columns", "trim_metrics"]
-
-
-class Requeued(Exception):  # noqa: N818 - not an error: the job continues in its next start
-    """A SLURM job was preempted and requeued after its checkpoint was written
-    (sslbench.cluster); the run's status is ``requeued`` until its next start resumes it."""
-
-
-class Stopped(KeyboardInterrupt):
-    """A run stopped by a signal (Ctrl-C's SIGINT, or SIGTERM) with its checkpoint kept; the
-    command exits 128 + the signal's number, as a shell reports a process the signal ended."""
-
-    def __init__(self, message: str, signal_name: str = "SIGINT") -> None:
-        super().__init__(message)
-        self.exit_code = 128 + int(getattr(signal, signal_name, signal.SIGINT))
+__all__ = [
+    "ATTEMPT_FILES",
+    "Requeued",
+    "Stopped",
+    "claim_run_folder",
+    "metrics_columns",
+    "trim_metrics",
+]
 
 
 #: Set in the environment of the ranks that an ``sslbench pretrain devices=N`` command

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sslbench.config.compose import quote_path_override
 from sslbench.config.schema import conf_dir
+from sslbench.errors import one_line
 from sslbench.grid_runs import (
     Grid,
     GridRun,
@@ -113,9 +114,7 @@ class SubmititLauncher:
                 jobs = [[quote_path_override(f"run_dir={run.run_dir.resolve()}")] for run in runs]
                 returns = plugin.launch(jobs, 0)
             except Exception as err:  # noqa: BLE001 - a job the cluster killed: the others ran
-                print(
-                    f"some jobs ended abnormally: {str(err).splitlines()[0] if str(err) else err}"
-                )
+                print(f"some jobs ended abnormally: {one_line(err)}")
                 returns = []
         for run, job in zip(runs, returns, strict=False):
             if job.status != JobStatus.COMPLETED:

@@ -29,13 +29,11 @@ from torch.utils.data import DataLoader
 
 from sslbench.backbones import create_backbone, total_stride
 from sslbench.cluster import (
-    Requeued,
     RequeueOnSignal,
     cluster_plugins,
     launched_by,
     run_ranks_with_torchrun,
 )
-from sslbench.config import ConfigError
 from sslbench.cpu import available_cores, set_torch_threads
 from sslbench.data import (
     CachedSplit,
@@ -51,6 +49,13 @@ from sslbench.data.held import HeldBatches, choose_placement
 from sslbench.data.order import EpochBatchSampler, Resumable
 from sslbench.data.worker_views import StepBatchSampler, ViewsOfBatches, pass_through
 from sslbench.disk import no_space
+from sslbench.errors import (  # OutOfGPUMemory: re-exported, its old home
+    ConfigError,
+    OutOfGPUMemory,
+    Requeued,
+    Stopped,
+    one_line,
+)
 from sslbench.evaluation import (
     FEW_SHOT_FRACTIONS,
     L2_GRID,
@@ -86,7 +91,7 @@ from sslbench.resume import (
     checkpoint_position,
     keep_signal_handlers,
 )
-from sslbench.run_folder import Stopped, claim_run_folder, metrics_columns, trim_metrics
+from sslbench.run_folder import claim_run_folder, metrics_columns, trim_metrics
 from sslbench.supervised import (
     LabelledImages,
     SupervisedSettings,
@@ -682,7 +687,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         ) from None
     except BaseException as err:
         results["status"] = "failed"
-        results["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+        results["error"] = one_line(f"{type(err).__name__}: {err}")
         results["peak_host_memory_bytes"] = peak_host_memory_bytes()
         atomic_write_text(run_dir / "error.log", traceback.format_exc())
         write_results(run_dir, results)
@@ -756,10 +761,6 @@ def build_run_model(cfg: DictConfig) -> BuiltModel:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     accelerator = accelerator_of(cfg)
     return BuiltModel(build_method(cfg, accelerator), accelerator, threads)
-
-
-class OutOfGPUMemory(RuntimeError):
-    """The GPU ran out of memory; the message names a setting to lower."""
 
 
 def out_of_gpu_memory(doing: str, key: str, value: int) -> OutOfGPUMemory:

@@ -1,7 +1,8 @@
 """Configuration: the typed schema, override validation and Hydra composition (no torch)."""
 
-from sslbench.config.compose import ConfigError, compose, config_hash, load_run_config, resolve
+from sslbench.config.compose import compose, config_hash, load_run_config, resolve
 from sslbench.config.schema import GROUPS, RunConfig, conf_dir, group_options
+from sslbench.errors import ConfigError  # re-exported: its old home
 
 __all__ = [
     "GROUPS",

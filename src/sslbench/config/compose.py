@@ -38,11 +38,8 @@ from sslbench.config.schema import (
     conf_dir,
     group_options,
 )
+from sslbench.errors import ConfigError, one_line
 from sslbench.pretext import check_pretext, pretext_name
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; its message is one line meant for the user."""
 
 
 def _register_schema() -> None:
@@ -66,7 +63,7 @@ def parse_overrides(args: Sequence[str], allow_sweeps: bool = False) -> list[Any
         try:
             (override,) = parser.parse_overrides([arg])
         except HydraException as err:
-            raise ConfigError(f"cannot parse override '{arg}': {_first_line(err)}") from None
+            raise ConfigError(f"cannot parse override '{arg}': {one_line(err)}") from None
         if override.is_sweep_override() and not allow_sweeps:
             raise ConfigError(f"'{arg}' is a sweep; grids run with 'sslbench pretrain -m'")
         if override.is_add() or override.is_delete() or override.is_force_add():
@@ -94,11 +91,6 @@ def quote_path_override(arg: str) -> str:
 
 def _is_quoted(value: str) -> bool:
     return len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def _check_group_choice(group: str, choice: Any) -> None:
@@ -148,7 +140,7 @@ def load_yaml(path: Path, what: str) -> Any:
     try:
         return OmegaConf.load(path)
     except Exception as err:  # noqa: BLE001 - any YAML or OmegaConf error becomes one line
-        raise ConfigError(f"cannot read {what} {path}: {_first_line(err)}") from None
+        raise ConfigError(f"cannot read {what} {path}: {one_line(err)}") from None
 
 
 def _yaml_problem(err: Exception) -> str:
@@ -157,7 +149,7 @@ def _yaml_problem(err: Exception) -> str:
     (PyYAML's first line is only the context, without a position)."""
     mark = getattr(err, "problem_mark", None)
     if mark is None:
-        return _first_line(err)
+        return one_line(err)
     text = f"line {mark.line + 1}, column {mark.column + 1}: {getattr(err, 'problem', None)}"
     context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
     if context:
@@ -433,7 +425,7 @@ def compose(args: Sequence[str]) -> DictConfig:
             with open_dict(parent) if adding else contextlib.nullcontext():
                 OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as err:
-            raise ConfigError(f"invalid value for {key}: {_first_line(err)}") from None
+            raise ConfigError(f"invalid value for {key}: {one_line(err)}") from None
     return resolve(cfg)
 
 
@@ -530,7 +522,7 @@ def load_run_config(path: str | Path, args: Sequence[str] = ()) -> DictConfig:
     except Exception as err:  # noqa: BLE001 - any parse/type error becomes one line
         key = getattr(err, "full_key", None)
         raise ConfigError(
-            f"invalid config file {path}: {f'{key}: ' if key else ''}{_first_line(err)}"
+            f"invalid config file {path}: {f'{key}: ' if key else ''}{one_line(err)}"
         ) from None
     for override in parse_overrides(args):
         key = override.key_or_group

@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..disk import no_space
-from .extract import ExtractError, _one_line, archive_stem, extract, extracted_from
+from ..errors import DownloadError, ExtractError, one_line
+from .extract import archive_stem, extract, extracted_from
 
 __all__ = [
     "Archive",
@@ -62,11 +63,6 @@ CHUNK = 1 << 20  # bytes read and hashed at a time
 RECORD = ".sslbench-checksums.json"  # per-folder record of verified files
 ARCHIVES = ".sslbench-archives.json"  # SHA-256 of users' own archives, by path
 USER_AGENT = f"sslbench/{__version__} (+python-urllib)"
-
-
-class DownloadError(RuntimeError):
-    """A download failed; str(err) is one line naming the URL (or file) and where to put the
-    archive by hand. (Extraction raises :class:`ExtractError`.)"""
 
 
 @dataclass(frozen=True)
@@ -379,7 +375,7 @@ def _open(source: str, offset: int, timeout: float) -> Any | None:
         err.close()
         raise _NetworkError(f"HTTP {err.code} {err.reason}") from None
     except ValueError as err:  # malformed URL
-        raise _NetworkError(_one_line(err)) from None
+        raise _NetworkError(one_line(err)) from None
     except (OSError, http.client.HTTPException) as err:
         raise _NetworkError(_reason(err)) from None
 
@@ -515,7 +511,7 @@ def _reason(err: BaseException) -> str:
         reason = err.reason
         if isinstance(reason, TimeoutError):
             return "timed out"
-        return _one_line(reason) if isinstance(reason, BaseException) else _one_line(str(reason))
+        return one_line(reason)
     if isinstance(err, TimeoutError):
         return "timed out"
-    return _one_line(err)
+    return one_line(err)

@@ -44,6 +44,7 @@ from typing import IO
 from tqdm.auto import tqdm
 
 from ..disk import no_space
+from ..errors import ExtractError, one_line
 from .folders import partial_dir, publish, remove_stale
 
 __all__ = ["MARKER", "SUFFIXES", "ExtractError", "ExtractLimits", "archive_stem", "extract",
@@ -54,10 +55,6 @@ SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", "
 CHUNK = 1 << 20  # bytes copied at a time
 MARKER = ".sslbench-extracted.json"  # written into every folder extract() made
 FILE_MODE, DIR_MODE = 0o644, 0o755
-
-
-class ExtractError(RuntimeError):
-    """An archive could not be extracted; str(err) is one line naming it and why."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,7 @@ def extract(
             raise ExtractError(_corrupt(archive_path, err)) from None
         if err.errno == errno.ENOSPC:
             raise ExtractError(f"cannot extract {archive_path}: {no_space(dest)}") from None
-        raise ExtractError(f"cannot extract {archive_path} into {dest}: {_one_line(err)}") from None
+        raise ExtractError(f"cannot extract {archive_path} into {dest}: {one_line(err)}") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # no-op after a successful publish
     return dest
@@ -325,11 +322,6 @@ def _safe_name(name: str) -> str:
 
 def _corrupt(archive_path: Path, err: BaseException) -> str:
     return (
-        f"cannot extract {archive_path}: the archive is corrupt or truncated ({_one_line(err)}); "
+        f"cannot extract {archive_path}: the archive is corrupt or truncated ({one_line(err)}); "
         f"delete it and download it again"
     )
-
-
-def _one_line(err: BaseException | str) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__

@@ -24,12 +24,11 @@ from typing import Any
 import yaml
 
 from sslbench.config.compose import KEYS_HASHED_ONLY_AWAY_FROM_DEFAULT, NOT_IN_HASH
+from sslbench.errors import RunFolderError, one_line  # sslbench.report imports one_line here
 from sslbench.report.files import (
     RESULTS_FILE,
-    RunFolderError,
     Warn,
     find_run_folders,
-    one_line,
     printable,
     read_regular_file,
 )
@@ -382,7 +381,7 @@ def load_run(folder: Path, name: str) -> Run:
     if error is not None and not isinstance(error, str):
         raise RunFolderError("results.json: error is not text")
     if status == "failed":
-        error = one_line(error or "") or "no error message recorded"
+        error = one_line(error or "", 300) or "no error message recorded"
     else:
         error = None
 

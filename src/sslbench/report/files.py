@@ -8,31 +8,21 @@ with ".". Every message is one line with its control characters replaced.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+# RunFolderError and one_line: re-exported, their old home
+from sslbench.errors import CONTROL_CHARACTERS, RunFolderError, one_line
+
 RESULTS_FILE = "results.json"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 Warn = Callable[[str], None]
 
 
-class RunFolderError(ValueError):
-    """Why a run folder cannot be read; the message is one line."""
-
-
 def printable(text: str) -> str:
     """``text`` with control characters (newlines, terminal escapes) shown as "?"."""
-    return _CONTROL.sub("?", text)
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """The first line of ``text`` without control characters, at most ``limit`` characters."""
-    lines = str(text).strip().splitlines()
-    first = _CONTROL.sub(" ", lines[0] if lines else "").strip()
-    return first if len(first) <= limit else first[: limit - 1] + "…"
+    return CONTROL_CHARACTERS.sub("?", text)
 
 
 def find_run_folders(dirs: Sequence[str], warn: Warn) -> list[tuple[Path, str]]:
@@ -48,7 +38,7 @@ def find_run_folders(dirs: Sequence[str], warn: Warn) -> list[tuple[Path, str]]:
             raise ValueError(f"not a folder: {given} (give run folders or folders of them)")
 
         def on_error(err: OSError) -> None:
-            warn(f"cannot list {err.filename}: {one_line(err.strerror or str(err))}")
+            warn(f"cannot list {err.filename}: {one_line(err.strerror or str(err), 300)}")
 
         for current, subdirs, files in os.walk(root, onerror=on_error, followlinks=False):
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
