@@ -26,8 +26,9 @@ from typing import Any
 import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 
+from sslbench.errors import Requeued
 from sslbench.quiet import rank_environment
-from sslbench.run_folder import RANKS_OF_A_COMMAND, Requeued
+from sslbench.run_folder import RANKS_OF_A_COMMAND
 
 __all__ = [
     "RequeueOnSignal",

@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sslbench.config import ConfigError, config_hash, load_run_config
+from sslbench.config import config_hash, load_run_config
+from sslbench.errors import ConfigError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig

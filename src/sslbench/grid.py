@@ -33,10 +33,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sslbench import grid_cost
-from sslbench.config import ConfigError, compose
+from sslbench.config import compose
 from sslbench.config.compose import parse_overrides
 from sslbench.config.schema import GRID_SECTIONS, GROUPS, group_options
 from sslbench.cpu import available_cores
+from sslbench.errors import ConfigError
 from sslbench.grid_runs import (
     Grid,
     GridRun,

@@ -20,8 +20,8 @@ from typing import Protocol
 
 from omegaconf import DictConfig
 
-from sslbench.config import ConfigError
 from sslbench.config.compose import config_hash, load_run_config
+from sslbench.errors import ConfigError
 from sslbench.results import read_results, run_identity, save_config, write_results
 
 

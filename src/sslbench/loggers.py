@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sslbench.config import ConfigError
 from sslbench.config.compose import logger_names
+from sslbench.errors import ConfigError
 
 if TYPE_CHECKING:
     from pytorch_lightning.loggers import Logger

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
-from sslbench.config import ConfigError
+from sslbench.errors import ConfigError
 from sslbench.loggers import check_logger_packages
 
 

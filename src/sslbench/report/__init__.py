@@ -20,7 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sslbench.report.collect import load_runs, one_line
+from sslbench.errors import one_line
+from sslbench.report.collect import load_runs
 from sslbench.report.render import FORMATS, render
 from sslbench.report.tables import build_report
 from sslbench.results import atomic_write_bytes, atomic_write_text

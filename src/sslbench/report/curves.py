@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sslbench.report.files import RunFolderError, one_line, read_regular_file
+from sslbench.errors import RunFolderError, one_line
+from sslbench.report.files import read_regular_file
 
 METRICS_FILE = "metrics.csv"
 #: A metrics.csv is a few MB.
