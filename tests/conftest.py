@@ -83,3 +83,30 @@ def build_method(*overrides: str):
 
     cfg = compose(["backbone=resnet10t", "image_size=32", "device=cpu", *overrides])
     return build(cfg, "cpu"), cfg
+
+
+def method_names(*, local_views: bool | None = None) -> list[str]:
+    """The registered methods (sslbench.methods.METHODS), for tests parametrised over every
+    method: all of them, or only those whose conf/method/NAME.yaml has (True) or lacks
+    (False) a ``local_views`` section. Read from the YAML, not composed: it runs at
+    collection."""
+    from omegaconf import OmegaConf
+
+    import sslbench
+    from sslbench.methods import METHODS
+
+    conf = Path(sslbench.__file__).parent / "conf" / "method"
+    names = list(METHODS)
+    if local_views is None:
+        return names
+    return [
+        n for n in names if ("local_views" in OmegaConf.load(conf / f"{n}.yaml")) == local_views
+    ]
+
+
+def small_method(name: str, *overrides: str):
+    """Method ``name`` built as by build_method, with its class's small_overrides (narrow
+    heads, two local views: cheap on a CPU) before ``overrides``."""
+    from sslbench.methods import method_class
+
+    return build_method(f"method={name}", *method_class(name).small_overrides, *overrides)

@@ -6,29 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_method
+from conftest import method_names, small_method
 
 from sslbench.methods import Views
 
-#: Narrow heads, 2 local views: the unit test's cost stays small on a CPU.
-SMALL = {
-    "simclr": ["method.hidden_dim=64", "method.output_dim=32"],
-    "simsiam": ["method.hidden_dim=64", "method.output_dim=64", "method.predictor_hidden_dim=16"],
-    "byol": ["method.hidden_dim=64", "method.output_dim=32", "method.predictor_hidden_dim=64"],
-    "barlowtwins": ["method.hidden_dim=64", "method.output_dim=64"],
-    "vicreg": ["method.hidden_dim=64", "method.output_dim=64"],
-    "swav": ["method.hidden_dim=64", "method.output_dim=32", "method.n_prototypes=16",
-             "method.local_views.count=2"],
-    "vicregl": ["method.hidden_dim=64", "method.output_dim=64", "backbone.small_stem=true",
-                "method.local_views.count=2"],
-}  # fmt: skip
 
-
-def _batch_sizes_seen(name: str, fmnist_batch, *overrides: str) -> tuple[list[int], int]:
-    """The batch sizes of the backbone's calls in one training loss, and the number of
-    images per view."""
+def _batch_sizes_seen(name: str, fmnist_batch, *overrides: str) -> tuple[list[int], int, int]:
+    """The batch sizes of the backbone's calls in one training loss, the number of images
+    per view, and the number of local views."""
     torch.manual_seed(0)
-    model, _ = build_method(f"method={name}", *SMALL[name], *overrides)
+    model, _ = small_method(name, *overrides)
     model.train()
     images, aspect, _ = fmnist_batch
     images, aspect = images[:16], aspect[:16]
@@ -43,28 +30,26 @@ def _batch_sizes_seen(name: str, fmnist_batch, *overrides: str) -> tuple[list[in
     model.backbone.forward_features = record  # timm's forward() calls it too
     loss = model.training_loss(views)
     assert torch.isfinite(loss).all()
-    return seen, images.shape[0]
+    return seen, images.shape[0], model.num_local_views
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", method_names())
 def test_each_view_goes_through_the_backbone_alone_by_default(name: str, fmnist_batch) -> None:
-    seen, n = _batch_sizes_seen(name, fmnist_batch)
-    local = 2 if name in ("swav", "vicregl") else 0
+    seen, n, local = _batch_sizes_seen(name, fmnist_batch)
     assert seen == [n] * (2 + local)  # BYOL's target backbone is another module
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", method_names())
 def test_joint_forward_concatenates_views_of_one_size(name: str, fmnist_batch) -> None:
-    seen, n = _batch_sizes_seen(name, fmnist_batch, "method.joint_forward=true")
-    local = [2 * n] if name in ("swav", "vicregl") else []
-    assert seen == [2 * n, *local]
+    seen, n, local = _batch_sizes_seen(name, fmnist_batch, "method.joint_forward=true")
+    assert seen == [2 * n] + ([local * n] if local else [])
 
 
 def test_per_view_simclr_loss_is_lightlys_benchmark_computation(fmnist_batch) -> None:
     """SimCLR's loss on fixed views equals lightly's benchmark step (z0 = head(backbone(x0)),
     z1 = head(backbone(x1)), NT-Xent), and the joint forward gives another number."""
     torch.manual_seed(0)
-    model, _ = build_method("method=simclr", *SMALL["simclr"])
+    model, _ = small_method("simclr")
     model.train()
     images, aspect, _ = fmnist_batch
     views = model.make_views(images[:32], aspect[:32])

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_RUN, build_method, needs_fmnist
+from conftest import TINY_RUN, build_method, method_names, needs_fmnist, small_method
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -21,19 +21,13 @@ from sslbench.cli import main
 from sslbench.config import compose
 from sslbench.methods import Views
 from sslbench.methods.base import effective_rank
+from sslbench.methods.ema import EMATargetMethod
 from sslbench.transforms import Pipeline, make_generator
 
-METHODS = ("simsiam", "byol", "barlowtwins", "vicreg")
-
-# Narrow heads for the unit tests: the defaults' 2048-4096-wide layers would dominate their
-# time on a CPU; the tiny runs at the end train the default sizes.
-SMALL_HEADS = {
-    "simclr": ["method.hidden_dim=256", "method.output_dim=64"],
-    "simsiam": ["method.hidden_dim=256", "method.output_dim=256", "method.predictor_hidden_dim=64"],
-    "byol": ["method.hidden_dim=256", "method.output_dim=64", "method.predictor_hidden_dim=256"],
-    "barlowtwins": ["method.hidden_dim=256", "method.output_dim=256"],
-    "vicreg": ["method.hidden_dim=256", "method.output_dim=256"],
-}
+#: The two-view methods (no local views): every one learns on the same two fixed views.
+#: Their unit tests use each class's small_overrides (narrow heads: the defaults' 2048-4096-
+#: wide layers would dominate on a CPU); the tiny runs at the end train the default sizes.
+TWO_VIEW = method_names(local_views=False)
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +43,14 @@ def views(fmnist_batch) -> Views:
     return Views(global_views=made, local_views=[])
 
 
-@pytest.mark.parametrize("name", ["simclr", *METHODS])
+@pytest.mark.parametrize("name", TWO_VIEW)
 def test_steps_on_fixed_views_lower_the_loss(name: str, views: Views) -> None:
     torch.manual_seed(0)
-    method, _ = build_method(f"method={name}", *SMALL_HEADS[name])
+    method, _ = small_method(name)
     method.train()
     frozen = {n: p.detach().clone() for n, p in method.named_parameters() if not p.requires_grad}
-    assert (len(frozen) > 0) == (name == "byol")  # only BYOL has a frozen part (its target)
+    # The only frozen parts are EMA targets (BYOL's; MoCo's and DINO's will be).
+    assert (len(frozen) > 0) == isinstance(method, EMATargetMethod)
     # Every parameter, frozen ones included: they must get no gradient, so no update.
     optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
     with torch.no_grad():
@@ -84,7 +79,7 @@ def test_the_targets_of_the_predictions_get_no_gradient(
     name: str, views: Views, monkeypatch
 ) -> None:
     torch.manual_seed(0)
-    method, _ = build_method(f"method={name}", *SMALL_HEADS[name])
+    method, _ = small_method(name)
     seen: list[torch.Tensor] = []
     module = sys.modules[type(method).__module__]
     symmetric_loss = module.symmetric_loss
@@ -104,6 +99,9 @@ def test_the_targets_of_the_predictions_get_no_gradient(
 
 def _target_pairs(method) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter]]:
     """(online, target) parameter pairs of BYOL, in update order."""
+    assert method.ema_pairs == [
+        ("backbone", "backbone_target"), ("projection_head", "projection_head_target"),
+    ]  # fmt: skip
     online = [*method.backbone.parameters(), *method.projection_head.parameters()]
     target = [*method.backbone_target.parameters(), *method.projection_head_target.parameters()]
     assert len(online) == len(target)
@@ -112,7 +110,7 @@ def _target_pairs(method) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter]]
 
 def test_byol_target_is_the_ema_of_the_online_network(views: Views) -> None:
     torch.manual_seed(0)
-    method, _ = build_method("method=byol", *SMALL_HEADS["byol"])
+    method, _ = small_method("byol")
     pairs = _target_pairs(method)
     assert all(not t.requires_grad for _, t in pairs)
     assert all(torch.equal(o, t) for o, t in pairs)  # the target starts as a copy
@@ -163,10 +161,9 @@ class _CheckEMA(pl.Callback):
 
 def test_byol_under_a_trainer_updates_its_target_on_the_cosine_schedule(fmnist_batch) -> None:
     torch.manual_seed(0)
-    method, _ = build_method(
-        "method=byol", "method.momentum=0.996", "method.momentum_end=1.0", "batch_size=8",
-        *SMALL_HEADS["byol"],
-    )  # fmt: skip
+    method, _ = small_method(
+        "byol", "method.momentum=0.996", "method.momentum_end=1.0", "batch_size=8"
+    )
     images, aspect, labels = (t[:32] for t in fmnist_batch)
     loader = DataLoader(TensorDataset(images, aspect, labels), batch_size=8, drop_last=True)
     check = _CheckEMA()
@@ -238,12 +235,13 @@ def test_lr_schedule_per_epoch_as_lightlys_benchmark() -> None:
 
 
 @needs_fmnist
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", TWO_VIEW)
 def test_tiny_pretrain_run_completes(name: str, tmp_path) -> None:
     run_dir = tmp_path / "run"
-    # VICReg's 20 warm-up epochs would keep the lr near 0 in a 1-epoch run.
-    extra = ["method.optimizer.warmup_epochs=0.0"] if name == "vicreg" else []
-    assert main(["pretrain", f"method={name}", *TINY_RUN, *extra, f"run_dir={run_dir}"]) == 0
+    # A warm-up (VICReg's 20 epochs) would keep the lr near 0 in a 1-epoch run; the others
+    # have none, so this changes nothing for them.
+    no_warmup = "method.optimizer.warmup_epochs=0.0"
+    assert main(["pretrain", f"method={name}", *TINY_RUN, no_warmup, f"run_dir={run_dir}"]) == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["error"] is None
     assert results["method"] == name
@@ -262,7 +260,7 @@ def test_effective_rank_and_collapse_warning() -> None:
         callback_metrics = {"embedding_std_ratio": torch.tensor(0.02)}
         current_epoch = 3
 
-    method, _ = build_method("method=simclr", *SMALL_HEADS["simclr"])
+    method, _ = small_method("simclr")
     method._trainer = Trainer()  # type: ignore[assignment]
     with pytest.warns(UserWarning, match="collapsing"):
         method.on_train_epoch_end()

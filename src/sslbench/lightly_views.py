@@ -3,14 +3,16 @@
 lightly's benchmarks (the study's code) make each image's views with a lightly transform on
 a PIL image inside DataLoader workers. ``sslbench bench`` (its ``lightly`` row) and
 ``benchmarks/lightly_reference.py`` feed the same cached images through those transforms,
-set to the run's pipeline where lightly has an equal one:
+set to the run's pipeline where lightly has an equal one. Each method class names its
+transform (``SSLMethod.lightly_transform``), one of :data:`TRANSFORMS`:
 
-- two-view methods: ``SimCLRTransform`` for the ``simclr`` pipeline, ``BYOLTransform`` (its
-  two asymmetric views) for ``byol``;
-- SwAV: ``SwaVTransform`` (global and local crops); VICRegL: ``VICRegLTransform`` (crops and
-  their location grids).
+- ``"pipeline"`` (two-view methods): ``SimCLRTransform`` for the ``simclr`` pipeline,
+  ``BYOLTransform`` (its two asymmetric views) for ``byol``;
+- ``"SwaVTransform"`` (global and local crops); ``"VICRegLTransform"`` (crops and their
+  location grids).
 
-Other pipelines (baseline, LoRot, DCL, ...) have no lightly transform: a clear error.
+Other pipelines (baseline, LoRot, DCL, ...), a method whose class names None (lightly has
+none) and a name not in :data:`TRANSFORMS` are each a clear error.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from sslbench.backbones import feature_map_shape
+from sslbench.methods import method_class
 from sslbench.methods.base import Views
 
 #: Pipelines with an equal lightly transform (for the two-view methods).
@@ -183,14 +186,51 @@ def vicregl_transform(cfg: DictConfig, global_grid: int, local_grid: int) -> Ima
     )
 
 
+def pipeline_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
+    """A two-view method's lightly transform: the one equal to the run's pipeline."""
+    return two_view_transform(cfg)
+
+
+def swav_multicrop_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
+    """SwAV's lightly transform (the backbone plays no part)."""
+    return swav_transform(cfg)
+
+
+def vicregl_grid_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
+    """VICRegL's lightly transform, its grids the sides of the backbone's feature maps."""
+    return vicregl_transform(cfg, *vicregl_grid_sides(cfg, backbone))
+
+
+#: The lightly transforms that a method class can name (``SSLMethod.lightly_transform``),
+#: each built from the run's config and backbone.
+TRANSFORMS: dict[str, Callable[[DictConfig, nn.Module], ImageTransform]] = {
+    "pipeline": pipeline_transform,
+    "SwaVTransform": swav_multicrop_transform,
+    "VICRegLTransform": vicregl_grid_transform,
+}
+
+
 def lightly_transform(cfg: DictConfig, backbone: nn.Module) -> tuple[ImageTransform, str]:
-    """The run's views as lightly makes them, and the transform's name."""
+    """The run's views as lightly makes them, and the transform's name, from the transform
+    that the run's method class names."""
     method = cfg.method.name
-    if method == "swav":
-        return swav_transform(cfg), "SwaVTransform"
-    if method == "vicregl":
-        return vicregl_transform(cfg, *vicregl_grid_sides(cfg, backbone)), "VICRegLTransform"
-    transform = two_view_transform(cfg)
+    cls = method_class(method)
+    # No default on SSLMethod: a method that does not say must fail here, not fall through
+    # to two views (a multi-crop method's lightly row would silently drop its local views).
+    if not hasattr(cls, "lightly_transform"):
+        raise ValueError(
+            f"method '{method}' does not name its lightly transform: set "
+            f"{cls.__name__}.lightly_transform (one of {', '.join(TRANSFORMS)}, or None)"
+        )
+    name = cls.lightly_transform
+    if name is None:
+        raise ValueError(f"lightly has no reference transform for method '{method}'")
+    if name not in TRANSFORMS:
+        raise ValueError(
+            f"method '{method}' names lightly transform '{name}', which sslbench cannot "
+            f"build; valid: {', '.join(TRANSFORMS)}"
+        )
+    transform = TRANSFORMS[name](cfg, backbone)
     return transform, type(transform).__name__
 
 

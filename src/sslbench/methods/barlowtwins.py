@@ -32,6 +32,18 @@ class BarlowTwins(SSLMethod):
     gather_distributed.
     """
 
+    lightly_transform = "pipeline"
+    small_overrides = ("method.hidden_dim=256", "method.output_dim=256")
+    # lightly's SGD protocol needs far more than 3 epochs (on Imagenette it was the weakest
+    # method after 200); the paper's LARS recipe learns within this budget.
+    learning_run_overrides = (
+        "epochs=3",
+        "method.optimizer.name=lars",
+        "method.optimizer.lr=0.2",
+        "method.optimizer.weight_decay=1.5e-6",
+        "method.optimizer.exclude_bias_and_norm=true",
+    )  # fmt: skip
+
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(method, *args, **kwargs)
         self.projection_head = BarlowTwinsProjectionHead(

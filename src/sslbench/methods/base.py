@@ -30,7 +30,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -139,6 +139,14 @@ class SSLMethod(pl.LightningModule):
     num_global_views = 2
     #: Whether the method needs coordinate maps of its views (VICRegL's location grids).
     needs_coordinates = False
+    #: lightly's reference transform of the views, a key of sslbench.lightly_views.TRANSFORMS
+    #: ("pipeline": the one equal to the run's two-view pipeline; "SwaVTransform", ...), or
+    #: None: lightly has none. No default, so a multi-crop method cannot fall to two views.
+    lightly_transform: ClassVar[str | None]
+    #: Overrides that make the method cheap in the CPU unit tests (narrow heads, two local
+    #: views), and of a short run that learns on Fashion-MNIST (tests/test_methods_learn.py).
+    small_overrides: ClassVar[tuple[str, ...]] = ()
+    learning_run_overrides: ClassVar[tuple[str, ...]] = ("epochs=3",)
 
     def __init__(
         self,

@@ -24,6 +24,9 @@ class SimCLR(SSLMethod):
     gather_distributed.
     """
 
+    lightly_transform = "pipeline"
+    small_overrides = ("method.hidden_dim=256", "method.output_dim=64")
+
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(method, *args, **kwargs)
         self.projection_head = SimCLRProjectionHead(

@@ -37,6 +37,12 @@ class SwAV(SSLMethod):
     freeze_prototypes_epochs, queue_length, queue_start_epoch, local_views.
     """
 
+    lightly_transform = "SwaVTransform"
+    small_overrides = (
+        "method.hidden_dim=64", "method.output_dim=32", "method.n_prototypes=16",
+        "method.local_views.count=2",
+    )  # fmt: skip
+
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(method, *args, **kwargs)
         output_dim = int(method["output_dim"])

@@ -29,6 +29,10 @@ class VICReg(SSLMethod):
     mu_param, nu_param, gather_distributed.
     """
 
+    lightly_transform = "pipeline"
+    small_overrides = ("method.hidden_dim=256", "method.output_dim=256")
+    learning_run_overrides = ("epochs=3", "method.optimizer.warmup_epochs=0.3")
+
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(method, *args, **kwargs)
         self.projection_head = VICRegProjectionHead(

@@ -85,6 +85,23 @@ class VICRegL(SSLMethod):
     and ``forward_head(..., pre_logits=True)`` (pooled features).
     """
 
+    lightly_transform = "VICRegLTransform"
+    # Location grids need feature maps larger than 1x1: the small-image stem (stride 8) gives
+    # 4x4 at 32 px and 2x2 for 16-px local crops.
+    small_overrides = (
+        "method.hidden_dim=64", "method.output_dim=64", "backbone.small_stem=true",
+        "method.local_views.count=2",
+    )  # fmt: skip
+    # The small stem costs ~10x, hence fewer images.
+    learning_run_overrides = (
+        "epochs=3",
+        "method.optimizer.warmup_epochs=0.3",
+        "backbone.small_stem=true",
+        "dataset.max_train=1000",
+        "method.local_views.count=2",
+        "method.local_views.size_ratio=0.5",
+    )  # fmt: skip
+
     needs_coordinates = True
 
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
