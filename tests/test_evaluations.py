@@ -199,3 +199,19 @@ def test_the_probes_l2_does_not_flip_on_features_that_differ_a_little() -> None:
         x = base + 0.05 * noise
         chosen.add(linear_probe(x, labels, x[:10], labels[:10], classes, max_iter=50).l2)
     assert len(chosen) == 1, chosen
+
+
+def test_eval_on_a_run_from_before_evaluations_were_recorded(tmp_path) -> None:
+    """A results.json of schema 2 (no evaluations) takes the new protocols' settings; one
+    that has them keeps those not evaluated again."""
+    from sslbench.results import write_results
+    from sslbench.train import update_results
+
+    write_results(tmp_path, {"status": "completed", "linear_top1": 0.7})
+    knn = {"knn_top1_k5": {"k": 5, "temperature": 0.1}}
+    after = update_results(tmp_path, {"knn_top1_k5": 0.6, "evaluations": knn})
+    assert after["evaluations"] == knn and after["linear_top1"] == 0.7
+    sgd = {"sgd_linear": {"epochs": 2, "lr": 0.1, "batch_size": 256}}
+    after = update_results(tmp_path, {"sgd_linear_top1": 0.5, "evaluations": sgd})
+    assert after["evaluations"] == {**knn, **sgd}
+    assert _results(tmp_path)["evaluations"] == {**knn, **sgd}

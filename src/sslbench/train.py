@@ -72,6 +72,7 @@ from sslbench.online_probe import OnlineProbe
 from sslbench.preflight import check_run_data, model_caveats, run_caveats, say_caveats
 from sslbench.quiet import quiet_lightning
 from sslbench.results import (
+    TIME_FORMAT,
     atomic_write_text,
     fsync_folder,
     gather_caveats,
@@ -625,7 +626,7 @@ def _earlier_stops(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return time.strftime(TIME_FORMAT)
 
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -967,10 +968,11 @@ def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
 def update_results(run_dir: str | Path, update: dict[str, Any]) -> dict[str, Any]:
     """Merge ``update`` into a run's results.json (atomically)."""
     results = read_results(run_dir)
+    earlier = results.get("evaluations")
     results.update(update)
-    if isinstance(results.get("evaluations"), dict) and "evaluations" in update:
+    if isinstance(earlier, dict) and "evaluations" in update:
         # each protocol's settings: those evaluated now replace theirs, the others stay
-        results["evaluations"] = {**read_results(run_dir)["evaluations"], **update["evaluations"]}
+        results["evaluations"] = {**earlier, **update["evaluations"]}
     results["caveats"] = gather_caveats(results)
     write_results(run_dir, results)
     return results
