@@ -32,10 +32,10 @@ from omegaconf import DictConfig
 
 from sslbench.cpu import available_cores
 from sslbench.data.catalog import CATALOG
-from sslbench.data.listing import cache_estimate
+from sslbench.data.listing import cache_estimate, human_bytes
 from sslbench.data.listing import status as data_status
 from sslbench.pretext import pretext_name
-from sslbench.results import read_results
+from sslbench.results import TIME_FORMAT, read_results
 
 #: One NVIDIA H200, the study's protocol (ResNet-18, 224 px, batch 256, bf16 autocast) on
 #: imagenette2's 9,469 training images: (first, steady) epoch seconds of each method with the
@@ -59,9 +59,6 @@ H200_RUN_OVERHEAD_MIN = 0.5
 #: ResNet-18's training images/s by image size on the 2-core CPU: SimCLR with its pipeline,
 #: batch 128 (docs/benchmarks.md, "How cost grows", 2026-12-01).
 CPU_RESNET18_IMAGES_PER_S: dict[int, float] = {32: 200.0, 64: 57.0, 128: 14.8, 224: 4.2}
-
-#: How results.json writes ``started_at`` and ``finished_at`` (sslbench.train.now).
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
 #: Image size from which a CPU is called slow: 128 px trains 15 images/s on 2 cores.
 SLOW_ON_CPU_PX = 128
@@ -157,11 +154,7 @@ def device_line(cfgs: Sequence[DictConfig], gpus: Sequence[str]) -> str:
 
 
 def _bytes(size: int | None) -> str:
-    if size is None:
-        return "size unknown"
-    if size >= 1e9:
-        return f"{size / 1e9:.1f} GB"
-    return f"{size / 1e6:.0f} MB"
+    return "size unknown" if size is None else human_bytes(size)
 
 
 def data_lines(cfgs: Sequence[DictConfig]) -> list[str]:

@@ -27,6 +27,9 @@ from sslbench.pretext import pretext_name
 # evaluations; linear_top1 is always the L-BFGS probe
 SCHEMA_VERSION = 3
 
+#: How results.json writes its times (started_at, finished_at, heartbeat_at).
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
 #: The fields every results.json has (DESIGN.md §4); absent values are null.
 CONTRACT_FIELDS: tuple[str, ...] = (
     "schema_version", "status", "error", "method", "transform", "dataset", "backbone",

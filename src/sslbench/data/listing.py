@@ -15,10 +15,11 @@ from .extract import ExtractError
 from .sides import default_cache_root, default_side, side_for_pictures, stored_side
 from .sources import FashionMNIST, Source
 
-__all__ = ["cache_estimate", "catalog_table", "status"]
+__all__ = ["cache_estimate", "catalog_table", "human_bytes", "status"]
 
 
-def _human_bytes(size: int | None) -> str:
+def human_bytes(size: int | None) -> str:
+    """1.6 GB, 99.0 MB, 512 B (decimal units, as the archives' sizes are given); ? unknown."""
     if size is None:
         return "?"
     for unit in ("B", "KB", "MB", "GB"):
@@ -92,10 +93,10 @@ def catalog_table() -> list[dict[str, str]]:
             splits += f" + {info.unlabeled:,} unlabeled"
         source = _on_disk(name)
         estimate = cache_estimate(info, source)
-        cache = "?" if estimate is None else f"{_human_bytes(estimate[1])} at {estimate[0]} px"
+        cache = "?" if estimate is None else f"{human_bytes(estimate[1])} at {estimate[0]} px"
         rows.append({
             "name": name,
-            "download": _human_bytes(info.archive.size or info.approx_bytes) if info.archive
+            "download": human_bytes(info.archive.size or info.approx_bytes) if info.archive
             else ("by hand" if name == "nabirds" else "-"),
             "train / test": splits if info.train is not None else "?",
             "classes": count(info.classes),
