@@ -391,14 +391,8 @@ def _wandb_records(path: Path) -> list[Any]:
 
 
 @needs_fmnist
+@pytest.mark.usefixtures("offline_wandb")  # nothing reaches the network or the user's settings
 def test_wandb_offline_run_reads_back(tmp_path, monkeypatch) -> None:
-    # nothing reaches the network, nor the user's own W&B settings
-    for key in ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for key in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(key, str(tmp_path / "wandb-home"))
     run_dir = _tiny_run(tmp_path, "wandb")
     (log,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")  # under the run folder
     records = _wandb_records(log)
