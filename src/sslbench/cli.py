@@ -22,6 +22,7 @@ from sslbench.config.compose import quote_path_override
 from sslbench.cpu import limit_spin_waiting
 from sslbench.errors import ConfigError, Requeued, UsageError, one_line
 from sslbench.preflight import check_run_data
+from sslbench.results import KNN_FIELD
 from sslbench.run_folder import RANKS_OF_A_COMMAND
 
 DESCRIPTION = """\
@@ -209,7 +210,7 @@ def _summary(results: dict, run_dir: str, scores: dict | None = None) -> str:
         first.append(f"kNN top-1 {fmt(scores['knn_top1'])}")
     lines = [f"{results['method']} / {results['transform']}{task} on {results['dataset']}: "
              f"{', '.join(first)}"]  # fmt: skip
-    for field in sorted(k for k in scores if k.startswith("knn_top1_k")):
+    for field in sorted(k for k in scores if KNN_FIELD.fullmatch(k)):
         lines.append(f"  kNN top-1 at {field[len('knn_top1_') :]}: {fmt(scores[field])}")
     if scores.get("linear_top1_1pct") is not None:
         lines.append(f"  few-shot linear probe top-1: 1% of the labels "

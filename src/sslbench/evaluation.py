@@ -195,19 +195,6 @@ def linear_probe(
     )
 
 
-#: kNN's default setting (Wu et al. 2018; lightly's benchmarks): its top-1 is ``knn_top1``.
-KNN_DEFAULT = {"k": 200, "temperature": 0.1}
-
-
-def knn_field(k: int, temperature: float) -> str:
-    """The results.json field of kNN top-1 at (k, T): ``knn_top1`` at the default setting,
-    else ``knn_top1_k20`` or ``knn_top1_k200_t0.07``: each setting keeps its own number."""
-    if k == KNN_DEFAULT["k"] and temperature == KNN_DEFAULT["temperature"]:
-        return "knn_top1"
-    suffix = "" if temperature == KNN_DEFAULT["temperature"] else f"_t{temperature:g}"
-    return f"knn_top1_k{k}{suffix}"
-
-
 def knn_k_used(k: int, train_images: int) -> int:
     """k, clamped to the train images: with k at or above their number every test image is
     voted on by the whole train set and kNN measures little (say so beside the result)."""

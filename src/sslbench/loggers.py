@@ -27,7 +27,6 @@ import contextlib
 import importlib.util
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -37,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sslbench.config.compose import logger_names
 from sslbench.errors import ConfigError
+from sslbench.results import KNN_FIELD
 
 if TYPE_CHECKING:
     from pytorch_lightning.loggers import Logger
@@ -59,13 +59,12 @@ MLFLOW_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 DEFAULT_PROJECT = "sslbench"
 
 #: results.json's scores that the trackers get, each protocol's own field (besides every kNN
-#: setting's ``knn_top1_k{k}`` / ``knn_top1_k{k}_t{T}``, :data:`KNN_SETTING`).
+#: setting's ``knn_top1_k{k}`` / ``knn_top1_k{k}_t{T}``, :data:`sslbench.results.KNN_FIELD`).
 SCORE_FIELDS = (
     "linear_top1", "linear_top5", "knn_top1", "sgd_linear_top1", "sgd_linear_top5",
     "finetune_top1", "finetune_top5", "linear_top1_1pct", "linear_top1_10pct",
     "pretext_accuracy", "online_probe_top1",
 )  # fmt: skip
-KNN_SETTING = re.compile(r"knn_top1_k\d+(_t[0-9.eE+-]+)?")
 #: The scores' section in the trackers, apart from the training curves.
 SCORE_PREFIX = "eval/"
 
@@ -158,7 +157,7 @@ def score_metrics(scores: Mapping[str, Any]) -> dict[str, float]:
     setting's), named as the trackers get them: ``eval/linear_top1``, ..."""
     metrics = {}
     for key, value in scores.items():
-        if key not in SCORE_FIELDS and not KNN_SETTING.fullmatch(key):
+        if key not in SCORE_FIELDS and not KNN_FIELD.fullmatch(key):
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             metrics[SCORE_PREFIX + key] = float(value)

@@ -62,7 +62,6 @@ from sslbench.evaluation import (
     extract_features,
     few_shot_probes,
     knn_accuracy,
-    knn_field,
     knn_k_used,
     linear_probe,
 )
@@ -77,6 +76,7 @@ from sslbench.results import (
     fsync_folder,
     gather_caveats,
     git_sha,
+    knn_field,
     peak_host_memory_bytes,
     read_results,
     run_identity,

@@ -32,7 +32,7 @@ from sslbench.report.files import (
     printable,
     read_regular_file,
 )
-from sslbench.results import SCHEMA_VERSION
+from sslbench.results import KNN_FIELD, SCHEMA_VERSION
 
 CONFIG_FILE = "config.yaml"
 
@@ -59,7 +59,6 @@ _HEX = re.compile(r"[0-9a-fA-F]{1,128}")
 #: An evaluation protocol's name in results.json ``evaluations`` (linear, knn_top1_k20, ...).
 _ENTRY = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
 #: kNN top-1 at other settings than the default: knn_top1_k{k} or knn_top1_k{k}_t{T}.
-KNN_FIELD = re.compile(r"knn_top1_k(\d{1,6})(?:_t(\d{1,6}(?:\.\d{1,12})?(?:e-?\d{1,3})?))?")
 #: Caps on what a run folder may make the report print.
 MAX_EVALUATIONS = 64
 MAX_KNN_FIELDS = 16
