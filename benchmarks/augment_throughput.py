@@ -72,7 +72,7 @@ from torchvision.transforms import v2
 
 from sslbench.config import compose
 from sslbench.config.schema import group_options
-from sslbench.results import git_sha, versions
+from sslbench.run.results import git_sha, versions
 from sslbench.transforms import pipeline as pipeline_module
 from sslbench.transforms.pipeline import Pipeline, make_generator, view_pipelines
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from sslbench.data import ImageFolder, load_or_build
-from sslbench.results import git_sha, versions
+from sslbench.run.results import git_sha, versions
 
 
 def write_jpegs(root: Path, n: int, width: int, height: int, classes: int = 10) -> None:

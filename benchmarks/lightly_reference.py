@@ -59,9 +59,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from sslbench.backbones import create_backbone
 from sslbench.config import compose
-from sslbench.lightly_views import (
+from sslbench.nn.backbones import create_backbone
+from sslbench.run.pretrain import RunData, evaluate_backbone, open_data, pretrain
+from sslbench.run.results import git_sha, versions
+from sslbench.tools.lightly_views import (
     ImageTransform,
     PILViews,
     swav_transform,
@@ -69,8 +71,6 @@ from sslbench.lightly_views import (
     vicregl_grid_sides,
     vicregl_transform,
 )
-from sslbench.results import git_sha, versions
-from sslbench.train import RunData, evaluate_backbone, open_data, pretrain
 from sslbench.transforms import Pipeline
 
 METHODS = ("simclr", "simsiam", "byol", "barlowtwins", "vicreg", "swav", "vicregl")

@@ -23,11 +23,11 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.profilers import SimpleProfiler
 
-from sslbench.bench import lightly_loader
 from sslbench.cli import bench_overrides
 from sslbench.config import compose
-from sslbench.cpu import available_cores, set_torch_threads
-from sslbench.train import build_method, build_trainer, fit, open_data, train_batches
+from sslbench.host import available_cores, set_torch_threads
+from sslbench.run.pretrain import build_method, build_trainer, fit, open_data, train_batches
+from sslbench.tools.bench import lightly_loader
 
 #: Lightning's profiler actions that make up a step (optimizer_step runs the closure: the
 #: training step and backward happen inside it).

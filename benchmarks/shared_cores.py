@@ -7,7 +7,7 @@ at once, for each OpenMP wait policy, and reports each copy's training time
     python benchmarks/shared_cores.py --copies 1 2 --policies DEFAULT PASSIVE ACTIVE \\
         --out benchmarks/results/shared_cores.jsonl -- experiment=demo epochs=1
 
-``DEFAULT`` is sslbench's choice (``sslbench.cpu``: a short spin, then sleep); ``PASSIVE``
+``DEFAULT`` is sslbench's choice (``sslbench.host``: a short spin, then sleep); ``PASSIVE``
 sleeps at once; ``ACTIVE`` spins (``--spincount N`` caps its spins). Every copy sees the same
 cores and picks its thread count the way a user's run does (``threads`` unset). Run it
 with nothing else on the machine.
@@ -32,7 +32,7 @@ def run_copies(
     """Start ``copies`` runs at once with OMP_WAIT_POLICY=policy (and GOMP_SPINCOUNT, the
     spins before a waiting thread sleeps, when given); wait; their timings."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    if policy != "DEFAULT":  # DEFAULT: as sslbench sets it (sslbench.cpu)
+    if policy != "DEFAULT":  # DEFAULT: as sslbench sets it (sslbench.host)
         env["OMP_WAIT_POLICY"] = policy
     if spincount is not None:
         env["GOMP_SPINCOUNT"] = str(spincount)

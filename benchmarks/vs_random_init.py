@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from sslbench.config import compose
-from sslbench.train import evaluate_run, pretrain
+from sslbench.run.pretrain import evaluate_run, pretrain
 
 
 def run_one(base: list[str], overrides: list[str], seed: int, runs_root: str) -> dict:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from sslbench.backbones import BackboneError, create_backbone
+from sslbench.nn.backbones import BackboneError, create_backbone
 
 
 def _statistics(model: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], float, float]]:

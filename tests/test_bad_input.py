@@ -199,12 +199,12 @@ def test_a_non_finite_loss_stops_names_the_step_and_keeps_the_checkpoint(
 
 @needs_fmnist
 def test_out_of_gpu_memory_names_a_batch_size_to_try(tmp_path, monkeypatch, capsys) -> None:
-    import sslbench.train
+    import sslbench.run.pretrain
 
     def out_of_memory(*args, **kwargs) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB ...")
 
-    monkeypatch.setattr(sslbench.train, "fit", out_of_memory)
+    monkeypatch.setattr(sslbench.run.pretrain, "fit", out_of_memory)
     run_dir = tmp_path / "oom"
     assert main(["pretrain", "method=simclr", *TINY_RUN, f"run_dir={run_dir}"]) == 1
     err = one_line_error(capsys)

@@ -13,9 +13,9 @@ import torch
 from conftest import TINY_RUN, needs_fmnist
 
 from sslbench.cli import EXIT_REQUEUED, main
-from sslbench.cluster import cluster_plugins, launched_by
 from sslbench.config import ConfigError, compose, config_hash
-from sslbench.train import uses_sync_batchnorm
+from sslbench.run.cluster import cluster_plugins, launched_by
+from sslbench.run.pretrain import uses_sync_batchnorm
 
 LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_RANK", "SLURM_NTASKS",
                       "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NAME", "SLURM_JOB_ID",
@@ -139,8 +139,8 @@ def test_devices_n_refuses_a_folder_holding_another_run(
 ) -> None:
     """The command that starts the ranks claims the folder as a one-device run does: it
     overwrote another run's config.yaml, whose last.ckpt the ranks then resumed from."""
-    import sslbench.train
-    from sslbench.results import save_config
+    import sslbench.run.pretrain
+    from sslbench.run.results import save_config
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -150,7 +150,7 @@ def test_devices_n_refuses_a_folder_holding_another_run(
     def no_ranks(*args, **kwargs) -> int:
         raise AssertionError("the ranks were started in another run's folder")
 
-    monkeypatch.setattr(sslbench.train, "run_ranks_with_torchrun", no_ranks)
+    monkeypatch.setattr(sslbench.run.pretrain, "run_ranks_with_torchrun", no_ranks)
     args = ["pretrain", "backbone=resnet10t", "epochs=2", "devices=2", f"run_dir={run_dir}"]
     assert main(args) == 2
     err = capsys.readouterr().err

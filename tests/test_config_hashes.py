@@ -41,7 +41,7 @@ def _options() -> dict[str, list[str]]:
 
 def current_hashes() -> dict[str, str]:
     """The config hash of every group option and of every run of every experiment."""
-    from sslbench.grid import expand
+    from sslbench.grid.launch import expand
 
     hashes = {name: config_hash(compose(args)) for name, args in _options().items()}
     for yaml in sorted((conf_dir() / "experiment").glob("*.yaml")):

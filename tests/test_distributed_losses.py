@@ -8,7 +8,7 @@ must see it. Each loss, built by its method from the shipped YAML, runs on two C
 
 so that a run on W devices computes what one device would on the global batch. lightly's
 BarlowTwinsLoss fails (a): it standardises with each process's own statistics, which is why
-Barlow Twins uses sslbench's own loss (sslbench/losses/barlowtwins.py).
+Barlow Twins uses sslbench's own loss (sslbench/nn/losses/barlowtwins.py).
 
 One pair of worker processes (this file run as a script) computes every loss; a
 module-scoped fixture reads what they saved.
@@ -231,7 +231,7 @@ def test_lightly_barlowtwins_loss_is_not_the_whole_batch_loss(outcomes) -> None:
 def test_own_barlowtwins_loss_is_lightlys_on_one_process(n: int, dim: int, gather: bool) -> None:
     from lightly.loss import BarlowTwinsLoss as LightlyBarlowTwinsLoss
 
-    from sslbench.losses import BarlowTwinsLoss
+    from sslbench.nn.losses import BarlowTwinsLoss
 
     generator = torch.Generator().manual_seed(n + dim)
     z = [torch.randn(n, dim, generator=generator) * 2 + 1 for _ in range(2)]
@@ -247,7 +247,7 @@ def test_own_barlowtwins_loss_is_lightlys_on_one_process(n: int, dim: int, gathe
 
 def test_methods_gather_by_default(cases: dict[str, Case]) -> None:
     """The shipped YAML turns every gather on (statistics over every process)."""
-    from sslbench.losses import BarlowTwinsLoss
+    from sslbench.nn.losses import BarlowTwinsLoss
 
     assert cases["simclr"].criterion.gather_distributed
     assert cases["vicreg"].criterion.gather_distributed

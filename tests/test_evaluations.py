@@ -15,8 +15,8 @@ from conftest import FMNIST, TINY_RUN, needs_fmnist
 
 from sslbench.cli import main
 from sslbench.data.subset import few_shot_subset
-from sslbench.evaluation import linear_probe
-from sslbench.supervised import light_augmentation
+from sslbench.eval.probes import linear_probe
+from sslbench.eval.supervised import light_augmentation
 
 
 def _results(run_dir: Path) -> dict:
@@ -172,7 +172,7 @@ def test_the_report_shows_the_new_evaluations(evaluated_run, tmp_path, capsys) -
 def test_the_probes_l2_is_chosen_on_every_train_image_and_ties_go_to_the_stronger() -> None:
     """k-fold: each train image is held out once (the accuracies are counts over all of
     them); features every L2 separates equally choose the strongest L2, not the weakest."""
-    from sslbench.evaluation import L2_GRID
+    from sslbench.eval.probes import L2_GRID
 
     rng = torch.Generator().manual_seed(0)
     y = torch.arange(200) % 4
@@ -204,8 +204,8 @@ def test_the_probes_l2_does_not_flip_on_features_that_differ_a_little() -> None:
 def test_eval_on_a_run_from_before_evaluations_were_recorded(tmp_path) -> None:
     """A results.json of schema 2 (no evaluations) takes the new protocols' settings; one
     that has them keeps those not evaluated again."""
-    from sslbench.results import write_results
-    from sslbench.train import update_results
+    from sslbench.run.pretrain import update_results
+    from sslbench.run.results import write_results
 
     write_results(tmp_path, {"status": "completed", "linear_top1": 0.7})
     knn = {"knn_top1_k5": {"k": 5, "temperature": 0.1}}

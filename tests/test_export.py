@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 import sslbench
 from sslbench.cli import main
 from sslbench.config import config_hash, load_run_config
-from sslbench.export import backbone_weights
-from sslbench.train import build_method, load_weights
+from sslbench.run.pretrain import build_method, load_weights
+from sslbench.tools.export import backbone_weights
 from sslbench.transforms import Pipeline
 
 
@@ -280,6 +280,6 @@ def test_a_checkpoint_from_another_backbone_is_named(resnet10t_run, tmp_path, ca
 
 
 def test_importing_sslbench_and_its_export_module_leaves_torch_unloaded() -> None:
-    code = "import sys, sslbench, sslbench.export; print('torch' in sys.modules)"
+    code = "import sys, sslbench, sslbench.tools.export; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr

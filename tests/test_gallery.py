@@ -68,7 +68,7 @@ def test_gallery_bad_input_is_one_line(arg, named, tmp_path, capsys) -> None:
 def test_captions_and_image_choice() -> None:
     import torch
 
-    from sslbench.gallery import caption, pick_images
+    from sslbench.tools.gallery import caption, pick_images
     from sslbench.transforms.params import parse_pipeline_spec
 
     (_, _, lorot_e), (_, _, lorot_i) = (
@@ -97,7 +97,7 @@ def test_view_variants_are_named_by_what_sets_them_apart() -> None:
     from omegaconf import OmegaConf
 
     from sslbench.config import compose
-    from sslbench.gallery import variant_notes
+    from sslbench.tools.gallery import variant_notes
     from sslbench.transforms.pipeline import view_pipelines
 
     def notes(transform: str, size: int) -> list[str]:
@@ -112,8 +112,8 @@ def test_view_variants_are_named_by_what_sets_them_apart() -> None:
 
 @needs_fmnist
 def test_gallery_names_byol_variants_and_explains_pretext_labels(monkeypatch, tmp_path) -> None:
-    from sslbench import gallery
     from sslbench.config import compose
+    from sslbench.tools import gallery
 
     drawn = {}
 
@@ -143,7 +143,7 @@ def test_gallery_captions_pretext_labels(tmp_path) -> None:
     from omegaconf import open_dict
 
     from sslbench.config import compose
-    from sslbench.gallery import make_gallery
+    from sslbench.tools.gallery import make_gallery
 
     cfg = compose(["transform=simclr", "dataset=fashion-mnist", "image_size=32"])
     with open_dict(cfg):

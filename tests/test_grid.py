@@ -14,8 +14,8 @@ from conftest import TINY_RUN, needs_fmnist
 
 from sslbench.cli import main
 from sslbench.config import ConfigError
-from sslbench.grid import child_env, expand, run_grid
-from sslbench.results import read_results
+from sslbench.grid.launch import child_env, expand, run_grid
+from sslbench.run.results import read_results
 
 #: The study's rows: 7 methods, VICRegL at 4 values of alpha.
 STUDY_ROWS = 10
@@ -107,7 +107,7 @@ def test_an_experiment_grid_needs_multirun(capsys) -> None:
 
 def test_each_concurrent_child_gets_its_share_of_threads_and_its_own_gpu(monkeypatch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr("sslbench.grid.available_cores", lambda: 16)
+    monkeypatch.setattr("sslbench.grid.launch.available_cores", lambda: 16)
     assert child_env(0, 1, 0).get("OMP_NUM_THREADS") == __import__("os").environ.get(
         "OMP_NUM_THREADS"
     )  # one job: the environment as it is
@@ -134,7 +134,7 @@ def test_a_killed_run_is_recorded_failed_and_the_grid_goes_on(tmp_path, monkeypa
                     f"'pretrain_seconds': 60}}))")  # fmt: skip
         return [sys.executable, "-c", code]
 
-    monkeypatch.setattr("sslbench.grid.child_command", command)
+    monkeypatch.setattr("sslbench.grid.launch.child_command", command)
     assert run_grid(grid) == 1
     out = capsys.readouterr().out
     failed = read_results(victim)
@@ -151,7 +151,7 @@ def test_slurm_launcher_keys_reach_sbatch(tmp_path) -> None:
     submitit turns them into the sbatch options a cluster would get (nothing submitted)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from sslbench.slurm import plugin_launcher
+    from sslbench.grid.slurm import plugin_launcher
 
     grid = expand(["launcher=slurm", "launcher.partition=gpu", "launcher.timeout_min=90",
                    "launcher.setup=[module load cuda]", "method=simclr,byol"])  # fmt: skip
@@ -177,8 +177,8 @@ def test_slurm_launcher_keys_reach_sbatch(tmp_path) -> None:
 def test_the_launcher_is_picked_by_name_and_gets_the_runs_to_do(tmp_path, monkeypatch, capsys):
     """Every launcher is made from the grid and handed the runs still to do; one that says it
     was interrupted makes the grid exit 130."""
-    from sslbench.grid import LAUNCHERS, LocalLauncher, launcher_for
-    from sslbench.slurm import SubmititLauncher
+    from sslbench.grid.launch import LAUNCHERS, LocalLauncher, launcher_for
+    from sslbench.grid.slurm import SubmititLauncher
 
     grid = expand(["method=simclr,byol", f"run_dir={tmp_path}"])
     assert isinstance(launcher_for(grid), LocalLauncher)
@@ -204,8 +204,8 @@ def test_the_launcher_is_picked_by_name_and_gets_the_runs_to_do(tmp_path, monkey
 def test_the_launchers_import_only_downward() -> None:
     """What both launchers share sits below them: SLURM's launcher does not import the grid
     (which picks it), and neither imports torch."""
-    code = ("import sys, sslbench.slurm, sslbench.grid_runs; "
-            "print(sorted(m for m in ('sslbench.grid', 'torch') if m in sys.modules))")  # fmt: skip
+    code = ("import sys, sslbench.grid.slurm, sslbench.grid.runs; print(sorted(m for m in "
+            "('sslbench.grid.launch', 'torch') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -16,7 +16,7 @@ from conftest import one_line_error
 
 from sslbench.cli import main
 from sslbench.config import compose
-from sslbench.grid import expand
+from sslbench.grid.launch import expand
 
 STUDY = ["pretrain", "-m", "experiment=study_imagenette"]
 
@@ -66,7 +66,7 @@ def test_the_dry_run_says_the_device_the_download_and_the_time(no_gpu_no_data, c
 def test_on_a_gpu_the_dry_run_times_the_study_by_the_h200s_epochs(
     no_gpu_no_data, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setattr("sslbench.grid_cost.gpu_names", lambda: ["NVIDIA H100 80GB HBM3"])
+    monkeypatch.setattr("sslbench.grid.cost.gpu_names", lambda: ["NVIDIA H100 80GB HBM3"])
     assert main([*STUDY, f"run_dir={no_gpu_no_data}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "device: GPU, NVIDIA H100 80GB HBM3" in out

@@ -20,7 +20,7 @@ from sslbench.data import IndexedImages, collate_batch
 from sslbench.data.cache import CachedSplit
 from sslbench.data.held import HeldBatches, choose_placement
 from sslbench.data.worker_views import StepBatchSampler
-from sslbench.train import RunData, train_batches, train_loader
+from sslbench.run.pretrain import RunData, train_batches, train_loader
 
 
 def _split(n: int = 50, side: int = 6) -> CachedSplit:

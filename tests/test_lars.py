@@ -1,4 +1,4 @@
-"""sslbench.optim.LARS: lightly's LARS step for step, without host-device syncs."""
+"""sslbench.nn.optim.LARS: lightly's LARS step for step, without host-device syncs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from lightly.utils.lars import LARS as LightlyLARS
 from torch import Tensor
 
-from sslbench.optim import LARS
+from sslbench.nn.optim import LARS
 
 STEPS = 5
 #: name -> shape of the parameters each optimiser gets (the same values for both)

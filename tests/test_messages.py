@@ -30,7 +30,7 @@ def _folder_run(path: Path, *overrides: str):
 
 
 def test_a_folder_without_a_test_split_is_said_to_give_no_scores(tmp_path) -> None:
-    from sslbench.preflight import run_caveats
+    from sslbench.run.preflight import run_caveats
 
     labelled = tmp_path / "labelled"
     for name in ("cats", "dogs"):
@@ -64,7 +64,7 @@ def test_a_folder_without_a_test_split_is_said_to_give_no_scores(tmp_path) -> No
 CAVEATS_WITHOUT_TORCH = """
 import sys
 from sslbench.config import compose
-from sslbench.preflight import run_caveats
+from sslbench.run.preflight import run_caveats
 notes = run_caveats(compose(["dataset=folder", "dataset.path={path}", "method=vicreg",
                              "epochs=4"]))
 print(len(notes), "torch" in sys.modules)
@@ -82,7 +82,7 @@ def test_run_caveats_need_no_torch(tmp_path) -> None:
 
 
 def test_a_warm_up_longer_than_the_run_is_said_with_its_key() -> None:
-    from sslbench.preflight import run_caveats
+    from sslbench.run.preflight import run_caveats
 
     (note,) = run_caveats(compose(["method=vicreg", "epochs=4"]))
     assert "method.optimizer.warmup_epochs=20 is longer than the run (epochs=4)" in note
@@ -94,7 +94,7 @@ def test_a_warm_up_longer_than_the_run_is_said_with_its_key() -> None:
 
 
 def test_caveats_are_sslbench_lines() -> None:
-    from sslbench.preflight import say_caveats
+    from sslbench.run.preflight import say_caveats
 
     out = io.StringIO()
     say_caveats(["one", "two"], out)
@@ -102,8 +102,8 @@ def test_caveats_are_sslbench_lines() -> None:
 
 
 def test_an_image_smaller_than_the_backbones_stride_is_said() -> None:
-    from sslbench.backbones import create_backbone, feature_map_shape, total_stride
-    from sslbench.preflight import model_caveats
+    from sslbench.nn.backbones import create_backbone, feature_map_shape, total_stride
+    from sslbench.run.preflight import model_caveats
 
     resnet = create_backbone("resnet10t")
     assert total_stride(resnet) == 32
@@ -123,7 +123,7 @@ def test_an_image_smaller_than_the_backbones_stride_is_said() -> None:
 
 
 def test_a_vit_built_for_another_size_is_refused_when_built() -> None:
-    from sslbench.backbones import create_backbone
+    from sslbench.nn.backbones import create_backbone
 
     with pytest.raises(ConfigError) as err:
         create_backbone("vit_tiny_patch16_224", image_size=32)

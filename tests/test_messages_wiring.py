@@ -1,6 +1,6 @@
 """``sslbench pretrain`` says the caveats of tests/test_messages.py before training and keeps
 them in results.json, and refuses a ViT built for another size before its run folder exists
-(train.py calls sslbench.preflight.run_caveats / model_caveats and passes image_size to
+(train.py calls sslbench.run.preflight.run_caveats / model_caveats and passes image_size to
 create_backbone)."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from conftest import method_names
 
 from sslbench.config import compose
 from sslbench.methods import method_class
-from sslbench.train import evaluate_run, pretrain
+from sslbench.run.pretrain import evaluate_run, pretrain
 
 # Shared by every method: the demo's data, backbone and probe, a shorter run. The backbone
 # starts as timm's ResNets do (the last batch norm of each block at 0), not as torchvision's

@@ -8,9 +8,9 @@ import pytest
 from conftest import method_names
 from omegaconf import OmegaConf
 
-from sslbench import lightly_views
 from sslbench.config import compose
 from sslbench.methods import SSLMethod, method_class
+from sslbench.tools import lightly_views
 
 
 @pytest.mark.parametrize("name", method_names())

@@ -182,7 +182,7 @@ def test_byol_under_a_trainer_updates_its_target_on_the_cosine_schedule(fmnist_b
 
 
 def test_vicreg_trains_with_lars_without_decay_on_biases_and_norms() -> None:
-    from sslbench.optim import LARS
+    from sslbench.nn.optim import LARS
 
     # lightly's benchmark adapts every parameter (the default); the paper's code excludes
     # biases and norm weights, which this test checks.

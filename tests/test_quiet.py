@@ -1,4 +1,4 @@
-"""Lightning's lines that mean nothing in an sslbench run are hidden (sslbench.quiet); every
+"""Lightning's lines that mean nothing in an sslbench run are hidden (sslbench.run.quiet); every
 other line and warning still shows, and SSLBENCH_VERBOSE=1 shows everything.
 
 Under pytest, Lightning's loggers write to pytest's log capture (Lightning adds its own
@@ -21,10 +21,10 @@ from lightning_fabric.utilities.distributed import log as fabric_distributed_log
 from lightning_fabric.utilities.warnings import PossibleUserWarning
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from sslbench import cluster
-from sslbench.quiet import VERBOSE_ENV, quiet_lightning, rank_environment
+from sslbench.run import cluster
+from sslbench.run.quiet import VERBOSE_ENV, quiet_lightning, rank_environment
 
-#: A fragment of every line sslbench.quiet hides, as Lightning and torch print them.
+#: A fragment of every line sslbench.run.quiet hides, as Lightning and torch print them.
 HIDDEN = [
     "GPU available: False", "TPU available:", "litlogger", "`Trainer.fit` stopped: `max_",
     "to estimate number of stepping batches", "LeafSpec", "smaller than the logging interval",
@@ -164,8 +164,8 @@ def test_a_tiny_run_prints_none_of_them_and_real_warnings_show(
 ) -> None:
     import pytorch_lightning as pl
 
-    from sslbench import train
     from sslbench.cli import main
+    from sslbench.run import pretrain as train
 
     class SaysSomethingReal(pl.Callback):
         """A user's callback with a real warning and a line of its own."""

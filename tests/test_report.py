@@ -24,7 +24,7 @@ import yaml
 
 from sslbench.cli import main
 from sslbench.report import run_report
-from sslbench.results import write_results
+from sslbench.run.results import write_results
 
 SHA_A = "1a2b3c4d" + "0" * 56
 SHA_B = "9f8e7d6c" + "0" * 56

@@ -16,7 +16,7 @@ from conftest import TINY_RUN, needs_fmnist
 from sslbench.cli import main
 from sslbench.methods import Views
 from sslbench.methods.simclr import SimCLR
-from sslbench.train import LastCheckpoint
+from sslbench.run.pretrain import LastCheckpoint
 
 TINY = ["method=simclr", *TINY_RUN]  # later overrides (epochs=3, ...) win
 
@@ -107,7 +107,7 @@ def test_a_completed_rerun_removes_the_earlier_error_log(tmp_path, monkeypatch) 
 
 def test_claim_names_an_unreadable_config(tmp_path) -> None:
     from sslbench.config import ConfigError, compose
-    from sslbench.run_folder import claim_run_folder
+    from sslbench.run.folder import claim_run_folder
 
     (tmp_path / "config.yaml").write_text("method: [unclosed\n")
     with pytest.raises(ConfigError, match="holds another run .its config.yaml does not load"):
@@ -201,7 +201,7 @@ def test_results_on_a_full_disk_say_so_and_keep_the_old_file(tmp_path, monkeypat
     import errno
     import os
 
-    from sslbench.results import atomic_write_text
+    from sslbench.run.results import atomic_write_text
 
     (tmp_path / "results.json").write_text("old")
 

@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 
 def load_backbone(path: str | Path, device: str = "cpu") -> nn.Module:
     """The backbone that ``sslbench export`` wrote to ``path`` (a .safetensors file, its
-    JSON beside it), rebuilt and loaded strictly, in eval mode (see sslbench.export)."""
+    JSON beside it), rebuilt and loaded strictly, in eval mode (see sslbench.tools.export)."""
     # Imported here: `import sslbench` stays free of torch (the command line validates its
     # arguments before torch is imported).
-    from sslbench.export import load_backbone as load
+    from sslbench.tools.export import load_backbone as load
 
     return load(path, device)

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from sslbench import __version__
 from sslbench.config import compose, load_run_config
 from sslbench.config.compose import quote_path_override
-from sslbench.cpu import limit_spin_waiting
 from sslbench.errors import ConfigError, Requeued, UsageError, one_line
-from sslbench.preflight import check_run_data
-from sslbench.results import KNN_FIELD
-from sslbench.run_folder import RANKS_OF_A_COMMAND
+from sslbench.host import limit_spin_waiting
+from sslbench.run.folder import RANKS_OF_A_COMMAND
+from sslbench.run.preflight import check_run_data
+from sslbench.run.results import KNN_FIELD
 
 DESCRIPTION = """\
 Pretrain, evaluate and compare self-supervised vision models.
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return its exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    limit_spin_waiting()  # before torch is imported (sslbench.cpu says why)
+    limit_spin_waiting()  # before torch is imported (sslbench.host says why)
     if args.command is None:
         parser.print_help()
         return 2
@@ -164,7 +164,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.multirun:
         if args.config:
             raise UsageError("--config repeats one run; a grid (-m) is composed from KEY=VALUE")
-        from sslbench.grid import expand, run_grid
+        from sslbench.grid.launch import expand, run_grid
 
         return run_grid(expand(args.overrides), dry_run=args.dry_run)
     if args.config:
@@ -181,11 +181,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"1 run: {cfg.run_dir}")
         return 0
-    from sslbench.train import pretrain  # torch is imported only now
+    from sslbench.run.pretrain import pretrain  # torch is imported only now
 
     results = pretrain(cfg)
     # rank 0 says it, once: not the other ranks, nor rank 0 of ranks that a command started
-    # itself (that command does; sslbench.cluster)
+    # itself (that command does; sslbench.run.cluster)
     if results and not os.environ.get(RANKS_OF_A_COMMAND):
         print(_summary(results, cfg.run_dir))
     return 0
@@ -264,9 +264,9 @@ def _eval(args: argparse.Namespace) -> int:
                 f"{', '.join(k + '*' if k.endswith('.') else k for k in EVAL_KEY_PREFIXES)}"
             )
     cfg = load_run_config(config_file, [*overrides, quote_path_override(f"run_dir={run_dir}")])
-    from sslbench.loggers import log_scores_to_run
-    from sslbench.resume import checkpoint_position
-    from sslbench.train import evaluate_run, read_checkpoint, update_results
+    from sslbench.run.loggers import log_scores_to_run
+    from sslbench.run.pretrain import evaluate_run, read_checkpoint, update_results
+    from sslbench.run.resume import checkpoint_position
 
     metrics = evaluate_run(run_dir, cfg)
     results = update_results(run_dir, metrics)
@@ -292,7 +292,7 @@ def _export(args: argparse.Namespace) -> int:
         )
     if not own["run_dir"]:
         raise UsageError("export needs run_dir=DIR (a folder with config.yaml and last.ckpt)")
-    from sslbench.export import export_run  # checks the request before it imports torch
+    from sslbench.tools.export import export_run  # checks the request before it imports torch
 
     out = Path(own["out"]).expanduser() if own["out"] else None
     weights, info = export_run(Path(own["run_dir"]).expanduser(), own["format"], out)
@@ -303,7 +303,7 @@ def _export(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     cfg = compose(["experiment=demo", *args.overrides])
     check_run_data(cfg)
-    from sslbench.train import evaluate_run, pretrain, update_results
+    from sslbench.run.pretrain import evaluate_run, pretrain, update_results
 
     print(f"sslbench demo: SimCLR on {cfg.dataset.name}, run folder {cfg.run_dir}", flush=True)
     results = pretrain(cfg)
@@ -417,7 +417,7 @@ def _gallery(args: argparse.Namespace) -> int:
 
     own, overrides = _gallery_args(args.overrides)
     cfg = compose(overrides)
-    from sslbench.gallery import make_gallery  # torch and matplotlib only now
+    from sslbench.tools.gallery import make_gallery  # torch and matplotlib only now
 
     out = make_gallery(
         cfg, Path(own["out"]).expanduser(), n_images=int(own["images"]), n_views=int(own["views"])
@@ -446,7 +446,7 @@ def _bench(args: argparse.Namespace) -> int:
     if own["workers"] != "auto" and not own["workers"].isdigit():
         raise UsageError(f"workers must be auto or a number >= 0, got '{own['workers']}'")
     cfg = compose(bench_overrides(overrides))
-    from sslbench.bench import BenchSettings, run_bench, write_json_line  # torch only now
+    from sslbench.tools.bench import BenchSettings, run_bench, write_json_line  # torch only now
 
     try:
         settings = BenchSettings(

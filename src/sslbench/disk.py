@@ -1,6 +1,6 @@
 """A full disk, said in one line: the folder, what was needed and what is free.
 
-Pure Python (the report imports it through sslbench.results without torch).
+Pure Python (the report imports it through sslbench.run.results without torch).
 """
 
 from __future__ import annotations

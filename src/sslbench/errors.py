@@ -63,7 +63,7 @@ class RunFolderError(ValueError):
 
 class Requeued(Exception):  # noqa: N818 - not an error: the job continues in its next start
     """A SLURM job was preempted and requeued after its checkpoint was written
-    (sslbench.cluster); the run's status is ``requeued`` until its next start resumes it."""
+    (sslbench.run.cluster); the run's status is ``requeued`` until its next start resumes it."""
 
 
 class Stopped(KeyboardInterrupt):

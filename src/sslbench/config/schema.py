@@ -24,7 +24,7 @@ DATA_PATHS: tuple[str, ...] = ("auto", "dataloader", "device", "pinned", "worker
 COMPILE_MODES: tuple[str, ...] = ("none", "default", "reduce-overhead", "max-autotune")
 #: Values of ``resume``.
 RESUME_MODES: tuple[str, ...] = ("auto", "never")
-#: Values of ``logger`` (one, or a list): Lightning's loggers (sslbench.loggers). csv is
+#: Values of ``logger`` (one, or a list): Lightning's loggers (sslbench.run.loggers). csv is
 #: always written whatever the list says: the report reads metrics.csv.
 LOGGERS: tuple[str, ...] = ("csv", "tensorboard", "wandb", "mlflow")
 
@@ -189,7 +189,7 @@ class RunConfig:
     num_nodes: int = 1
     num_workers: int = 0  # DataLoader workers (the cache is memory-mapped: 0 is often best)
     # torch's CPU threads; null: the cores this process may use (affinity, container quota),
-    # or its share of them in a grid (sslbench.cpu)
+    # or its share of them in a grid (sslbench.host)
     threads: int | None = None
     # how training batches reach the model: dataloader (from the memory-mapped cache),
     # device (the run's images copied once to the GPU, each batch one gather there), pinned

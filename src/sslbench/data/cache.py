@@ -55,9 +55,9 @@ from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 from tqdm.auto import tqdm
 
-from sslbench.cpu import available_cores
+from sslbench.disk import reserve
+from sslbench.host import available_cores
 
-from ..disk import reserve
 from .folders import (
     exclusive,
     exit_with_parent,

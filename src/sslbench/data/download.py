@@ -42,8 +42,9 @@ from urllib.request import Request, urlopen
 
 from tqdm.auto import tqdm
 
+from sslbench.disk import no_space
+
 from .. import __version__
-from ..disk import no_space
 from ..errors import DownloadError, ExtractError, one_line
 from .extract import archive_stem, extract, extracted_from
 

@@ -43,8 +43,9 @@ from typing import IO
 
 from tqdm.auto import tqdm
 
-from ..disk import no_space
-from ..errors import ExtractError, one_line
+from sslbench.disk import no_space
+from sslbench.errors import ExtractError, one_line
+
 from .folders import partial_dir, publish, remove_stale
 
 __all__ = ["MARKER", "SUFFIXES", "ExtractError", "ExtractLimits", "archive_stem", "extract",

@@ -3,7 +3,7 @@ here, and the side and size of its decode-once cache.
 
 A view above both the catalogue (:mod:`sslbench.data.catalog`, what the datasets are) and the
 cache's rules (:mod:`sslbench.data.sides`, where caches live and at what side), so that neither
-of those needs the other. The grid's cost table (:mod:`sslbench.grid_cost`) reads
+of those needs the other. The grid's cost table (:mod:`sslbench.grid.cost`) reads
 :func:`status` and :func:`cache_estimate` from here too. Nothing here downloads or decodes.
 """
 

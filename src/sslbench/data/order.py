@@ -2,7 +2,7 @@
 seeded with (seed, e), the same for every data path, and any epoch's order is known
 without drawing the ones before it.
 
-That is what lets a stopped run continue exactly (:class:`sslbench.resume.DataOrder`): it
+That is what lets a stopped run continue exactly (:class:`sslbench.run.resume.DataOrder`): it
 sets the epoch to draw and how many of its batches were already trained on (``skip``);
 views are seeded with (seed, rank, epoch, step), so the resumed run sees the same batches
 and the same views as a run that never stopped. Each batch source here

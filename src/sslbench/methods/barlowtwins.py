@@ -9,7 +9,7 @@ Loss: Σ_i (1 − C_ii)² + λ · Σ_{i≠j} C_ij².
 Shapes: views 2 × (N, 3, H, W) → features 2 × (N, D) → embeddings 2 × (N, output_dim) →
 C (output_dim, output_dim).
 
-Under DDP the loss is the global batch's (sslbench's :class:`~sslbench.losses.BarlowTwinsLoss`);
+Under DDP the loss is the global batch's (sslbench's :class:`~sslbench.nn.losses.BarlowTwinsLoss`);
 lightly's standardises each process's embeddings with that process's own statistics.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 from lightly.models.modules.heads import BarlowTwinsProjectionHead
 from torch import Tensor
 
-from sslbench.losses import BarlowTwinsLoss
 from sslbench.methods.base import SSLMethod, Views
+from sslbench.nn.losses import BarlowTwinsLoss
 
 
 class BarlowTwins(SSLMethod):

@@ -139,7 +139,7 @@ class SSLMethod(pl.LightningModule):
     num_global_views = 2
     #: Whether the method needs coordinate maps of its views (VICRegL's location grids).
     needs_coordinates = False
-    #: lightly's reference transform of the views, a key of sslbench.lightly_views.TRANSFORMS
+    #: lightly's reference transform of the views, a key of sslbench.tools.lightly_views.TRANSFORMS
     #: ("pipeline": the one equal to the run's two-view pipeline; "SwaVTransform", ...), or
     #: None: lightly has none. No default, so a multi-crop method cannot fall to two views.
     lightly_transform: ClassVar[str | None]
@@ -193,7 +193,7 @@ class SSLMethod(pl.LightningModule):
                 backbone=backbone, view_size=self.pipeline.size,
             )  # fmt: skip
         self._tap: FeatureTap | None = None  # set during a training step with a pretext task
-        # the online probe's input (sslbench.online_probe sets keep_online_features): not a
+        # the online probe's input (sslbench.eval.online_probe sets keep_online_features): not a
         # parameter or buffer, never in the method's optimiser or state_dict
         self.keep_online_features = False
         self.online_features: Tensor | None = None
@@ -464,7 +464,7 @@ SCHEDULES = ("cosine", "constant")
 def build_optimizer(
     name: str, params: Any, *, lr: float, momentum: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """SGD, Adam, AdamW or LARS (:class:`sslbench.optim.LARS`: lightly's, without host syncs)
+    """SGD, Adam, AdamW or LARS (:class:`sslbench.nn.optim.LARS`: lightly's, without host syncs)
     by name."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -473,7 +473,7 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "lars":
-        from sslbench.optim import LARS
+        from sslbench.nn.optim import LARS
 
         return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")

@@ -24,9 +24,9 @@ from lightly.loss import VICRegLLoss
 from lightly.models.modules.heads import BarlowTwinsProjectionHead, VicRegLLocalProjectionHead
 from torch import Tensor
 
-from sslbench.backbones import feature_map_shape
 from sslbench.config import ConfigError
 from sslbench.methods.base import SSLMethod, Views
+from sslbench.nn.backbones import feature_map_shape
 
 #: lightly's VICRegLLoss defaults (VICRegL's 20 / 4 matches at 7x7 / 3x3 feature maps).
 MAX_MATCHES = (20, 4)

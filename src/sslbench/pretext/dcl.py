@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslbench.backbones import feature_map_shape
+from sslbench.nn.backbones import feature_map_shape
 from sslbench.pretext.base import PretextInputs, PretextTask, class_balanced_mean, single_value
 from sslbench.transforms.ops import shuffle_patches
 

@@ -24,7 +24,7 @@ from sslbench.errors import one_line
 from sslbench.report.collect import load_runs
 from sslbench.report.render import FORMATS, render
 from sslbench.report.tables import build_report
-from sslbench.results import atomic_write_bytes, atomic_write_text
+from sslbench.run.results import atomic_write_bytes, atomic_write_text
 
 
 def _warn(message: str) -> None:

@@ -32,7 +32,7 @@ from sslbench.report.files import (
     printable,
     read_regular_file,
 )
-from sslbench.results import KNN_FIELD, SCHEMA_VERSION
+from sslbench.run.results import KNN_FIELD, SCHEMA_VERSION
 
 CONFIG_FILE = "config.yaml"
 

@@ -1,6 +1,6 @@
 """One pretraining run, from a resolved config to a complete run folder.
 
-Read top to bottom: claim the run folder (:mod:`sslbench.run_folder`) and save the config
+Read top to bottom: claim the run folder (:mod:`sslbench.run.folder`) and save the config
 → open the cached data → build backbone, pipeline and method → Lightning's Trainer fits
 → the frozen backbone is evaluated → ``results.json``.
 ``results.json`` says ``running`` from the start (with the process and a heartbeat that each
@@ -27,14 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader
 
-from sslbench.backbones import create_backbone, total_stride
-from sslbench.cluster import (
-    RequeueOnSignal,
-    cluster_plugins,
-    launched_by,
-    run_ranks_with_torchrun,
-)
-from sslbench.cpu import available_cores, set_torch_threads
 from sslbench.data import (
     CachedSplit,
     IndexedImages,
@@ -56,7 +48,8 @@ from sslbench.errors import (  # OutOfGPUMemory: re-exported, its old home
     Stopped,
     one_line,
 )
-from sslbench.evaluation import (
+from sslbench.eval.online_probe import OnlineProbe
+from sslbench.eval.probes import (
     FEW_SHOT_FRACTIONS,
     L2_GRID,
     extract_features,
@@ -65,12 +58,26 @@ from sslbench.evaluation import (
     knn_k_used,
     linear_probe,
 )
-from sslbench.loggers import build_loggers, close_loggers, log_scores
+from sslbench.eval.supervised import (
+    LabelledImages,
+    SupervisedSettings,
+    light_augmentation,
+    train_and_score,
+)
+from sslbench.host import available_cores, set_torch_threads
 from sslbench.methods import SSLMethod, method_class
-from sslbench.online_probe import OnlineProbe
-from sslbench.preflight import check_run_data, model_caveats, run_caveats, say_caveats
-from sslbench.quiet import quiet_lightning
-from sslbench.results import (
+from sslbench.nn.backbones import create_backbone, total_stride
+from sslbench.run.cluster import (
+    RequeueOnSignal,
+    cluster_plugins,
+    launched_by,
+    run_ranks_with_torchrun,
+)
+from sslbench.run.folder import claim_run_folder, metrics_columns, trim_metrics
+from sslbench.run.loggers import build_loggers, close_loggers, log_scores
+from sslbench.run.preflight import check_run_data, model_caveats, run_caveats, say_caveats
+from sslbench.run.quiet import quiet_lightning
+from sslbench.run.results import (
     TIME_FORMAT,
     atomic_write_text,
     fsync_folder,
@@ -84,20 +91,13 @@ from sslbench.results import (
     versions,
     write_results,
 )
-from sslbench.resume import (
+from sslbench.run.resume import (
     DataOrder,
     EpochMetrics,
     StopOnSignal,
     TrainingClock,
     checkpoint_position,
     keep_signal_handlers,
-)
-from sslbench.run_folder import claim_run_folder, metrics_columns, trim_metrics
-from sslbench.supervised import (
-    LabelledImages,
-    SupervisedSettings,
-    light_augmentation,
-    train_and_score,
 )
 from sslbench.transforms import Pipeline, view_pipelines
 
@@ -168,7 +168,7 @@ class LastCheckpoint(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         # An interrupt between two steps keeps the steps since the last save; one inside a
-        # step (a second Ctrl-C: sslbench.resume.StopOnSignal) would save batch-norm
+        # step (a second Ctrl-C: sslbench.run.resume.StopOnSignal) would save batch-norm
         # statistics or weights that are a step ahead of the rest: the last save stays.
         if (
             isinstance(exception, KeyboardInterrupt)
@@ -313,7 +313,8 @@ def build_trainer(
 ) -> pl.Trainer:
     """Lightning's Trainer for the run's epochs (or ``max_steps`` steps), precision and
     devices; with the run's progress bar (and ``profiler``, Lightning's, when given)."""
-    quiet_lightning()  # before the Trainer: it logs lines that mean nothing here (sslbench.quiet)
+    # before the Trainer: it logs lines that mean nothing here (sslbench.run.quiet)
+    quiet_lightning()
     if cfg.progress_bar:
         # Refreshing the bar reads the loss: a host sync, so only every N steps.
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=cfg.log_every_n_steps)]
@@ -359,7 +360,7 @@ def fit(trainer: pl.Trainer, model: SSLMethod, loader: Any, checkpoint: Path | N
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # The run folder holds config.yaml and results.json already; only metrics.csv is new.
         warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
-        # A run resumed mid-epoch continues its data order exactly (sslbench.resume).
+        # A run resumed mid-epoch continues its data order exactly (sslbench.run.resume).
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         try:
             with keep_signal_handlers():  # Lightning ignores SIGINT after an interrupt
@@ -564,7 +565,7 @@ def _trained_evaluations(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """lightly's SGD linear evaluation (``eval.probe=sgd``: ``sgd_linear_top1``, beside the
     L-BFGS probe's ``linear_top1``) and fine-tuning (``eval.finetune``), on crop+flip views
-    (sslbench.supervised); and the settings of each."""
+    (sslbench.eval.supervised); and the settings of each."""
     assert data.test is not None and data.test_indices is not None
     train = LabelledImages(data.train.images, data.train.aspect, data.train.labels,
                            data.train_indices)  # fmt: skip
@@ -701,7 +702,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 def _launch_ranks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """A run over several devices started by a plain command: its folder is claimed and its
     config saved here, then torchrun starts one ``sslbench pretrain --config`` per device
-    (sslbench.cluster says why not Lightning's launcher); rank 0 writes results.json."""
+    (sslbench.run.cluster says why not Lightning's launcher); rank 0 writes results.json."""
     if cfg.num_nodes > 1:
         raise ConfigError(
             f"num_nodes={cfg.num_nodes}: each node's ranks are started by the cluster's "
@@ -791,7 +792,7 @@ def _pretrain_and_evaluate(
     callbacks.append(RequeueOnSignal(last, cfg.log_every_n_steps))  # acts in SLURM jobs only
     callbacks.append(StopOnSignal(last, results, cfg.log_every_n_steps))
     source = resumable_source(loader)
-    if source is not None:  # one device (sslbench.resume says what several do)
+    if source is not None:  # one device (sslbench.run.resume says what several do)
         callbacks.append(DataOrder(source))
     probe = online_probe(cfg, data, model)
     if probe is not None:  # first: a step's checkpoint holds the probe after that step

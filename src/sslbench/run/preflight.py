@@ -21,7 +21,7 @@ from typing import TextIO
 from omegaconf import DictConfig, OmegaConf
 
 from sslbench.errors import ConfigError
-from sslbench.loggers import check_logger_packages
+from sslbench.run.loggers import check_logger_packages
 
 
 def check_run_data(cfg: DictConfig) -> None:
@@ -85,7 +85,7 @@ def run_caveats(cfg: DictConfig) -> list[str]:
 
 def model_caveats(cfg: DictConfig, stride: int | None) -> list[str]:
     """One-line warnings that need the built backbone: ``stride`` is the input pixels one
-    cell of its final feature map spans (``sslbench.backbones.total_stride``). An image
+    cell of its final feature map spans (``sslbench.nn.backbones.total_stride``). An image
     smaller than that stride gives a 1x1 map computed mostly from the convolutions'
     zero padding."""
     if stride is None or cfg.image_size >= stride:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslbench.evaluation import top5_means_something, topk_accuracy
+from sslbench.eval.probes import top5_means_something, topk_accuracy
 from sslbench.transforms import Pipeline
 
 #: The ops of a run's transform that the supervised evaluations keep: crop, flip, normalise.

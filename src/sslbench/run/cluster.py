@@ -27,8 +27,8 @@ import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 
 from sslbench.errors import Requeued
-from sslbench.quiet import rank_environment
-from sslbench.run_folder import RANKS_OF_A_COMMAND
+from sslbench.run.folder import RANKS_OF_A_COMMAND
+from sslbench.run.quiet import rank_environment
 
 __all__ = [
     "RequeueOnSignal",
@@ -71,7 +71,7 @@ def run_ranks_with_torchrun(
         "-m", "sslbench", "pretrain", "--config", str(config_file),
     ]  # fmt: skip
     # the parent prints the run's summary once, the ranks do not; torch reads its C++ log
-    # level at import, so the ranks' quieter level is set here (sslbench.quiet says why)
+    # level at import, so the ranks' quieter level is set here (sslbench.run.quiet says why)
     env = {**os.environ, RANKS_OF_A_COMMAND: "1", **rank_environment()}
     if threads_per_rank is not None:
         env["OMP_NUM_THREADS"] = str(threads_per_rank)

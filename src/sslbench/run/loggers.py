@@ -18,7 +18,7 @@ at the run's last step: :func:`log_scores` on the run's own loggers at the end o
 training's history only; results.json holds every score.
 
 The three trackers are optional packages. This module imports none of them, nor torch, at
-import time: :func:`check_logger_packages` runs before anything is built (sslbench.preflight).
+import time: :func:`check_logger_packages` runs before anything is built (sslbench.run.preflight).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sslbench.config.compose import logger_names
 from sslbench.errors import ConfigError
-from sslbench.results import KNN_FIELD
+from sslbench.run.results import KNN_FIELD
 
 if TYPE_CHECKING:
     from pytorch_lightning.loggers import Logger
@@ -59,7 +59,7 @@ MLFLOW_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 DEFAULT_PROJECT = "sslbench"
 
 #: results.json's scores that the trackers get, each protocol's own field (besides every kNN
-#: setting's ``knn_top1_k{k}`` / ``knn_top1_k{k}_t{T}``, :data:`sslbench.results.KNN_FIELD`).
+#: setting's ``knn_top1_k{k}`` / ``knn_top1_k{k}_t{T}``, :data:`sslbench.run.results.KNN_FIELD`).
 SCORE_FIELDS = (
     "linear_top1", "linear_top5", "knn_top1", "sgd_linear_top1", "sgd_linear_top5",
     "finetune_top1", "finetune_top5", "linear_top1_1pct", "linear_top1_10pct",

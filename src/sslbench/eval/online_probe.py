@@ -96,7 +96,7 @@ class OnlineProbe(pl.Callback):
     def test_top1(self, pl_module: pl.LightningModule) -> float:
         """Top-1 of the probe on the test images' centre view (the backbone in eval mode for
         the pass, then back as it was)."""
-        from sslbench.evaluation import extract_features
+        from sslbench.eval.probes import extract_features
 
         images, aspect, labels, indices = self.test
         features = extract_features(

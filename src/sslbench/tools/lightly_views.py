@@ -37,9 +37,9 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from sslbench.backbones import feature_map_shape
 from sslbench.methods import method_class
 from sslbench.methods.base import Views
+from sslbench.nn.backbones import feature_map_shape
 
 #: Pipelines with an equal lightly transform (for the two-view methods).
 LIGHTLY_PIPELINES = ("simclr", "byol")

@@ -7,8 +7,8 @@ validated here, before anything starts, and gets its folder (named by the hash o
 resolved config, as a single run's is) → runs whose folder says ``completed`` are skipped →
 the others run, each in its own child process (``launcher=local``, ``grid.jobs`` at a time)
 or as one SLURM job each (``launcher=slurm``, through hydra-submitit-launcher) → one line per
-run as it ends, and a summary. Both launchers are a :class:`~sslbench.grid_runs.Launcher`,
-picked by ``launcher.name`` (:data:`LAUNCHERS`); what they share is in :mod:`sslbench.grid_runs`,
+run as it ends, and a summary. Both launchers are a :class:`~sslbench.grid.runs.Launcher`,
+picked by ``launcher.name`` (:data:`LAUNCHERS`); what they share is in :mod:`sslbench.grid.runs`,
 below them both.
 
 A child process per run is what makes a grid robust: a crash, a NaN or an out-of-memory kill
@@ -32,13 +32,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sslbench import grid_cost
 from sslbench.config import compose
 from sslbench.config.compose import parse_overrides
 from sslbench.config.schema import GRID_SECTIONS, GROUPS, group_options
-from sslbench.cpu import available_cores
 from sslbench.errors import ConfigError
-from sslbench.grid_runs import (
+from sslbench.grid import cost as grid_cost
+from sslbench.grid.runs import (
     Grid,
     GridRun,
     Launcher,
@@ -48,7 +47,8 @@ from sslbench.grid_runs import (
     prepare_run_dir,
     record_failure,
 )
-from sslbench.slurm import PLUGIN_LAUNCHERS, SubmititLauncher
+from sslbench.grid.slurm import PLUGIN_LAUNCHERS, SubmititLauncher
+from sslbench.host import available_cores
 
 # ---------------------------------------------------------------- expanding the command line
 
@@ -264,7 +264,7 @@ def child_env(slot: int, jobs: int, gpus: int) -> dict[str, str]:
 
 class LocalLauncher:
     """``launcher=local``: runs a grid's runs as child processes of this one, ``jobs`` at a
-    time (a :class:`~sslbench.grid_runs.Launcher`).
+    time (a :class:`~sslbench.grid.runs.Launcher`).
 
     With one job at a time on a terminal, a child's output (Lightning's progress bar) goes
     to the terminal; otherwise to ``output.log`` in its run folder."""
@@ -338,7 +338,7 @@ class LocalLauncher:
 
 
 #: ``launcher.name`` -> what makes the grid's launcher: ours for ``local``, submitit's for
-#: the SLURM names (:data:`sslbench.slurm.PLUGIN_LAUNCHERS`).
+#: the SLURM names (:data:`sslbench.grid.slurm.PLUGIN_LAUNCHERS`).
 LAUNCHERS: dict[str, Callable[[Grid], Launcher]] = {
     "local": LocalLauncher.for_grid,
     **dict.fromkeys(PLUGIN_LAUNCHERS, SubmititLauncher),
@@ -377,7 +377,7 @@ def run_grid(grid: Grid, dry_run: bool = False) -> int:
 def dry_run_listing(grid: Grid, statuses: dict[int, str]) -> None:
     """Each run (index, what sets it apart, status, expected time, folder), then what the
     runs still to do need: the device they would use, the data to download first, and the
-    expected time with its sources (:mod:`sslbench.grid_cost`)."""
+    expected time with its sources (:mod:`sslbench.grid.cost`)."""
     total = len(grid.runs)
     todo = [run for run in grid.runs if statuses[run.index] != "completed"]
     gpus = grid_cost.gpu_names()

@@ -3,6 +3,6 @@ for, e.g. under DDP. Kept out of :mod:`sslbench.methods`, whose import pulls in 
 
 from __future__ import annotations
 
-from sslbench.losses.barlowtwins import BarlowTwinsLoss
+from sslbench.nn.losses.barlowtwins import BarlowTwinsLoss
 
 __all__ = ["BarlowTwinsLoss"]

@@ -120,8 +120,8 @@ def export_run(
     import safetensors.torch
     import torch
 
-    from sslbench.results import atomic_write_bytes, atomic_write_text
-    from sslbench.train import load_weights
+    from sslbench.run.pretrain import load_weights
+    from sslbench.run.results import atomic_write_bytes, atomic_write_text
 
     weights = backbone_weights(load_weights(checkpoint))
     # With a standard stem (the small one was refused above for timm), the run's backbone
@@ -161,7 +161,7 @@ def export_run(
 
 def _run_backbone(cfg: DictConfig) -> nn.Module:
     """The run's backbone as sslbench builds it (random init), to check names and shapes."""
-    from sslbench.backbones import create_backbone
+    from sslbench.nn.backbones import create_backbone
 
     return create_backbone(
         cfg.backbone.name,
@@ -258,7 +258,7 @@ def load_backbone(path: str | Path, device: str = "cpu") -> nn.Module:
     """
     import safetensors.torch
 
-    from sslbench.backbones import create_backbone
+    from sslbench.nn.backbones import create_backbone
 
     path = Path(path)
     if not path.is_file():

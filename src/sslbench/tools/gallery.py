@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from sslbench.results import atomic_write_bytes
+from sslbench.run.results import atomic_write_bytes
 from sslbench.transforms import Pipeline, center_view, make_generator
 from sslbench.transforms.pipeline import local_view_pipeline, view_pipelines
 
@@ -151,7 +151,7 @@ def make_gallery(cfg: DictConfig, out: Path, n_images: int = 4, n_views: int = 6
     the method's local views. Deterministic for a given config and seed. The file is written
     to a temporary name in ``out``'s folder and renamed into place; returns ``out``.
     """
-    from sslbench.train import open_data  # Lightning, timm: only when drawing
+    from sslbench.run.pretrain import open_data  # Lightning, timm: only when drawing
 
     out = Path(out)
     if n_images < 1 or n_views < 1:

@@ -9,7 +9,7 @@ measures, after the same warm-up, the same number of optimiser steps of three ro
 - ``lightly``: the same LightningModule (model, loss, optimiser) and Trainer, fed by lightly's
   reference data path: the method's lightly transform at the run's settings applied per
   image to PIL images in DataLoader workers, one per core, as lightly's benchmarks do
-  (:mod:`sslbench.lightly_views`);
+  (:mod:`sslbench.tools.lightly_views`);
 - ``ceiling``: the same step on views already on the device (one batch's, made once):
   compute only, what no data path can beat.
 
@@ -45,12 +45,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from sslbench.cpu import available_cores, set_torch_threads
 from sslbench.data.held import HeldBatches
-from sslbench.lightly_views import PILViews, collate_views, lightly_transform
+from sslbench.host import available_cores, set_torch_threads
 from sslbench.methods import SSLMethod, Views
-from sslbench.results import versions
-from sslbench.train import (
+from sslbench.run.pretrain import (
     RunData,
     accelerator_of,
     build_method,
@@ -62,6 +60,8 @@ from sslbench.train import (
     train_batches,
     train_loader,
 )
+from sslbench.run.results import versions
+from sslbench.tools.lightly_views import PILViews, collate_views, lightly_transform
 
 #: The rows, in the order they run and print.
 ROWS = ("sslbench", "lightly", "ceiling")
@@ -516,7 +516,7 @@ def run_bench(cfg: DictConfig, settings: BenchSettings) -> BenchResult:
         machine={"cpu": _cpu_name(), "cores": available_cores(), "torch_threads": threads,
                  "device": device, "versions": versions(),
                  "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-                 # before the rows: the bench has only imported so far (sslbench.bench's
+                 # before the rows: the bench has only imported so far (sslbench.tools.bench's
                  # busy_machine says how it is read)
                  "load_average": load_average()},
     )  # fmt: skip

@@ -30,7 +30,7 @@ Semantics, per parameter ``p`` (any shape) with gradient ``g`` (same shape; para
 
 Usage::
 
-    from sslbench.optim import LARS
+    from sslbench.nn.optim import LARS
 
     model = torch.nn.Linear(10, 1)
     optimizer = LARS(

@@ -30,12 +30,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sslbench.cpu import available_cores
 from sslbench.data.catalog import CATALOG
 from sslbench.data.listing import cache_estimate, human_bytes
 from sslbench.data.listing import status as data_status
+from sslbench.host import available_cores
 from sslbench.pretext import pretext_name
-from sslbench.results import TIME_FORMAT, read_results
+from sslbench.run.results import TIME_FORMAT, read_results
 
 #: One NVIDIA H200, the study's protocol (ResNet-18, 224 px, batch 256, bf16 autocast) on
 #: imagenette2's 9,469 training images: (first, steady) epoch seconds of each method with the

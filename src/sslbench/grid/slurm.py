@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from sslbench.config.compose import quote_path_override
 from sslbench.config.schema import conf_dir
 from sslbench.errors import one_line
-from sslbench.grid_runs import (
+from sslbench.grid.runs import (
     Grid,
     GridRun,
     child_command,
@@ -92,7 +92,7 @@ def plugin_launcher(launcher: DictConfig, sweep_dir: Path) -> Iterator[Any]:
 
 class SubmititLauncher:
     """``launcher=slurm`` (and ``submitit_local``): a grid's runs as one job each, through
-    hydra-submitit-launcher (a :class:`~sslbench.grid_runs.Launcher`)."""
+    hydra-submitit-launcher (a :class:`~sslbench.grid.runs.Launcher`)."""
 
     def __init__(self, grid: Grid) -> None:
         self.config, self.total = grid.launcher, len(grid.runs)

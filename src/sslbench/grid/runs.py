@@ -1,8 +1,8 @@
 """A grid's runs and what every launcher does with them, below the launchers themselves.
 
-:mod:`sslbench.grid` expands a grid into :class:`GridRun` s and hands the ones still to do to
+:mod:`sslbench.grid.launch` expands a grid into :class:`GridRun` s and hands the ones still to do to
 a :class:`Launcher` it picks by ``launcher.name``: its own local one (child processes on this
-machine) or :mod:`sslbench.slurm`'s (one SLURM job per run). Both launchers write a run's
+machine) or :mod:`sslbench.grid.slurm`'s (one SLURM job per run). Both launchers write a run's
 ``config.yaml`` before it starts (:func:`prepare_run_dir`), carry it out with the same
 command (:func:`child_command`), mark it failed when its process could not say so itself
 (:func:`record_failure`) and print one :func:`outcome_line` per run; this module holds those
@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from sslbench.config.compose import config_hash, load_run_config
 from sslbench.errors import ConfigError
-from sslbench.results import read_results, run_identity, save_config, write_results
+from sslbench.run.results import read_results, run_identity, save_config, write_results
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Grid:
 
 class Launcher(Protocol):
     """What carries out a grid's runs; made from the grid (``Launcher(grid)``, its
-    ``launcher`` config, ``jobs`` and number of runs), so that :func:`sslbench.grid.run_grid`
+    ``launcher`` config, ``jobs`` and number of runs), so that :func:`sslbench.grid.launch.run_grid`
     treats every launcher alike."""
 
     def launch(self, runs: list[GridRun]) -> bool:

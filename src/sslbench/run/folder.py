@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from sslbench.config import load_run_config
 from sslbench.config.compose import config_differences
 from sslbench.errors import ConfigError, Requeued, Stopped  # Requeued, Stopped: re-exported
-from sslbench.results import atomic_write_text, read_results
+from sslbench.run.results import atomic_write_text, read_results
 
 __all__ = [
     "ATTEMPT_FILES",
@@ -31,7 +31,7 @@ __all__ = [
 
 
 #: Set in the environment of the ranks that an ``sslbench pretrain devices=N`` command
-#: started itself (sslbench.cluster): that command prints the run's summary, they do not.
+#: started itself (sslbench.run.cluster): that command prints the run's summary, they do not.
 RANKS_OF_A_COMMAND = "SSLBENCH_RANKS_OF_A_COMMAND"
 
 

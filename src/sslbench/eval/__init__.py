@@ -1,0 +1,1 @@
+"""Evaluating a backbone: frozen-feature probes and kNN, fine-tuning, the online probe."""

@@ -1,0 +1,1 @@
+"""Grids of runs: expanding them, their runs, the local and SLURM launchers, the cost."""

@@ -1,0 +1,1 @@
+"""The networks' parts: backbones, losses, optimisers and their schedules."""

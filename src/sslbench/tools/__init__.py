@@ -1,0 +1,1 @@
+"""The commands beside a run: bench, export, gallery, lightly's reference views."""
