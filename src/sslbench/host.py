@@ -1,4 +1,7 @@
-"""The CPU cores a run may use, and torch's threads on them.
+"""The host a run shares: the CPU cores it may use and torch's threads on them, the free
+disk it writes to, and the peak memory it used.
+
+## Cores
 
 Torch's default is one thread per core of the machine, each spinning while it waits for
 work. On a machine that another run shares (a grid of several jobs, a second user, a
@@ -18,16 +21,39 @@ gracefully instead:
   (:func:`limit_spin_waiting`) before importing torch; ``GOMP_SPINCOUNT`` or
   ``OMP_WAIT_POLICY`` set by the user is kept.
 
-Pure Python: imported by the command line before torch.
+## Disk
+A full disk is said in one line: the folder, what was needed and what is free
+(:func:`no_space`); a memory-mapped file gets its disk when it is made (:func:`reserve`).
+
+## Peak memory
+The peak resident set size of this process (and of its DataLoader workers), which
+results.json and ``sslbench bench`` report.
+
+Pure Python: imported by the command line before torch, and by the report.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import resource
+import shutil
 from pathlib import Path
 
-__all__ = ["available_cores", "cgroup_cpu_limit", "limit_spin_waiting", "set_torch_threads"]
+from sslbench.errors import NoSpaceError
+
+__all__ = [
+    "available_cores",
+    "cgroup_cpu_limit",
+    "children_peak_memory_bytes",
+    "limit_spin_waiting",
+    "no_space",
+    "peak_memory_bytes",
+    "reserve",
+    "reset_peak_memory",
+    "set_torch_threads",
+]
 
 #: Spins of an idle OpenMP thread before it sleeps (libgomp's GOMP_SPINCOUNT).
 SPIN_COUNT = 1000
@@ -87,3 +113,73 @@ def set_torch_threads(threads: int | None) -> int:
         raise ValueError(f"threads must be a positive number of CPU threads, got {threads}")
     torch.set_num_threads(threads)
     return threads
+
+
+def no_space(path: Path, needed: int | None = None) -> NoSpaceError:
+    """The error for writing ``path`` (``needed`` bytes, when known) on a full disk."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    need = f"needs {needed / 1e9:.2f} GB, " if needed else ""
+    return NoSpaceError(
+        errno.ENOSPC, f"no space left on {folder} for {path.name} ({need}{free / 1e9:.2f} GB free)"
+    )
+
+
+def reserve(path: Path, nbytes: int) -> None:
+    """Give the file ``path`` its ``nbytes`` of disk now, so that a full disk is one clear
+    error here rather than a SIGBUS when a memory map of the (sparse) file is written."""
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, nbytes)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise no_space(path, nbytes) from None
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        except AttributeError:  # no posix_fallocate on this platform
+            pass
+
+
+def _status_kib(pid: int | str, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def reset_peak_memory() -> None:
+    """Start this process's peak resident set size (VmHWM) afresh (Linux; elsewhere the
+    peak stays the process's lifetime peak)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_bytes() -> int:
+    """This process's peak resident set size since the last :func:`reset_peak_memory` (its
+    lifetime's when never reset), in bytes; Linux's VmHWM, else ``ru_maxrss`` (KiB)."""
+    kib = _status_kib("self", "VmHWM")
+    if kib:
+        return kib * 1024
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def children_peak_memory_bytes() -> int:
+    """Summed peak resident set size of this process's children (DataLoader workers)."""
+    me, total = str(os.getpid()), 0
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            continue
+        if parent == me:
+            total += _status_kib(entry.name, "VmHWM") * 1024
+    return total

@@ -55,8 +55,7 @@ from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 from tqdm.auto import tqdm
 
-from sslbench.disk import reserve
-from sslbench.host import available_cores
+from sslbench.host import available_cores, reserve
 
 from .folders import (
     exclusive,

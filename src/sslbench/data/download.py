@@ -42,7 +42,7 @@ from urllib.request import Request, urlopen
 
 from tqdm.auto import tqdm
 
-from sslbench.disk import no_space
+from sslbench.host import no_space
 
 from .. import __version__
 from ..errors import DownloadError, ExtractError, one_line

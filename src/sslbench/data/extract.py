@@ -43,8 +43,8 @@ from typing import IO
 
 from tqdm.auto import tqdm
 
-from sslbench.disk import no_space
 from sslbench.errors import ExtractError, one_line
+from sslbench.host import no_space
 
 from .folders import partial_dir, publish, remove_stale
 

@@ -40,7 +40,6 @@ from sslbench.data import (
 from sslbench.data.held import HeldBatches, choose_placement
 from sslbench.data.order import EpochBatchSampler, Resumable
 from sslbench.data.worker_views import StepBatchSampler, ViewsOfBatches, pass_through
-from sslbench.disk import no_space
 from sslbench.errors import (  # OutOfGPUMemory: re-exported, its old home
     ConfigError,
     OutOfGPUMemory,
@@ -64,7 +63,7 @@ from sslbench.eval.supervised import (
     light_augmentation,
     train_and_score,
 )
-from sslbench.host import available_cores, set_torch_threads
+from sslbench.host import available_cores, no_space, peak_memory_bytes, set_torch_threads
 from sslbench.methods import SSLMethod, method_class
 from sslbench.nn.backbones import create_backbone, total_stride
 from sslbench.run.cluster import (
@@ -84,7 +83,6 @@ from sslbench.run.results import (
     gather_caveats,
     git_sha,
     knn_field,
-    peak_host_memory_bytes,
     read_results,
     run_identity,
     save_config,
@@ -690,7 +688,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     except BaseException as err:
         results["status"] = "failed"
         results["error"] = one_line(f"{type(err).__name__}: {err}")
-        results["peak_host_memory_bytes"] = peak_host_memory_bytes()
+        results["peak_host_memory_bytes"] = peak_memory_bytes()
         atomic_write_text(run_dir / "error.log", traceback.format_exc())
         write_results(run_dir, results)
         raise
@@ -834,7 +832,7 @@ def _pretrain_and_evaluate(
         "pretrain_seconds": pretrain_seconds,
         "images_per_second": images_seen / pretrain_seconds,
         "peak_gpu_memory_bytes": peak_gpu,
-        "peak_host_memory_bytes": peak_host_memory_bytes(),
+        "peak_host_memory_bytes": peak_memory_bytes(),
         "torch_threads": threads,
         "data_path": data_path_of(loader),
         "held_images_bytes": loader.nbytes if isinstance(loader, HeldBatches) else None,

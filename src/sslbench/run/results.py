@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import re
-import resource
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sslbench.disk import no_space
+from sslbench.host import no_space
 from sslbench.pretext import pretext_name
 
 #: Bump when a field of results.json changes meaning or is removed.
@@ -193,8 +192,3 @@ def git_sha() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}-dirty" if dirty else sha
-
-
-def peak_host_memory_bytes() -> int:
-    """Peak resident set size of this process (Linux reports ru_maxrss in KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -46,7 +46,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from sslbench.data.held import HeldBatches
-from sslbench.host import available_cores, set_torch_threads
+from sslbench.host import (
+    available_cores,
+    children_peak_memory_bytes,
+    peak_memory_bytes,
+    reset_peak_memory,
+    set_torch_threads,
+)
 from sslbench.methods import SSLMethod, Views
 from sslbench.run.pretrain import (
     RunData,
@@ -292,50 +298,6 @@ def _gib(n: int) -> str:
 
 
 # -- memory ------------------------------------------------------------------------------------
-def _status_kib(pid: int | str, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def reset_peak_host_memory() -> None:
-    """Start this process's peak resident set size (VmHWM) afresh (Linux; elsewhere the
-    peak stays the process's lifetime peak)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_host_memory() -> int:
-    """This process's peak resident set size since the last reset, in bytes."""
-    kib = _status_kib("self", "VmHWM")
-    if kib:
-        return kib * 1024
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def children_peak_host_memory() -> int:
-    """Summed peak resident set size of this process's children (DataLoader workers)."""
-    me, total = str(os.getpid()), 0
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-        except (OSError, IndexError):
-            continue
-        if parent == me:
-            total += _status_kib(entry.name, "VmHWM") * 1024
-    return total
-
-
 # -- timing ------------------------------------------------------------------------------------
 class StepClock(pl.Callback):
     """The wall time of ``repeats`` consecutive blocks of ``steps`` optimiser steps after the
@@ -393,7 +355,7 @@ class StepClock(pl.Callback):
             self.host_syncs = self._syncs() - self.clock_syncs
         self.marks.append(self._now(pl_module))
         if last:
-            self.worker_peak = children_peak_host_memory()
+            self.worker_peak = children_peak_memory_bytes()
 
 
 class RepeatedViews:
@@ -430,7 +392,7 @@ def lightly_loader(
 def measure_row(row: str, cfg: DictConfig, data: RunData, settings: BenchSettings,
                 accelerator: str, workers: int) -> BenchRow:  # fmt: skip
     """Build a fresh model (the run's seed), feed it ``row``'s way, time the steps."""
-    reset_peak_host_memory()
+    reset_peak_memory()
     pl.seed_everything(cfg.seed, verbose=False)
     model = build_method(cfg, accelerator)
     total = settings.total_steps
@@ -475,7 +437,7 @@ def measure_row(row: str, cfg: DictConfig, data: RunData, settings: BenchSetting
         repeat_seconds=clock.seconds,
         steps=settings.steps,
         batch_size=cfg.batch_size,
-        peak_host_bytes=peak_host_memory(),
+        peak_host_bytes=peak_memory_bytes(),
         peak_worker_host_bytes=clock.worker_peak,
         peak_device_bytes=torch.cuda.max_memory_allocated() if accelerator == "gpu" else None,
         held_images_bytes=held,
