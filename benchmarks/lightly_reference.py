@@ -60,8 +60,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from sslbench.config import compose
+from sslbench.data.splits import RunData, open_data
+from sslbench.eval.backbone import evaluate_backbone
 from sslbench.nn.backbones import create_backbone
-from sslbench.run.pretrain import RunData, evaluate_backbone, open_data, pretrain
+from sslbench.run.pretrain import pretrain
 from sslbench.run.results import git_sha, versions
 from sslbench.tools.lightly_views import (
     ImageTransform,

@@ -25,9 +25,11 @@ from pytorch_lightning.profilers import SimpleProfiler
 
 from sslbench.cli import bench_overrides
 from sslbench.config import compose
+from sslbench.data.splits import open_data
 from sslbench.host import available_cores, set_torch_threads
-from sslbench.run.pretrain import build_method, build_trainer, fit, open_data, train_batches
-from sslbench.tools.bench import lightly_loader
+from sslbench.run.batches import train_batches
+from sslbench.run.build import build_method, build_trainer, fit
+from sslbench.tools.bench_rows import lightly_loader
 
 #: Lightning's profiler actions that make up a step (optimizer_step runs the closure: the
 #: training step and backward happen inside it).

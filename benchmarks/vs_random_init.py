@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from sslbench.config import compose
-from sslbench.run.pretrain import evaluate_run, pretrain
+from sslbench.run.evaluate import evaluate_run
+from sslbench.run.pretrain import pretrain
 
 
 def run_one(base: list[str], overrides: list[str], seed: int, runs_root: str) -> dict:

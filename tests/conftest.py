@@ -79,7 +79,7 @@ def build_method(*overrides: str):
 
     Defaults: resnet10t at 32 px (small and fast); pass overrides like "method=byol"."""
     from sslbench.config import compose
-    from sslbench.run.pretrain import build_method as build
+    from sslbench.run.build import build_method as build
 
     cfg = compose(["backbone=resnet10t", "image_size=32", "device=cpu", *overrides])
     return build(cfg, "cpu"), cfg

@@ -17,7 +17,9 @@ from sslbench import host
 from sslbench.cli import bench_overrides, main
 from sslbench.config import compose
 from sslbench.methods import Views
-from sslbench.tools.bench import BenchResult, BenchRow, BenchSettings, StepClock, run_bench
+from sslbench.tools.bench import run_bench
+from sslbench.tools.bench_result import BenchResult, BenchRow, BenchSettings
+from sslbench.tools.bench_rows import StepClock
 from sslbench.tools.lightly_views import collate_views, lightly_transform, two_view_transform
 
 

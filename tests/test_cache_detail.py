@@ -19,7 +19,7 @@ from sslbench.data import ImageFolder, get_source, load_or_build, requested_side
 from sslbench.data.catalog import CATALOG
 from sslbench.data.listing import cache_estimate
 from sslbench.data.sides import default_side, side_for_pictures
-from sslbench.transforms.ops import crop_to_boxes
+from sslbench.transforms.crops import crop_to_boxes
 
 
 def test_the_rule() -> None:

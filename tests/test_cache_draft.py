@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 
-import sslbench.data.cache as cache_module
+import sslbench.data.cache_decode as cache_decode
 from sslbench.data import ImageFolder, load_or_build
 from sslbench.data.catalog import CATALOG, CIFAR, STL10, ArchiveFolder, NABirds
 from sslbench.data.sources import FashionMNIST, Source, open_image
@@ -68,7 +68,7 @@ def build(source, cache_root: Path, draft: bool, workers: int = 1):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_large_jpegs_are_drafted_close_to_a_full_decode(tmp_path, monkeypatch, draft_log, workers):
-    monkeypatch.setattr(cache_module, "PARALLEL_MIN_ITEMS", 0)  # workers=2: the parallel path
+    monkeypatch.setattr(cache_decode, "PARALLEL_MIN_ITEMS", 0)  # workers=2: the parallel path
     sizes = [(1000, 750), (750, 1000), (1000, 750), (640, 480)]
     source = make_folder(tmp_path / "ds", sizes)
 
@@ -94,7 +94,7 @@ def test_large_jpegs_are_drafted_close_to_a_full_decode(tmp_path, monkeypatch, d
 
 
 def test_sequential_and_parallel_drafts_are_identical(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_module, "PARALLEL_MIN_ITEMS", 0)
+    monkeypatch.setattr(cache_decode, "PARALLEL_MIN_ITEMS", 0)
     source = make_folder(tmp_path / "ds", [(1000, 750), (300, 140), (90, 80), (500, 500)])
     seq = build(source, tmp_path / "seq", draft=True, workers=1)
     par = build(source, tmp_path / "par", draft=True, workers=2)
@@ -108,7 +108,7 @@ def test_sequential_and_parallel_drafts_are_identical(tmp_path, monkeypatch):
 def test_a_draft_is_never_below_the_cache_side(tmp_path, width, height):
     path = tmp_path / "p.jpg"
     smooth_picture(width, height, 0).save(path, quality=90)
-    image, original = cache_module._open_file(str(path), SIDE)
+    image, original = cache_decode._open_file(str(path), SIDE)
     assert original == (width, height)
     assert image.width >= min(SIDE, width) and image.height >= min(SIDE, height)
     if min(width, height) < 2 * SIDE:  # no scale of 1/2 or less keeps both sides >= S
@@ -183,7 +183,7 @@ class JpegList(Source):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_new_source_declaring_image_files_is_drafted(tmp_path, monkeypatch, draft_log, workers):
-    monkeypatch.setattr(cache_module, "PARALLEL_MIN_ITEMS", 0)  # workers=2: the parallel path
+    monkeypatch.setattr(cache_decode, "PARALLEL_MIN_ITEMS", 0)  # workers=2: the parallel path
     make_folder(tmp_path / "ds", [(1000, 750), (640, 480)])
     source = JpegList(sorted((tmp_path / "ds").rglob("*.jpg")))
     cached = build(source, tmp_path / "cache", draft=True, workers=workers)

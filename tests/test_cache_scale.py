@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sslbench.data import ImageFolder, cache_dir, load_or_build
+from sslbench.data import ImageFolder, cache_decode, cache_dir, load_or_build
 from sslbench.data import cache as cache_module
-from sslbench.data.cache import _decode_rows as real_decode_rows
+from sslbench.data.cache_decode import _decode_rows as real_decode_rows
 
 SIDE = 8
 
@@ -124,7 +124,7 @@ def test_waiting_builder_says_so_once(tmp_path, capsys):
 
 def test_parallel_and_sequential_caches_identical(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
-    n = cache_module.PARALLEL_MIN_ITEMS + 44  # just large enough to be decoded in parallel
+    n = cache_decode.PARALLEL_MIN_ITEMS + 44  # just large enough to be decoded in parallel
     for i in range(n):
         w, h = int(rng.integers(6, 30)), int(rng.integers(6, 30))
         path = tmp_path / "ds" / f"c{i % 3}" / f"{i:04d}.{'jpg' if i % 5 == 0 else 'png'}"
@@ -135,9 +135,9 @@ def test_parallel_and_sequential_caches_identical(tmp_path, monkeypatch):
     source = ImageFolder(tmp_path / "ds")
 
     calls = []
-    real = cache_module._decode_parallel
+    real = cache_decode._decode_parallel
     monkeypatch.setattr(
-        cache_module, "_decode_parallel", lambda *a, **k: calls.append(1) or real(*a, **k)
+        cache_decode, "_decode_parallel", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     seq = load_or_build(source, "train", 16, tmp_path / "seq", progress=False, workers=1)
     assert not calls
@@ -157,7 +157,7 @@ class SlowFirst(ImageFolder):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_unreadable_images_skipped_in_order(tmp_path, monkeypatch, capsys, workers):
-    monkeypatch.setattr(cache_module, "PARALLEL_MIN_ITEMS", 0)  # workers=2: the parallel path
+    monkeypatch.setattr(cache_decode, "PARALLEL_MIN_ITEMS", 0)  # workers=2: the parallel path
     root = tmp_path / "ds"
     good = []
     for c, name in enumerate(("a", "b")):
@@ -230,7 +230,7 @@ def test_never_upsampled_beyond_max_side(tmp_path):
 
 
 def test_second_call_is_a_no_op(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_module, "PARALLEL_MIN_ITEMS", 0)
+    monkeypatch.setattr(cache_decode, "PARALLEL_MIN_ITEMS", 0)
     make_folder(tmp_path / "ds", per_class=10)
     source = CountingFolder(tmp_path / "ds", tmp_path / "decodes.txt")
     first = load_or_build(source, "train", SIDE, tmp_path / "cache", progress=False, workers=2)
@@ -259,8 +259,8 @@ def _spy_decode_rows(items, start, path, side, strict):
 def test_workers_send_back_no_pixels(tmp_path, monkeypatch):
     # The pixels go through the memory-mapped file, not the result pipe: what a worker returns
     # per chunk is a few bytes per image, whatever the image size (here 3 x 48 x 48 each).
-    monkeypatch.setattr(cache_module, "PARALLEL_MIN_ITEMS", 0)
-    monkeypatch.setattr(cache_module, "_decode_rows", _spy_decode_rows)
+    monkeypatch.setattr(cache_decode, "PARALLEL_MIN_ITEMS", 0)
+    monkeypatch.setattr(cache_decode, "_decode_rows", _spy_decode_rows)
     log = tmp_path / "payloads.txt"
     monkeypatch.setenv("SSLBENCH_TEST_PAYLOAD_LOG", str(log))
     make_folder(tmp_path / "ds", per_class=20, size=(60, 50))
@@ -290,7 +290,7 @@ def _processes_in_group(pgid: int) -> list[int]:
 def test_a_killed_parallel_build_leaves_no_lock_and_no_workers(tmp_path):
     """kill -9 of a build whose workers are decoding: the workers exit, and the next build
     neither waits forever on a lock they inherited nor finds anything half-written."""
-    n = cache_module.PARALLEL_MIN_ITEMS + 64
+    n = cache_decode.PARALLEL_MIN_ITEMS + 64
     for i in range(n):
         path = tmp_path / "ds" / f"c{i % 2}" / f"{i:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,12 +300,12 @@ def test_a_killed_parallel_build_leaves_no_lock_and_no_workers(tmp_path):
 import time
 from pathlib import Path
 from sslbench.data import ImageFolder, load_or_build
-from sslbench.data import cache
-real = cache._decode_rows
+from sslbench.data import cache_decode
+real = cache_decode._decode_rows
 def slow(*args):
     time.sleep(60)  # the workers are busy when the parent is killed
     return real(*args)
-cache._decode_rows = slow
+cache_decode._decode_rows = slow
 load_or_build(ImageFolder({str(tmp_path / "ds")!r}), "train", 8, Path({str(cache_root)!r}),
               progress=False, workers=2)
 """

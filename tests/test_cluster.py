@@ -14,8 +14,8 @@ from conftest import TINY_RUN, needs_fmnist
 
 from sslbench.cli import EXIT_REQUEUED, main
 from sslbench.config import ConfigError, compose, config_hash
+from sslbench.run.build import uses_sync_batchnorm
 from sslbench.run.cluster import cluster_plugins, launched_by
-from sslbench.run.pretrain import uses_sync_batchnorm
 
 LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_RANK", "SLURM_NTASKS",
                       "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NAME", "SLURM_JOB_ID",

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from sslbench.config import compose
-from sslbench.config.compose import config_hash
+from sslbench.config.identity import config_hash
 from sslbench.config.schema import conf_dir
 
 SNAPSHOT = Path(__file__).parent / "data" / "config_hashes.json"
@@ -41,7 +41,7 @@ def _options() -> dict[str, list[str]]:
 
 def current_hashes() -> dict[str, str]:
     """The config hash of every group option and of every run of every experiment."""
-    from sslbench.grid.launch import expand
+    from sslbench.grid.expand import expand
 
     hashes = {name: config_hash(compose(args)) for name, args in _options().items()}
     for yaml in sorted((conf_dir() / "experiment").glob("*.yaml")):

@@ -29,6 +29,7 @@ from sslbench.data import (
     read_idx,
     stratified_subset,
 )
+from sslbench.data.cache_files import FORMAT_VERSION
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(
@@ -182,7 +183,7 @@ def test_rebuild_when_source_or_size_changes(tmp_path):
     meta_file = smaller.path / "meta.json"
     meta_file.write_text(json.dumps({**smaller.meta, "format_version": -1}))
     rebuilt = load_or_build(source, "train", 8, tmp_path / "cache", progress=False)
-    assert rebuilt.meta["format_version"] == sslbench.data.cache.FORMAT_VERSION
+    assert rebuilt.meta["format_version"] == FORMAT_VERSION
 
 
 def test_killed_build_leaves_no_cache(tmp_path):

@@ -13,8 +13,8 @@ from conftest import make_tar
 from http_server import FileServer, serve, unused_port
 
 import sslbench.data.download as dl
+from sslbench.data.checksums import RECORD, Hashes
 from sslbench.data.download import (
-    RECORD,
     Archive,
     DownloadError,
     ExtractError,
@@ -298,7 +298,7 @@ def test_second_download_makes_no_request(server: FileServer, tmp_path, monkeypa
 
     first = download(archive, tmp_path, progress=False)
     # Verified before and unchanged: neither fetched nor hashed again.
-    monkeypatch.setattr(dl._Hashes, "update_from", None)
+    monkeypatch.setattr(Hashes, "update_from", None)
     second = download(archive, tmp_path, progress=False)
 
     assert first == second and second.read_bytes() == data

@@ -204,7 +204,7 @@ def test_the_probes_l2_does_not_flip_on_features_that_differ_a_little() -> None:
 def test_eval_on_a_run_from_before_evaluations_were_recorded(tmp_path) -> None:
     """A results.json of schema 2 (no evaluations) takes the new protocols' settings; one
     that has them keeps those not evaluated again."""
-    from sslbench.run.pretrain import update_results
+    from sslbench.run.evaluate import update_results
     from sslbench.run.results import write_results
 
     write_results(tmp_path, {"status": "completed", "linear_top1": 0.7})

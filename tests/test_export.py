@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 import sslbench
 from sslbench.cli import main
 from sslbench.config import config_hash, load_run_config
-from sslbench.run.pretrain import build_method, load_weights
+from sslbench.run.build import build_method
+from sslbench.run.evaluate import load_weights
 from sslbench.tools.export import backbone_weights
 from sslbench.transforms import Pipeline
 

@@ -14,7 +14,9 @@ from conftest import TINY_RUN, needs_fmnist
 
 from sslbench.cli import main
 from sslbench.config import ConfigError
-from sslbench.grid.launch import child_env, expand, run_grid
+from sslbench.grid.expand import expand
+from sslbench.grid.launch import run_grid
+from sslbench.grid.local import child_env
 from sslbench.run.results import read_results
 
 #: The study's rows: 7 methods, VICRegL at 4 values of alpha.
@@ -107,7 +109,7 @@ def test_an_experiment_grid_needs_multirun(capsys) -> None:
 
 def test_each_concurrent_child_gets_its_share_of_threads_and_its_own_gpu(monkeypatch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr("sslbench.grid.launch.available_cores", lambda: 16)
+    monkeypatch.setattr("sslbench.grid.local.available_cores", lambda: 16)
     assert child_env(0, 1, 0).get("OMP_NUM_THREADS") == __import__("os").environ.get(
         "OMP_NUM_THREADS"
     )  # one job: the environment as it is
@@ -134,7 +136,7 @@ def test_a_killed_run_is_recorded_failed_and_the_grid_goes_on(tmp_path, monkeypa
                     f"'pretrain_seconds': 60}}))")  # fmt: skip
         return [sys.executable, "-c", code]
 
-    monkeypatch.setattr("sslbench.grid.launch.child_command", command)
+    monkeypatch.setattr("sslbench.grid.local.child_command", command)
     assert run_grid(grid) == 1
     out = capsys.readouterr().out
     failed = read_results(victim)
@@ -177,7 +179,8 @@ def test_slurm_launcher_keys_reach_sbatch(tmp_path) -> None:
 def test_the_launcher_is_picked_by_name_and_gets_the_runs_to_do(tmp_path, monkeypatch, capsys):
     """Every launcher is made from the grid and handed the runs still to do; one that says it
     was interrupted makes the grid exit 130."""
-    from sslbench.grid.launch import LAUNCHERS, LocalLauncher, launcher_for
+    from sslbench.grid.launch import LAUNCHERS, launcher_for
+    from sslbench.grid.local import LocalLauncher
     from sslbench.grid.slurm import SubmititLauncher
 
     grid = expand(["method=simclr,byol", f"run_dir={tmp_path}"])

@@ -16,7 +16,7 @@ from conftest import one_line_error
 
 from sslbench.cli import main
 from sslbench.config import compose
-from sslbench.grid.launch import expand
+from sslbench.grid.expand import expand
 
 STUDY = ["pretrain", "-m", "experiment=study_imagenette"]
 

@@ -17,10 +17,11 @@ from torch.utils.data import DataLoader
 from sslbench.cli import main
 from sslbench.config import ConfigError, compose
 from sslbench.data import IndexedImages, collate_batch
-from sslbench.data.cache import CachedSplit
+from sslbench.data.cache_files import CachedSplit
 from sslbench.data.held import HeldBatches, choose_placement
+from sslbench.data.splits import RunData
 from sslbench.data.worker_views import StepBatchSampler
-from sslbench.run.pretrain import RunData, train_batches, train_loader
+from sslbench.run.batches import train_batches, train_loader
 
 
 def _split(n: int = 50, side: int = 6) -> CachedSplit:

@@ -185,7 +185,7 @@ def test_state_dict_interchanges_with_lightlys() -> None:
 
 
 def test_build_optimizer_builds_sslbench_lars() -> None:
-    from sslbench.methods.base import build_optimizer
+    from sslbench.nn.optim import build_optimizer
 
     params = make_params()
     optimizer = build_optimizer(

@@ -17,7 +17,7 @@ from conftest import TINY_RUN, needs_fmnist, one_line_error
 
 from sslbench.cli import main
 from sslbench.config import ConfigError, compose
-from sslbench.config.compose import logger_names
+from sslbench.config.validate import logger_names
 from sslbench.run.loggers import (
     build_loggers,
     check_logger_packages,

@@ -21,7 +21,8 @@ from sslbench.cli import main
 from sslbench.methods.swav import SwAV
 from sslbench.methods.vicregl import VICRegL, derive_num_matches, location_grid
 from sslbench.transforms import Rotate90Params
-from sslbench.transforms.ops import box_coordinates, rotate90, rotate_image
+from sslbench.transforms.crops import box_coordinates
+from sslbench.transforms.geometric import rotate90, rotate_image
 
 #: VICRegL small enough for CPU tests: 4x4 / 2x2 maps, one local crop, narrower heads
 #: (lightly's local loss runs many small ops per view pair: seconds per step on a CPU).

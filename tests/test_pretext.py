@@ -10,20 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, build_method, needs_fmnist
+from conftest import TINY_RUN, method_params, needs_fmnist, small_method
 
 from sslbench.cli import main
 from sslbench.config import ConfigError, compose
-from sslbench.methods import METHODS
+from sslbench.methods import method_class
 from sslbench.pretext.base import FeatureTap, class_balanced_mean
 from sslbench.pretext.dcl import patch_positions, unshuffle
 from sslbench.transforms import Pipeline, make_generator, rotate_region
-
-#: Narrow heads and two local views keep the unit tests cheap on a CPU.
-SMALL = {
-    "swav": ["method.n_prototypes=16", "method.local_views.count=2"],
-    "vicregl": ["backbone.small_stem=true", "method.local_views.count=2"],
-}
 
 
 def _views_with_and_without(op: str, size: int, batch, *overrides: str):
@@ -101,10 +95,9 @@ def test_heads_see_every_labelled_view_with_its_feature_map(
     method's forward pass made of them (one backbone pass per view or per joint group: no
     extra pass but DCL's unshuffled view)."""
     torch.manual_seed(0)
-    model, _ = build_method(
-        f"method={method}", f"transform={pretext}", f"pretext={pretext}",
-        f"method.joint_forward={joint}", *SMALL.get(method, []),
-    )  # fmt: skip
+    model, _ = small_method(
+        method, f"transform={pretext}", f"pretext={pretext}", f"method.joint_forward={joint}"
+    )
     model.train()
     images, aspect, _ = fmnist_batch
     views = model.make_views(images[:16], aspect[:16])
@@ -210,12 +203,12 @@ def test_weight_zero_gives_the_methods_loss_and_weights(pretext, tmp_path) -> No
 
 
 @needs_fmnist
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", method_params())  # SimCLR fast, the others slow
 @pytest.mark.parametrize("pretext", ["lorot", "dcl"])
 def test_every_method_runs_with_each_pretext_task(method, pretext, tmp_path) -> None:
     run_dir = tmp_path / "run"
-    extra = SMALL.get(method, [])
-    args = [f"method={method}", f"transform={pretext}", f"pretext={pretext}", *extra]
+    small = method_class(method).small_overrides
+    args = [f"method={method}", f"transform={pretext}", f"pretext={pretext}", *small]
     assert main(["pretrain", *TINY_RUN, *args, f"run_dir={run_dir}"]) == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["pretext"] == pretext

@@ -109,7 +109,7 @@ def test_runs_of_different_seeds_are_scored_on_the_same_test_images(tmp_path) ->
 
     # The training subset still follows the run's seed; eval.subset_seed picks another test set.
     from sslbench.config import compose
-    from sslbench.run.pretrain import open_data
+    from sslbench.data.splits import open_data
 
     runs = [compose([*TINY, f"seed={seed}"]) for seed in (0, 1)]
     runs.append(compose([*TINY, "eval.subset_seed=1"]))

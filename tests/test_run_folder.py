@@ -16,7 +16,7 @@ from conftest import TINY_RUN, needs_fmnist
 from sslbench.cli import main
 from sslbench.methods import Views
 from sslbench.methods.simclr import SimCLR
-from sslbench.run.pretrain import LastCheckpoint
+from sslbench.run.callbacks import LastCheckpoint
 
 TINY = ["method=simclr", *TINY_RUN]  # later overrides (epochs=3, ...) win
 

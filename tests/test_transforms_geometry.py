@@ -347,7 +347,7 @@ def test_pipeline_refuses_views_too_small_for_its_grid() -> None:
 def test_cpu_subsets_and_the_sync_free_path_give_the_same_views(monkeypatch) -> None:
     """On the CPU ops compute only the samples they apply to; on CUDA every sample, selected
     with torch.where (no host sync). Forcing the second path on the CPU must change nothing."""
-    from sslbench.transforms import ops
+    from sslbench.transforms import batching
 
     spec = {
         "resized_crop": {"scale": [0.2, 1.0]},
@@ -363,7 +363,7 @@ def test_cpu_subsets_and_the_sync_free_path_give_the_same_views(monkeypatch) -> 
     images = images ^ torch.randint(0, 256, images.shape, generator=_gen(0), dtype=torch.uint8)
     pipe = Pipeline(spec, 24)
     subsets = pipe.views(images, aspect, _gen(4), coordinates=True)
-    monkeypatch.setattr(ops, "SUBSET_ON_CPU", False)
+    monkeypatch.setattr(batching, "SUBSET_ON_CPU", False)
     everything = pipe.views(images, aspect, _gen(4), coordinates=True)
     torch.testing.assert_close(subsets.images, everything.images, atol=1e-6, rtol=0)
     torch.testing.assert_close(subsets.coords, everything.coords, equal_nan=True)

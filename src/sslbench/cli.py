@@ -18,12 +18,12 @@ from collections.abc import Sequence
 
 from sslbench import __version__
 from sslbench.config import compose, load_run_config
-from sslbench.config.compose import quote_path_override
+from sslbench.config.overrides import quote_path_override
 from sslbench.errors import ConfigError, Requeued, UsageError, one_line
+from sslbench.eval.fields import KNN_FIELD
 from sslbench.host import limit_spin_waiting
 from sslbench.run.folder import RANKS_OF_A_COMMAND
 from sslbench.run.preflight import check_run_data
-from sslbench.run.results import KNN_FIELD
 
 DESCRIPTION = """\
 Pretrain, evaluate and compare self-supervised vision models.
@@ -164,7 +164,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.multirun:
         if args.config:
             raise UsageError("--config repeats one run; a grid (-m) is composed from KEY=VALUE")
-        from sslbench.grid.launch import expand, run_grid
+        from sslbench.grid.expand import expand
+        from sslbench.grid.launch import run_grid
 
         return run_grid(expand(args.overrides), dry_run=args.dry_run)
     if args.config:
@@ -264,8 +265,8 @@ def _eval(args: argparse.Namespace) -> int:
                 f"{', '.join(k + '*' if k.endswith('.') else k for k in EVAL_KEY_PREFIXES)}"
             )
     cfg = load_run_config(config_file, [*overrides, quote_path_override(f"run_dir={run_dir}")])
+    from sslbench.run.evaluate import evaluate_run, read_checkpoint, update_results
     from sslbench.run.loggers import log_scores_to_run
-    from sslbench.run.pretrain import evaluate_run, read_checkpoint, update_results
     from sslbench.run.resume import checkpoint_position
 
     metrics = evaluate_run(run_dir, cfg)
@@ -303,7 +304,8 @@ def _export(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     cfg = compose(["experiment=demo", *args.overrides])
     check_run_data(cfg)
-    from sslbench.run.pretrain import evaluate_run, pretrain, update_results
+    from sslbench.run.evaluate import evaluate_run, update_results
+    from sslbench.run.pretrain import pretrain
 
     print(f"sslbench demo: SimCLR on {cfg.dataset.name}, run folder {cfg.run_dir}", flush=True)
     results = pretrain(cfg)
@@ -446,7 +448,8 @@ def _bench(args: argparse.Namespace) -> int:
     if own["workers"] != "auto" and not own["workers"].isdigit():
         raise UsageError(f"workers must be auto or a number >= 0, got '{own['workers']}'")
     cfg = compose(bench_overrides(overrides))
-    from sslbench.tools.bench import BenchSettings, run_bench, write_json_line  # torch only now
+    from sslbench.tools.bench import run_bench, write_json_line  # torch only now
+    from sslbench.tools.bench_result import BenchSettings
 
     try:
         settings = BenchSettings(

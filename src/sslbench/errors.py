@@ -16,8 +16,10 @@ __all__ = [
     "BackboneError",
     "ConfigError",
     "DownloadError",
+    "ExportError",
     "ExtractError",
     "NoSpaceError",
+    "NonFiniteLossError",
     "OutOfGPUMemory",
     "Requeued",
     "RunFolderError",
@@ -93,3 +95,11 @@ class ExtractError(RuntimeError):
 class DownloadError(RuntimeError):
     """A download failed; str(err) is one line naming the URL (or file) and where to put the
     archive by hand. (Extraction raises :class:`ExtractError`.)"""
+
+
+class ExportError(ConfigError):
+    """An export that cannot be made as asked; the message is one line (exit status 2)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""

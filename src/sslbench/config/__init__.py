@@ -1,7 +1,9 @@
 """Configuration: the typed schema, override validation and Hydra composition (no torch)."""
 
-from sslbench.config.compose import compose, config_hash, load_run_config, resolve
+from sslbench.config.compose import compose, load_run_config
+from sslbench.config.identity import config_hash
 from sslbench.config.schema import GROUPS, RunConfig, conf_dir, group_options
+from sslbench.config.validate import resolve
 from sslbench.errors import ConfigError  # re-exported: its old home
 
 __all__ = [

@@ -212,7 +212,7 @@ class RunConfig:
     runs_root: str = "runs"  # where run folders go when run_dir is null
     # experiment trackers beside metrics.csv: csv | tensorboard | wandb | mlflow, or a list
     # ([csv,tensorboard]); Any because OmegaConf types no union of a string and a list
-    # (config.compose.logger_names checks it; docs/trackers.md)
+    # (config.validate.logger_names checks it; docs/trackers.md)
     logger: Any = "csv"
     log_every_n_steps: int = 10
     check_finite_every_n_steps: int = 10  # a non-finite loss stops the run within this many steps

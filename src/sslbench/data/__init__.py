@@ -12,8 +12,8 @@ from typing import Any
 
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
-    "CachedSplit": "cache",
-    "cache_dir": "cache",
+    "CachedSplit": "cache_files",
+    "cache_dir": "cache_files",
     "load_or_build": "cache",
     "default_cache_root": "sides",
     "default_side": "sides",

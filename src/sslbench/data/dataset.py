@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from .cache import CachedSplit
+from .cache_files import CachedSplit
 
 __all__ = ["Batch", "IndexedImages", "collate_batch"]
 

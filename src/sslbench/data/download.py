@@ -2,10 +2,12 @@
 
 :func:`download` fetches one :class:`Archive` into a folder with ``urllib`` only::
 
-    <dest_dir>/<filename>.part           bytes received so far; a later call resumes it (Range)
+    <dest_dir>/<filename>.part           bytes received so far; a later call resumes it (Range,
+                                         :func:`sslbench.data.fetch.fetch`)
     <dest_dir>/<filename>                only ever appears complete and verified
     <dest_dir>/.sslbench-checksums.json  filename -> {size, sha256, md5, url, first_downloaded,
                                          mtime_ns}, replaced atomically
+                                         (:mod:`sslbench.data.checksums`)
 
 Each finished file is checked against the size, sha256 and md5 the :class:`Archive` pins, and
 its sha256 is recorded. A file is trusted again without hashing while its size and mtime match
@@ -25,28 +27,20 @@ archive's canonical URL.
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import http.client
-import json
 import os
 import posixpath
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
-from urllib.request import Request, urlopen
 
 from tqdm.auto import tqdm
 
-from sslbench.host import no_space
-
-from .. import __version__
-from ..errors import DownloadError, ExtractError, one_line
+from ..errors import DownloadError, ExtractError
+from .checksums import ARCHIVES, RECORD, Hashes, not_an_archive, read_record, write_json
 from .extract import archive_stem, extract, extracted_from
+from .fetch import NetworkError, fetch
 
 __all__ = [
     "Archive",
@@ -59,11 +53,6 @@ __all__ = [
     "fetch_and_extract",
     "resolve_url",
 ]
-
-CHUNK = 1 << 20  # bytes read and hashed at a time
-RECORD = ".sslbench-checksums.json"  # per-folder record of verified files
-ARCHIVES = ".sslbench-archives.json"  # SHA-256 of users' own archives, by path
-USER_AGENT = f"sslbench/{__version__} (+python-urllib)"
 
 
 @dataclass(frozen=True)
@@ -145,21 +134,21 @@ def archive_sha256(path: Path, record_dir: Path, *, progress: bool = True) -> st
     ``record_dir/.sslbench-archives.json`` with its size and mtime, so it is read again only
     if the file changes."""
     path = Path(path).resolve()
-    record = _read_record(Path(record_dir), ARCHIVES)
+    record = read_record(Path(record_dir), ARCHIVES)
     stat = path.stat()
     entry = record.get(str(path))
     if isinstance(entry, dict) and (entry.get("size"), entry.get("mtime_ns")) == (
         stat.st_size, stat.st_mtime_ns,
     ):  # fmt: skip
         return str(entry["sha256"])
-    hashes = _Hashes(md5=False)
+    hashes = Hashes(md5=False)
     with tqdm(total=stat.st_size, desc=f"checksum of {path.name}", unit="B", unit_scale=True,
               unit_divisor=1024, disable=not progress) as bar:  # fmt: skip
         hashes.update_from(path, bar)
     sha256 = hashes.sha256.hexdigest()
     record[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
     Path(record_dir).mkdir(parents=True, exist_ok=True)
-    _write_json(Path(record_dir) / ARCHIVES, record)
+    write_json(Path(record_dir) / ARCHIVES, record)
     return sha256
 
 
@@ -167,60 +156,23 @@ def _unusable_download(archive: Archive, root: Path, path: Path, err: ExtractErr
     """An archive that does not extract. Where sslbench downloaded it and nothing pinned its
     checksum, the file is removed with its record, so the next run fetches it again instead of
     taking its SHA-256 as the reference; a file put there by hand is left alone."""
-    record = _read_record(root)
+    record = read_record(root)
     entry = record.get(archive.filename) or {}
     if entry.get("url") and not entry.get("confirmed", True):
         path.unlink(missing_ok=True)
         del record[archive.filename]
-        _write_json(root / RECORD, record)
+        write_json(root / RECORD, record)
         return ExtractError(f"{err} (the unverified download was removed: run again to fetch it)")
     return err
 
 
 def _confirm(root: Path, filename: str, sha256: str) -> None:
     """Mark a recorded file confirmed: it extracted, so its SHA-256 is now the reference."""
-    record = _read_record(root)
+    record = read_record(root)
     entry = record.get(filename)
     if entry is not None and entry.get("sha256") == sha256 and not entry.get("confirmed", True):
         entry["confirmed"] = True
-        _write_json(root / RECORD, record)
-
-
-# --- downloading ---------------------------------------------------------------------------
-
-
-class _Hashes:
-    """Running sha256 (and md5 when wanted) of the bytes seen so far."""
-
-    def __init__(self, md5: bool):
-        self.want_md5 = md5
-        self.reset()
-
-    def reset(self) -> None:
-        self.size = 0
-        self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5(usedforsecurity=False) if self.want_md5 else None
-
-    def update(self, data: bytes) -> None:
-        self.size += len(data)
-        self.sha256.update(data)
-        if self.md5 is not None:
-            self.md5.update(data)
-
-    def update_from(self, path: Path, bar: tqdm | None = None) -> None:
-        with open(path, "rb") as f:
-            while data := f.read(CHUNK):
-                self.update(data)
-                if bar is not None:
-                    bar.update(len(data))
-
-
-class _NetworkError(Exception):
-    """Fetching failed for a reason on the network's side; ``str`` is the reason."""
-
-
-class _RangeNotSatisfiable(Exception):
-    """The server answered 416 to a resumed download that is not already complete."""
+        write_json(root / RECORD, record)
 
 
 def _download(
@@ -230,20 +182,20 @@ def _download(
     source = resolve_url(archive.url, override)
     final = dest_dir / archive.filename
     dest_dir.mkdir(parents=True, exist_ok=True)
-    entry = _read_record(dest_dir).get(archive.filename)
+    entry = read_record(dest_dir).get(archive.filename)
     if final.is_file():
         return final, _verify_existing(archive, final, entry, source, progress)
 
     part = final.with_name(final.name + ".part")
-    hashes = _Hashes(md5=archive.md5 is not None)
+    hashes = Hashes(md5=archive.md5 is not None)
     try:
-        _fetch(archive, source, part, hashes, progress, timeout)
-    except _NetworkError as err:
+        fetch(source, part, hashes, archive.size, archive.name, progress, timeout)
+    except NetworkError as err:
         raise DownloadError(
             f"cannot download {archive.name} from {source}: {err}; download it by hand and put "
             f"it at {final} (or set SSLBENCH_MIRROR / dataset.url)"
         ) from None
-    problem = _mismatch(archive, hashes, entry) or _not_an_archive(part, archive.filename)
+    problem = _mismatch(archive, hashes, entry) or not_an_archive(part, archive.filename)
     if problem:
         part.unlink(missing_ok=True)
         raise DownloadError(
@@ -272,7 +224,7 @@ def _verify_existing(
     ):
         return str(entry["sha256"])  # verified before and unchanged since
 
-    hashes = _Hashes(md5=archive.md5 is not None)
+    hashes = Hashes(md5=archive.md5 is not None)
     bar = tqdm(
         total=stat.st_size,
         desc=f"verifying {final.name}",
@@ -283,7 +235,7 @@ def _verify_existing(
     )
     with bar:
         hashes.update_from(final, bar)
-    problem = _mismatch(archive, hashes, entry) or _not_an_archive(final, archive.filename)
+    problem = _mismatch(archive, hashes, entry) or not_an_archive(final, archive.filename)
     if problem:
         raise DownloadError(
             f"{final} is not the expected {archive.name} file: {problem}; delete it and run "
@@ -293,151 +245,7 @@ def _verify_existing(
     return hashes.sha256.hexdigest()
 
 
-def _fetch(
-    archive: Archive, source: str, part: Path, hashes: _Hashes, progress: bool, timeout: float
-) -> None:
-    """Complete ``part`` from ``source``, resuming what it holds; ``hashes`` covers all of it.
-
-    Raises :class:`_NetworkError` on any network failure, keeping what was received.
-    """
-    offset = part.stat().st_size if part.is_file() else 0
-    if archive.size is not None and offset > archive.size:
-        part.unlink()  # longer than the whole file: cannot be a prefix of it
-        offset = 0
-    if offset:
-        hashes.update_from(part)
-        if archive.size is not None and offset == archive.size:
-            return  # already complete; verified by the caller
-
-    try:
-        response = _open(source, offset, timeout)
-    except _RangeNotSatisfiable:  # cannot be a prefix of the server's file: start again
-        part.unlink()
-        hashes.reset()
-        offset = 0
-        response = _open(source, 0, timeout)
-    if response is None:  # 416: the part already holds the whole file
-        return
-    _refuse_html(response)
-    start, total = _content_range(response, offset)
-    if start != offset:  # 200 (Range ignored) or an unexpected 206: start again from zero
-        hashes.reset()
-        offset = 0
-        if start != 0:
-            response.close()
-            response = _open(source, 0, timeout)
-            assert response is not None  # a request without Range never gets None (416)
-            _refuse_html(response)
-            start, total = _content_range(response, 0)
-    with response:
-        bar = tqdm(
-            total=total,
-            initial=offset,
-            desc=archive.name,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            disable=not progress,
-        )
-        with bar, open(part, "ab" if offset else "wb") as out:
-            while True:
-                try:
-                    data = response.read(CHUNK)
-                except (OSError, http.client.HTTPException) as err:
-                    raise _NetworkError(_reason(err)) from None
-                if not data:
-                    break
-                try:
-                    out.write(data)
-                except OSError as err:  # the part is kept: the next call resumes it
-                    if err.errno == errno.ENOSPC:
-                        raise no_space(part, total) from None
-                    raise
-                hashes.update(data)
-                bar.update(len(data))
-    if total is not None and hashes.size < total:
-        raise _NetworkError(f"connection closed after {hashes.size} of {total} bytes")
-
-
-def _open(source: str, offset: int, timeout: float) -> Any | None:
-    """The response to a GET of ``source`` from byte ``offset`` on; None for a 416 at EOF."""
-    headers = {"User-Agent": USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        return urlopen(Request(source, headers=headers), timeout=timeout)
-    except HTTPError as err:
-        if err.code == 416 and offset:
-            unit_total = (err.headers.get("Content-Range") or "").rpartition("/")[2]
-            err.close()
-            if unit_total.strip() == str(offset):
-                return None
-            raise _RangeNotSatisfiable from None  # the part is longer than the server's file
-        err.close()
-        raise _NetworkError(f"HTTP {err.code} {err.reason}") from None
-    except ValueError as err:  # malformed URL
-        raise _NetworkError(one_line(err)) from None
-    except (OSError, http.client.HTTPException) as err:
-        raise _NetworkError(_reason(err)) from None
-
-
-def _refuse_html(response: Any) -> None:
-    """An HTML page (a login wall, a 200 "not found" page) is never the archive."""
-    kind = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    if kind in ("text/html", "application/xhtml+xml"):
-        response.close()
-        raise _NetworkError(f"the server sent a web page ({kind}), not the archive")
-
-
-#: The bytes each archive format starts with (tar: "ustar" at offset 257).
-MAGIC = {
-    (".tar.gz", ".tgz"): [(0, b"\x1f\x8b")],
-    (".tar.bz2", ".tbz2"): [(0, b"BZh")],
-    (".tar.xz", ".txz"): [(0, b"\xfd7zXZ\x00")],
-    (".zip",): [(0, b"PK\x03\x04"), (0, b"PK\x05\x06")],
-    (".tar",): [(257, b"ustar")],
-}
-
-
-def _not_an_archive(path: Path, filename: str) -> str | None:
-    """Why the file at ``path`` cannot be the archive ``filename`` names (its first bytes
-    are not its format's), or None."""
-    lower = filename.lower()
-    for suffixes, signatures in MAGIC.items():
-        if lower.endswith(suffixes):
-            with open(path, "rb") as f:
-                head = f.read(512)
-            if any(head[at : at + len(magic)] == magic for at, magic in signatures):
-                return None
-            shown = head[:16].decode("latin-1").encode("unicode_escape").decode()
-            return f"it does not start like a {suffixes[0]} file (it starts with '{shown}')"
-    return None
-
-
-def _content_range(response: Any, offset: int) -> tuple[int, int | None]:
-    """(first byte, total bytes or None) of what ``response`` sends."""
-    length = response.headers.get("Content-Length")
-    length = int(length) if length and length.strip().isdigit() else None
-    status = getattr(response, "status", None)
-    if status == 206:
-        spec = (response.headers.get("Content-Range") or "").strip()
-        # "bytes START-END/TOTAL" (TOTAL may be "*")
-        try:
-            unit, _, rest = spec.partition(" ")
-            span, _, total_text = rest.partition("/")
-            start = int(span.partition("-")[0])
-            total = int(total_text) if total_text.strip().isdigit() else None
-        except ValueError:
-            return -1, None  # unintelligible: start again
-        if unit != "bytes":
-            return -1, None
-        if total is None and length is not None:
-            total = start + length
-        return start, total
-    return 0, length  # 200 (or a file:// URL): the whole file
-
-
-def _mismatch(archive: Archive, hashes: _Hashes, entry: dict[str, Any] | None) -> str | None:
+def _mismatch(archive: Archive, hashes: Hashes, entry: dict[str, Any] | None) -> str | None:
     """Why the bytes behind ``hashes`` are not ``archive``'s, or None when they match."""
     sha256 = hashes.sha256.hexdigest()
     if archive.size is not None and hashes.size != archive.size:
@@ -457,26 +265,16 @@ def _mismatch(archive: Archive, hashes: _Hashes, entry: dict[str, Any] | None) -
     return None
 
 
-def _read_record(dest_dir: Path, name: str = RECORD) -> dict[str, dict[str, Any]]:
-    """The folder's record ``name``: of verified files (:data:`RECORD`) or of users'
-    archives (:data:`ARCHIVES`); empty when missing or unreadable."""
-    try:
-        record = json.loads((dest_dir / name).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def _record(
     dest_dir: Path,
     archive: Archive,
     final: Path,
-    hashes: _Hashes,
+    hashes: Hashes,
     url: str | None,
     entry: dict[str, Any] | None,
 ) -> None:
     """Record ``final`` as verified, keeping the date it was first recorded."""
-    record = _read_record(dest_dir)
+    record = read_record(dest_dir)
     stat = final.stat()
     sha256 = hashes.sha256.hexdigest()
     pinned = archive.sha256 is not None or archive.md5 is not None
@@ -493,26 +291,4 @@ def _record(
         or datetime.now(timezone.utc).isoformat(),
         "mtime_ns": stat.st_mtime_ns,
     }
-    _write_json(dest_dir / RECORD, record)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temporary file, then os.replace)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _reason(err: BaseException) -> str:
-    """One-line reason of a network failure."""
-    if isinstance(err, URLError) and not isinstance(err, HTTPError):
-        reason = err.reason
-        if isinstance(reason, TimeoutError):
-            return "timed out"
-        return one_line(reason)
-    if isinstance(err, TimeoutError):
-        return "timed out"
-    return one_line(err)
+    write_json(dest_dir / RECORD, record)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cache import CachedSplit
+from .cache_files import CachedSplit
 from .dataset import Batch
 from .order import epoch_order
 

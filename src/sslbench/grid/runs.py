@@ -20,7 +20,8 @@ from typing import Protocol
 
 from omegaconf import DictConfig
 
-from sslbench.config.compose import config_hash, load_run_config
+from sslbench.config.compose import load_run_config
+from sslbench.config.identity import config_hash
 from sslbench.errors import ConfigError
 from sslbench.run.results import read_results, run_identity, save_config, write_results
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sslbench.config.compose import quote_path_override
+from sslbench.config.overrides import quote_path_override
 from sslbench.config.schema import conf_dir
 from sslbench.errors import one_line
 from sslbench.grid.runs import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from sslbench.methods.base import NonFiniteLossError, SSLMethod, Views
+from sslbench.methods.base import SSLMethod, Views
 
 #: Method name (as in conf/method/NAME.yaml) → "module:Class" of its LightningModule.
 METHODS: dict[str, str] = {
@@ -31,4 +31,4 @@ def method_class(name: str) -> type[SSLMethod]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["METHODS", "NonFiniteLossError", "SSLMethod", "Views", "method_class"]
+__all__ = ["METHODS", "SSLMethod", "Views", "method_class"]

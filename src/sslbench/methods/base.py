@@ -36,13 +36,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from sslbench.errors import NonFiniteLossError
+from sslbench.nn.optim import build_optimizer, lr_schedule
 from sslbench.pretext import PRETEXT_OPS, create_pretext, pretext_name
 from sslbench.pretext.base import FeatureTap, PretextInputs
 from sslbench.transforms import Pipeline, local_view_pipeline, make_generator
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -455,42 +453,3 @@ def symmetric_loss(
     """0.5 · (D(p0, t1) + D(p1, t0)): each view's prediction of the other view's target, the
     symmetric loss of SimSiam and BYOL (``criterion`` D: lightly's negative cosine)."""
     return 0.5 * (criterion(p0, t1) + criterion(p1, t0))
-
-
-OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
-SCHEDULES = ("cosine", "constant")
-
-
-def build_optimizer(
-    name: str, params: Any, *, lr: float, momentum: float, weight_decay: float
-) -> torch.optim.Optimizer:
-    """SGD, Adam, AdamW or LARS (:class:`sslbench.nn.optim.LARS`: lightly's, without host syncs)
-    by name."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "lars":
-        from sslbench.nn.optim import LARS
-
-        return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
-
-
-def lr_schedule(name: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base lr at each step of the schedule (an optimiser step or an epoch):
-    linear warm-up, then cosine to 0 (or constant)."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule '{name}'; valid: {', '.join(SCHEDULES)}")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if name == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor

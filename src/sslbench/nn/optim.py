@@ -1,4 +1,5 @@
-"""LARS without host-device synchronisation.
+"""Optimisers by name and their learning-rate schedules (linear warm-up, then cosine or
+constant), and LARS without host-device synchronisation.
 
 LARS (layer-wise adaptive rate scaling; You, Gitman and Ginsburg 2017, "Large Batch
 Training of Convolutional Networks", https://arxiv.org/abs/1708.03888) is SGD in which each
@@ -49,6 +50,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -168,3 +170,40 @@ class LARS(torch.optim.Optimizer):
                 steps = buffers
 
         torch._foreach_add_(params, steps, alpha=-group["lr"])
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
+SCHEDULES = ("cosine", "constant")
+
+
+def build_optimizer(
+    name: str, params: Any, *, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """SGD, Adam, AdamW or LARS (:class:`LARS`: lightly's, without host syncs)
+    by name."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
+
+
+def lr_schedule(name: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at each step of the schedule (an optimiser step or an epoch):
+    linear warm-up, then cosine to 0 (or constant)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule '{name}'; valid: {', '.join(SCHEDULES)}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if name == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from sslbench.nn.backbones import feature_map_shape
 from sslbench.pretext.base import PretextInputs, PretextTask, class_balanced_mean, single_value
-from sslbench.transforms.ops import shuffle_patches
+from sslbench.transforms.geometric import shuffle_patches
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from sslbench.config.compose import KEYS_HASHED_ONLY_AWAY_FROM_DEFAULT, NOT_IN_HASH
+from sslbench.config.identity import KEYS_HASHED_ONLY_AWAY_FROM_DEFAULT, NOT_IN_HASH
 from sslbench.errors import RunFolderError, one_line  # sslbench.report imports one_line here
+from sslbench.eval.fields import KNN_FIELD
 from sslbench.report.files import (
     RESULTS_FILE,
     Warn,
@@ -32,7 +33,7 @@ from sslbench.report.files import (
     printable,
     read_regular_file,
 )
-from sslbench.run.results import KNN_FIELD, SCHEMA_VERSION
+from sslbench.run.results import SCHEMA_VERSION
 
 CONFIG_FILE = "config.yaml"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sslbench.config import load_run_config
-from sslbench.config.compose import config_differences
+from sslbench.config.identity import config_differences
 from sslbench.errors import ConfigError, Requeued, Stopped  # Requeued, Stopped: re-exported
 from sslbench.run.results import atomic_write_text, read_results
 

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sslbench.config.compose import logger_names
+from sslbench.config.validate import logger_names
 from sslbench.errors import ConfigError
-from sslbench.run.results import KNN_FIELD
+from sslbench.eval.fields import KNN_FIELD
 
 if TYPE_CHECKING:
     from pytorch_lightning.loggers import Logger

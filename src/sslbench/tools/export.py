@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sslbench.config import config_hash, load_run_config
-from sslbench.errors import ConfigError
+from sslbench.errors import ExportError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -46,10 +46,6 @@ TORCHVISION_RESNETS = (
 BACKBONE_PREFIX = "backbone."
 
 WEIGHTS_SUFFIX = ".safetensors"
-
-
-class ExportError(ConfigError):
-    """An export that cannot be made as asked; the message is one line (exit status 2)."""
 
 
 def default_out(run_dir: str | Path) -> Path:
@@ -120,7 +116,7 @@ def export_run(
     import safetensors.torch
     import torch
 
-    from sslbench.run.pretrain import load_weights
+    from sslbench.run.evaluate import load_weights
     from sslbench.run.results import atomic_write_bytes, atomic_write_text
 
     weights = backbone_weights(load_weights(checkpoint))

@@ -37,7 +37,7 @@ GALLERY_STREAM = 0x6A11E7
 SHORT_NAMES = {"region_confusion": "region confusion"}
 #: Names of ops in the notes on view variants.
 OP_NAMES = {"gaussian_blur": "blur", "color_jitter": "colour jitter", "resized_crop": "crop"}
-#: LoRot-E's quadrants by label q (sslbench.transforms.ops.lorot).
+#: LoRot-E's quadrants by label q (sslbench.transforms.geometric.lorot).
 QUARTERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
@@ -151,7 +151,7 @@ def make_gallery(cfg: DictConfig, out: Path, n_images: int = 4, n_views: int = 6
     the method's local views. Deterministic for a given config and seed. The file is written
     to a temporary name in ``out``'s folder and renamed into place; returns ``out``.
     """
-    from sslbench.run.pretrain import open_data  # Lightning, timm: only when drawing
+    from sslbench.data.splits import open_data  # Lightning, timm: only when drawing
 
     out = Path(out)
     if n_images < 1 or n_views < 1:

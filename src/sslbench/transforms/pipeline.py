@@ -18,13 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .ops import (
-    OPS,
+from .crops import (
     box_coordinates,
     center_boxes,
     center_view,
     crop_to_boxes,
-    normalize,
     sample_crop_boxes,
 )
 from .params import (
@@ -36,6 +34,8 @@ from .params import (
     parse_pipeline_spec,
     view_specs,
 )
+from .photometric import normalize
+from .registry import OPS
 
 #: Output values (3 * size * size per view) augmented at a time on the CPU: about 12 MB of
 #: float32, which the ops pass back and forth while it is still in cache.
