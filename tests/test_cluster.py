@@ -139,7 +139,7 @@ def test_devices_n_refuses_a_folder_holding_another_run(
 ) -> None:
     """The command that starts the ranks claims the folder as a one-device run does: it
     overwrote another run's config.yaml, whose last.ckpt the ranks then resumed from."""
-    import sslbench.run.pretrain
+    import sslbench.run.cluster
     from sslbench.run.results import save_config
 
     run_dir = tmp_path / "run"
@@ -150,7 +150,7 @@ def test_devices_n_refuses_a_folder_holding_another_run(
     def no_ranks(*args, **kwargs) -> int:
         raise AssertionError("the ranks were started in another run's folder")
 
-    monkeypatch.setattr(sslbench.run.pretrain, "run_ranks_with_torchrun", no_ranks)
+    monkeypatch.setattr(sslbench.run.cluster, "run_ranks_with_torchrun", no_ranks)
     args = ["pretrain", "backbone=resnet10t", "epochs=2", "devices=2", f"run_dir={run_dir}"]
     assert main(args) == 2
     err = capsys.readouterr().err

@@ -25,15 +25,20 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig
 
-from sslbench.errors import Requeued
-from sslbench.run.folder import RANKS_OF_A_COMMAND
+from sslbench.errors import ConfigError, Requeued
+from sslbench.host import available_cores
+from sslbench.run.folder import RANKS_OF_A_COMMAND, claim_run_folder
 from sslbench.run.quiet import rank_environment
+from sslbench.run.results import read_results, save_config
 
 __all__ = [
     "RequeueOnSignal",
     "Requeued",
     "cluster_plugins",
+    "launch_rank",
+    "launch_ranks",
     "launched_by",
     "run_ranks_with_torchrun",
 ]
@@ -120,3 +125,44 @@ class RequeueOnSignal(pl.Callback):
             f"preempted at step {trainer.global_step}; SLURM job {self.job} requeued, its next "
             "start resumes the run from last.ckpt"
         )
+
+
+def launch_ranks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """A run over several devices started by a plain command: its folder is claimed and its
+    config saved here, then torchrun starts one ``sslbench pretrain --config`` per device
+    (sslbench.run.cluster says why not Lightning's launcher); rank 0 writes results.json."""
+    if cfg.num_nodes > 1:
+        raise ConfigError(
+            f"num_nodes={cfg.num_nodes}: each node's ranks are started by the cluster's "
+            "launcher (srun sslbench pretrain ..., or torchrun --nnodes on each node); see "
+            "docs/multi-gpu.md"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # claimed as rank 0 of a one-device run claims it: another run's folder is refused here
+    # (modify=False only reads, and refuses nothing), before its config.yaml is replaced
+    claim_run_folder(cfg, run_dir)
+    save_config(cfg, run_dir)
+    threads = None  # torchrun's default would be 1 per rank: each gets its share instead
+    if not os.environ.get("OMP_NUM_THREADS") and cfg.get("threads") is None:
+        threads = max(1, available_cores() // cfg.devices)
+    code = run_ranks_with_torchrun(run_dir / "config.yaml", cfg.devices, threads)
+    try:
+        results = read_results(run_dir)
+    except (OSError, ValueError):
+        results = {}
+    if code != 0 or results.get("status") != "completed":
+        error = results.get("error") or f"the run's ranks exited with status {code}"
+        raise RuntimeError(f"{error} (run folder {run_dir}; its ranks' output above)")
+    return results
+
+
+def launch_rank() -> int:
+    """This process's rank in a run over several devices, from the launcher's environment
+    (Lightning's own launcher and torchrun set ``LOCAL_RANK``/``RANK``, SLURM
+    ``SLURM_PROCID``); 0 for a run on one device. Only rank 0 writes the run folder and
+    evaluates: every rank writing results.json left the file holding whichever came last."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return 0

@@ -24,8 +24,8 @@ from omegaconf import DictConfig
 
 from sslbench.data.held import HeldBatches
 from sslbench.data.splits import open_data
-from sslbench.errors import ConfigError, Requeued, Stopped, one_line
-from sslbench.host import available_cores, peak_memory_bytes
+from sslbench.errors import Requeued, Stopped, one_line
+from sslbench.host import peak_memory_bytes
 from sslbench.nn.backbones import total_stride
 from sslbench.run.batches import data_path_of, resumable_source, train_batches
 from sslbench.run.build import BuiltModel, build_run_model, build_trainer, fit, out_of_gpu_memory
@@ -36,7 +36,7 @@ from sslbench.run.callbacks import (
     online_probe_results,
     pretext_results,
 )
-from sslbench.run.cluster import RequeueOnSignal, launched_by, run_ranks_with_torchrun
+from sslbench.run.cluster import RequeueOnSignal, launch_rank, launch_ranks, launched_by
 from sslbench.run.evaluate import evaluate_model, read_checkpoint
 from sslbench.run.folder import claim_run_folder, metrics_columns, trim_metrics
 from sslbench.run.loggers import build_loggers, close_loggers, log_scores
@@ -66,8 +66,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
     On any error the results say ``failed`` with the error, and the error is re-raised.
     With several devices and no launcher around this process, torchrun starts the ranks
-    (:func:`_launch_ranks`); started by a launcher, ranks other than 0 only train (see
-    :func:`launch_rank`) and return an empty dict.
+    (:func:`~sslbench.run.cluster.launch_ranks`); started by a launcher, ranks other than 0
+    only train (see :func:`~sslbench.run.cluster.launch_rank`) and return an empty dict.
     """
     run_dir = Path(cfg.run_dir)
     check_run_data(cfg)
@@ -76,7 +76,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     # leaves no failed run folder behind.
     built = build_run_model(cfg)
     if cfg.devices * cfg.num_nodes > 1 and launched_by() is None:
-        return _launch_ranks(cfg, run_dir)  # the ranks build their own
+        return launch_ranks(cfg, run_dir)  # the ranks build their own
     if launch_rank() != 0:
         _train_on_another_rank(cfg, run_dir, built)
         return {}
@@ -226,47 +226,6 @@ def _earlier_stops(run_dir: Path) -> list[dict[str, Any]]:
     except (OSError, ValueError):
         return []
     return [s for s in stops if isinstance(s, dict)] if isinstance(stops, list) else []
-
-
-def _launch_ranks(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """A run over several devices started by a plain command: its folder is claimed and its
-    config saved here, then torchrun starts one ``sslbench pretrain --config`` per device
-    (sslbench.run.cluster says why not Lightning's launcher); rank 0 writes results.json."""
-    if cfg.num_nodes > 1:
-        raise ConfigError(
-            f"num_nodes={cfg.num_nodes}: each node's ranks are started by the cluster's "
-            "launcher (srun sslbench pretrain ..., or torchrun --nnodes on each node); see "
-            "docs/multi-gpu.md"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # claimed as rank 0 of a one-device run claims it: another run's folder is refused here
-    # (modify=False only reads, and refuses nothing), before its config.yaml is replaced
-    claim_run_folder(cfg, run_dir)
-    save_config(cfg, run_dir)
-    threads = None  # torchrun's default would be 1 per rank: each gets its share instead
-    if not os.environ.get("OMP_NUM_THREADS") and cfg.get("threads") is None:
-        threads = max(1, available_cores() // cfg.devices)
-    code = run_ranks_with_torchrun(run_dir / "config.yaml", cfg.devices, threads)
-    try:
-        results = read_results(run_dir)
-    except (OSError, ValueError):
-        results = {}
-    if code != 0 or results.get("status") != "completed":
-        error = results.get("error") or f"the run's ranks exited with status {code}"
-        raise RuntimeError(f"{error} (run folder {run_dir}; its ranks' output above)")
-    return results
-
-
-def launch_rank() -> int:
-    """This process's rank in a run over several devices, from the launcher's environment
-    (Lightning's own launcher and torchrun set ``LOCAL_RANK``/``RANK``, SLURM
-    ``SLURM_PROCID``); 0 for a run on one device. Only rank 0 writes the run folder and
-    evaluates: every rank writing results.json left the file holding whichever came last."""
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        value = os.environ.get(key, "")
-        if value.isdigit():
-            return int(value)
-    return 0
 
 
 def _train_on_another_rank(cfg: DictConfig, run_dir: Path, built: BuiltModel) -> None:
