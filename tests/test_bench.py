@@ -10,13 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_RUN, build_method, needs_fmnist
+from conftest import TINY_RUN, build_method, method_names, needs_fmnist, small_method
 from omegaconf import OmegaConf
 
 from sslbench import host
 from sslbench.cli import bench_overrides, main
 from sslbench.config import compose
-from sslbench.methods import Views
+from sslbench.methods import Views, method_class
 from sslbench.tools.bench import run_bench
 from sslbench.tools.bench_result import BenchResult, BenchRow, BenchSettings
 from sslbench.tools.bench_rows import StepClock
@@ -100,22 +100,32 @@ def _pil_items(n: int, side: int = 28):
     return [Image.fromarray(p.numpy(), "RGB") for p in pixels]
 
 
-@pytest.mark.parametrize(
-    ("method", "globals_", "locals_", "coords"),
-    [("simclr", 2, 0, False), ("swav", 2, 6, False), ("vicregl", 2, 2, True)],
-)
-def test_lightly_views_match_the_methods_layout(method, globals_, locals_, coords) -> None:
-    overrides = [f"method={method}"]
-    if method == "vicregl":  # feature maps of at least 2x2 for the local crops
-        overrides += ["backbone.small_stem=true", "method.local_views.count=2"]
-    model, cfg = build_method(*overrides)
+def _methods_with_a_lightly_transform() -> list:
+    """Every registered method that names a lightly transform; the first of each transform
+    in the fast suite, the others marked slow (they check the same code path)."""
+    rows, seen = [], set()
+    for name in method_names():
+        kind = method_class(name).lightly_transform
+        if kind is not None:
+            rows.append(pytest.param(name, marks=[pytest.mark.slow] if kind in seen else []))
+            seen.add(kind)
+    return rows
+
+
+@pytest.mark.parametrize("method", _methods_with_a_lightly_transform())
+def test_lightly_views_match_the_methods_layout(method) -> None:
+    """lightly's transform for the method (bench's lightly row) gives the views the method
+    trains on: as many global and local views, the coordinate maps where it needs them."""
+    model, cfg = small_method(method)
     transform, name = lightly_transform(cfg, model.backbone)
-    assert name == {"simclr": "SimCLRTransform", "swav": "SwaVTransform",
-                    "vicregl": "VICRegLTransform"}[method]  # fmt: skip
+    kind = model.lightly_transform
+    assert name == (type(two_view_transform(cfg)).__name__ if kind == "pipeline" else kind)
     items = [(transform(image), 0) for image in _pil_items(4)]
+    coords = model.needs_coordinates
     views = collate_views(items, model.num_global_views, model.num_local_views, coords)
     assert isinstance(views, Views)
-    assert len(views.global_views) == globals_ and len(views.local_views) == locals_
+    assert len(views.global_views) == model.num_global_views
+    assert len(views.local_views) == model.num_local_views
     assert views.global_views[0].shape == (4, 3, 32, 32)
     assert views.global_views[0].dtype == torch.float32
     assert (views.global_coords is not None) == coords

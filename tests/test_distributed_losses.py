@@ -30,15 +30,9 @@ from torch import Tensor, nn
 N = 16  # images per view in the global batch: 8 per process
 DIM = 32  # embedding dimensions
 
-#: Narrow heads: only the methods' criteria are used, the heads just have to be built.
-SMALL = {
-    "simclr": ["method.hidden_dim=64", "method.output_dim=32"],
-    "vicreg": ["method.hidden_dim=64", "method.output_dim=64"],
-    "barlowtwins": ["method.hidden_dim=64", "method.output_dim=64"],
-    "swav": ["method.hidden_dim=64", "method.output_dim=32", "method.n_prototypes=16"],
-    "vicregl": ["method.hidden_dim=64", "method.output_dim=64", "backbone.small_stem=true",
-                "method.local_views.count=2"],
-}  # fmt: skip
+#: The methods whose criteria are tested here, each with its own whole-batch inputs (below);
+#: built with their classes' small_overrides: only the criteria are used.
+GATHERING = ("simclr", "vicreg", "barlowtwins", "swav", "vicregl")
 
 
 # -- the cases: a criterion, its whole-batch inputs (batch first) and how it is called -------
@@ -110,13 +104,13 @@ def _vicregl_inputs(generator: torch.Generator, num_matches: tuple[int, int]) ->
 def _criteria(gather: bool = True) -> dict[str, nn.Module]:
     """Each method's criterion, built by the method from its YAML (gathers off if not
     ``gather``)."""
-    from conftest import build_method
+    from conftest import small_method
 
     criteria = {}
-    for name, small in SMALL.items():
+    for name in GATHERING:
         key = "sinkhorn_gather_distributed" if name == "swav" else "gather_distributed"
         off = [] if gather else [f"method.{key}=false"]
-        criteria[name] = build_method(f"method={name}", *small, *off)[0].criterion
+        criteria[name] = small_method(name, *off)[0].criterion
     return criteria
 
 
@@ -190,7 +184,7 @@ def outcomes(cases: dict[str, Case], tmp_path_factory) -> dict[str, tuple[Result
 
 # -- tests -------------------------------------------------------------------------------------
 #: The losses that must be the whole batch's under DDP.
-WHOLE_BATCH = ["simclr", "vicreg", "barlowtwins", "swav", "vicregl"]
+WHOLE_BATCH = list(GATHERING)
 
 
 @pytest.mark.parametrize("name", WHOLE_BATCH)

@@ -54,12 +54,9 @@ from torch import Tensor, nn
 N = 16  # images per view in the global batch: 8 per process
 SIZE = 32  # view side, pixels
 
-#: Narrow heads (faster; the step is the same computation at any width).
-METHODS = {
-    "simclr": ["method.hidden_dim=64", "method.output_dim=32"],
-    "barlowtwins": ["method.hidden_dim=64", "method.output_dim=64"],
-    "vicreg": ["method.hidden_dim=64", "method.output_dim=64"],
-}
+#: The methods whose DDP step is compared with the whole batch's, built with their classes'
+#: small_overrides (the step is the same computation at any width).
+METHODS = ("simclr", "barlowtwins", "vicreg")
 VARIANTS = ("gathered", "local")  # gather_distributed true (the YAML's) / false
 
 #: How far a DDP step's direction may be from the whole batch's, relative to it.
@@ -67,11 +64,11 @@ DIRECTION_RTOL = 1e-4
 
 
 def _build(name: str, gather: bool) -> nn.Module:
-    from conftest import build_method
+    from conftest import small_method
 
     off = [] if gather else ["method.gather_distributed=false"]
     # batch_size: the global batch, on every process, as `sslbench pretrain` passes it
-    return build_method(f"method={name}", f"batch_size={N}", *METHODS[name], *off)[0]
+    return small_method(name, f"batch_size={N}", *off)[0]
 
 
 def _views(rank: int | None = None):

@@ -14,10 +14,9 @@ from conftest import method_names
 from sslbench.config import compose
 from sslbench.methods import method_class
 from sslbench.run.evaluate import evaluate_run
-
-# Shared by every method: the demo's data, backbone and probe, a shorter run. The backbone
 from sslbench.run.pretrain import pretrain
 
+# Shared by every method: the demo's data, backbone and probe, a shorter run. The backbone
 # starts as timm's ResNets do (the last batch norm of each block at 0), not as torchvision's
 # (the default, backbone.zero_init_last=false): from torchvision's start, random features
 # already reach 0.800 linear here, and in 3 epochs SimSiam, BYOL, VICReg and SwAV do not beat
