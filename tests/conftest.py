@@ -1,7 +1,11 @@
-"""Shared fixtures: a fixed batch of real Fashion-MNIST images and built methods."""
+"""Shared fixtures: a fixed batch of real Fashion-MNIST images, built methods, one finished
+tiny run for the tests that only read it, and a small generated image folder for the tests of
+a run's lifecycle, which need no real data."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +114,97 @@ def small_method(name: str, *overrides: str):
     from sslbench.methods import method_class
 
     return build_method(f"method={name}", *method_class(name).small_overrides, *overrides)
+
+
+def method_params(fast: str = "simclr", names: list[str] | None = None) -> list:
+    """``names`` (default: every registered method) as pytest parameters for a test that
+    trains a whole run per method: ``fast`` in the fast suite, every other one marked slow
+    (a run each, minutes on a CPU all together)."""
+    return [
+        name if name == fast else pytest.param(name, marks=pytest.mark.slow)
+        for name in (method_names() if names is None else names)
+    ]
+
+
+@pytest.fixture(scope="session")
+def _finished_simclr(tmp_path_factory) -> tuple[Path, str]:
+    """(run folder, what the command printed) of the tiny SimCLR run of ``finished_run``."""
+    if not FMNIST.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make data)")
+    from sslbench.cli import main
+
+    run_dir = tmp_path_factory.mktemp("finished-run") / "run"
+    out = io.StringIO()
+    # _cache_in_tmp is per test and runs after session fixtures: the same cache, set here.
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert main(["pretrain", "method=simclr", *TINY_RUN, f"run_dir={run_dir}"]) == 0
+    return run_dir, out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def finished_run(_finished_simclr) -> Path:
+    """A completed tiny SimCLR run (``method=simclr`` and TINY_RUN, evaluated), made once per
+    session and shared by every test that asks for it. Never change it: a test that writes
+    to a run folder (`sslbench eval`, a rerun, an edited file) first copies it with
+    ``shutil.copytree(finished_run, tmp_path / ...)`` and changes the copy."""
+    return _finished_simclr[0]
+
+
+@pytest.fixture(scope="session")
+def finished_run_output(_finished_simclr) -> str:
+    """What ``sslbench pretrain`` printed to standard output making ``finished_run``."""
+    return _finished_simclr[1]
+
+
+#: The generated image folder: 4 classes, each its own colour and shape, 32x32 PNG files.
+SYNTHETIC_CLASSES = ("red_square", "green_disc", "blue_bar", "yellow_cross")
+SYNTHETIC_COUNTS = {"train": 40, "test": 16}
+
+
+def _synthetic_image(rng: np.random.Generator, label: int) -> np.ndarray:
+    """A 32x32 RGB picture of class ``label``: a dim noisy background and the class's shape
+    in the class's colour, at a random place and size."""
+    side = 32
+    image = rng.integers(0, 60, size=(side, side, 3), dtype=np.uint8)
+    colour = np.array([(220, 40, 40), (40, 220, 40), (40, 40, 220), (220, 220, 40)][label])
+    size = int(rng.integers(10, 18))
+    top, left = (int(v) for v in rng.integers(0, side - size, size=2))
+    y, x = np.mgrid[0:size, 0:size]
+    half, thick = (size - 1) / 2, max(size // 4, 2)
+    shape = [
+        np.ones((size, size), bool),  # filled square
+        (y - half) ** 2 + (x - half) ** 2 <= half**2,  # disc
+        np.abs(y - half) < thick,  # horizontal bar
+        (np.abs(y - half) < thick / 2) | (np.abs(x - half) < thick / 2),  # cross
+    ][label]
+    jitter = rng.integers(-20, 21, size=3)
+    patch = image[top : top + size, left : left + size]
+    patch[shape] = np.clip(colour + jitter, 0, 255).astype(np.uint8)
+    return image
+
+
+@pytest.fixture(scope="session")
+def synthetic_images(tmp_path_factory) -> Path:
+    """A generated labelled image folder (root/train/CLASS/*.png, root/test/CLASS/*.png:
+    4 classes of 40 train and 16 test 32x32 images, seed 0), for the run tests that need
+    images but not Fashion-MNIST's. Read-only, as the datasets are."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("synthetic-images")
+    rng = np.random.default_rng(0)
+    for split, count in SYNTHETIC_COUNTS.items():
+        for label, name in enumerate(SYNTHETIC_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(_synthetic_image(rng, label)).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(synthetic_images) -> list[str]:
+    """TINY_RUN's overrides with ``synthetic_images`` for Fashion-MNIST (the folder dataset):
+    the same 128 train / 64 test images, 2 optimiser steps an epoch."""
+    dataset = ["dataset=folder", f"dataset.path={synthetic_images}"]
+    return [*dataset, *(o for o in TINY_RUN if not o.startswith("dataset="))]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FMNIST, TINY_RUN, needs_fmnist, one_line_error
+from conftest import needs_fmnist, one_line_error
 from PIL import Image
 
 from sslbench.cli import main
@@ -142,16 +142,6 @@ def test_an_environment_variable_never_reaches_config_yaml(override, capsys) -> 
     assert "oc.env" in err and "config.yaml" in err
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A completed tiny SimCLR run (shared: the eval rows only read it)."""
-    if not FMNIST.is_dir():
-        pytest.skip("Debian's dataset-fashion-mnist is not installed (make data)")
-    run_dir = tmp_path_factory.mktemp("bad-input") / "run"
-    assert main(["pretrain", "method=simclr", *TINY_RUN, f"run_dir={run_dir}"]) == 0
-    return run_dir
-
-
 @needs_fmnist
 def test_a_checkpoint_from_another_config_is_named(finished_run, tmp_path, capsys) -> None:
     other = tmp_path / "other"
@@ -171,9 +161,8 @@ def test_a_checkpoint_from_another_config_is_named(finished_run, tmp_path, capsy
     assert "method.output_dim=64" in err and "eval.*" in err
 
 
-@needs_fmnist
 def test_a_non_finite_loss_stops_names_the_step_and_keeps_the_checkpoint(
-    tmp_path, monkeypatch, capsys
+    synthetic_run, tmp_path, monkeypatch, capsys
 ) -> None:
     from sslbench.methods import Views
     from sslbench.methods.simclr import SimCLR
@@ -186,7 +175,7 @@ def test_a_non_finite_loss_stops_names_the_step_and_keeps_the_checkpoint(
 
     monkeypatch.setattr(SimCLR, "training_loss", nan_from_step_3)
     run_dir = tmp_path / "nan"
-    args = ["method=simclr", *TINY_RUN, "epochs=3", "check_finite_every_n_steps=1"]
+    args = ["method=simclr", *synthetic_run, "epochs=3", "check_finite_every_n_steps=1"]
     assert main(["pretrain", *args, f"run_dir={run_dir}"]) == 1
     err = one_line_error(capsys)
     assert "non-finite training loss at step 3 (epoch 1)" in err and "method.optimizer.lr" in err
@@ -197,8 +186,9 @@ def test_a_non_finite_loss_stops_names_the_step_and_keeps_the_checkpoint(
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
 
 
-@needs_fmnist
-def test_out_of_gpu_memory_names_a_batch_size_to_try(tmp_path, monkeypatch, capsys) -> None:
+def test_out_of_gpu_memory_names_a_batch_size_to_try(
+    synthetic_run, tmp_path, monkeypatch, capsys
+) -> None:
     import sslbench.run.pretrain
 
     def out_of_memory(*args, **kwargs) -> None:
@@ -206,7 +196,7 @@ def test_out_of_gpu_memory_names_a_batch_size_to_try(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(sslbench.run.pretrain, "fit", out_of_memory)
     run_dir = tmp_path / "oom"
-    assert main(["pretrain", "method=simclr", *TINY_RUN, f"run_dir={run_dir}"]) == 1
+    assert main(["pretrain", "method=simclr", *synthetic_run, f"run_dir={run_dir}"]) == 1
     err = one_line_error(capsys)
     assert "out of GPU memory training at batch_size=64; try batch_size=32" in err
     results = json.loads((run_dir / "results.json").read_text())

@@ -415,8 +415,9 @@ def test_wandb_offline_run_reads_back(tmp_path, monkeypatch) -> None:
     assert any(r.WhichOneof("record_type") == "exit" for r in records)  # finished
 
 
-@needs_fmnist
-def test_a_stopped_run_resumes_into_every_logger(tmp_path, monkeypatch, capsys) -> None:
+def test_a_stopped_run_resumes_into_every_logger(
+    synthetic_run, tmp_path, monkeypatch, capsys
+) -> None:
     """Ctrl-C in the second epoch, then the same command: metrics.csv holds every step once
     (the CSV logger's resume), TensorBoard's events of both attempts read as one curve, and
     W&B has one finished run per attempt (the stopped one ended, not reused)."""
@@ -430,7 +431,7 @@ def test_a_stopped_run_resumes_into_every_logger(tmp_path, monkeypatch, capsys) 
     for key in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(key, str(tmp_path / "wandb-home"))
     run_dir = tmp_path / "runs" / "stopped"
-    args = ["pretrain", "method=simclr", *TINY_RUN, "epochs=2", "log_every_n_steps=1",
+    args = ["pretrain", "method=simclr", *synthetic_run, "epochs=2", "log_every_n_steps=1",
             "logger=[tensorboard,wandb]", f"run_dir={run_dir}"]  # fmt: skip
     loss, calls = SimCLR.training_loss, {"n": 0}
 

@@ -13,7 +13,14 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_RUN, build_method, method_names, needs_fmnist, small_method
+from conftest import (
+    TINY_RUN,
+    build_method,
+    method_names,
+    method_params,
+    needs_fmnist,
+    small_method,
+)
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -235,7 +242,7 @@ def test_lr_schedule_per_epoch_as_lightlys_benchmark() -> None:
 
 
 @needs_fmnist
-@pytest.mark.parametrize("name", TWO_VIEW)
+@pytest.mark.parametrize("name", method_params(names=TWO_VIEW))  # SimCLR fast, the others slow
 def test_tiny_pretrain_run_completes(name: str, tmp_path) -> None:
     run_dir = tmp_path / "run"
     # A warm-up (VICReg's 20 epochs) would keep the lr near 0 in a 1-epoch run; the others

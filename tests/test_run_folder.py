@@ -1,5 +1,6 @@
 """A run folder belongs to one run; Ctrl-C keeps a checkpoint and says so; results.json
-tells a live run from a dead one. Tiny real runs through the command line, in-process."""
+tells a live run from a dead one. Tiny real runs through the command line, in-process, on
+generated images (the SIGKILL test's on Fashion-MNIST: it needs a longer evaluation)."""
 
 from __future__ import annotations
 
@@ -21,36 +22,41 @@ from sslbench.run.callbacks import LastCheckpoint
 TINY = ["method=simclr", *TINY_RUN]  # later overrides (epochs=3, ...) win
 
 
+@pytest.fixture(scope="module")
+def tiny(synthetic_run) -> list[str]:
+    """TINY on the generated image folder: the tests of a run folder's claims and of a run's
+    stop, failure and resume need images, not Fashion-MNIST's."""
+    return ["method=simclr", *synthetic_run]
+
+
 def _results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
-@needs_fmnist
-def test_a_folder_holding_another_run_is_refused_unless_overwrite(tmp_path, capsys) -> None:
+def test_a_folder_holding_another_run_is_refused_unless_overwrite(tiny, tmp_path, capsys) -> None:
     run_dir = tmp_path / "run"
-    assert main(["pretrain", *TINY, "epochs=1", f"run_dir={run_dir}"]) == 0
+    assert main(["pretrain", *tiny, "epochs=1", f"run_dir={run_dir}"]) == 0
     first = _results(run_dir)
     assert first["process"]["pid"] > 0 and first["process"]["host"]
     assert first["heartbeat_at"] >= first["started_at"]
     checkpoint = (run_dir / "last.ckpt").read_bytes()
     capsys.readouterr()
 
-    assert main(["pretrain", *TINY, "epochs=2", "seed=3", f"run_dir={run_dir}"]) == 2
+    assert main(["pretrain", *tiny, "epochs=2", "seed=3", f"run_dir={run_dir}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"run_dir={run_dir} holds another run" in err
     assert "epochs: 1 -> 2" in err and "seed: 0 -> 3" in err and "overwrite=true" in err
     assert _results(run_dir) == first and (run_dir / "last.ckpt").read_bytes() == checkpoint
 
     # Keys that do not change the result (progress bar, threads) are the same run.
-    assert main(["pretrain", *TINY, "epochs=1", "threads=1", f"run_dir={run_dir}"]) == 0
-    assert main(["pretrain", *TINY, "epochs=2", "overwrite=true", f"run_dir={run_dir}"]) == 0
+    assert main(["pretrain", *tiny, "epochs=1", "threads=1", f"run_dir={run_dir}"]) == 0
+    assert main(["pretrain", *tiny, "epochs=2", "overwrite=true", f"run_dir={run_dir}"]) == 0
     assert _results(run_dir)["epochs"] == 2 and _results(run_dir)["status"] == "completed"
     state = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 1  # the new run's second epoch, not the old run's weights
 
 
-@needs_fmnist
-def test_every_epoch_leaves_a_checkpoint(tmp_path, monkeypatch) -> None:
+def test_every_epoch_leaves_a_checkpoint(tiny, tmp_path, monkeypatch) -> None:
     saved_at: list[int] = []
     save = LastCheckpoint.save
 
@@ -59,13 +65,12 @@ def test_every_epoch_leaves_a_checkpoint(tmp_path, monkeypatch) -> None:
         saved_at.append(torch.load(self.path, weights_only=True)["global_step"])
 
     monkeypatch.setattr(LastCheckpoint, "save", counting_save)
-    assert main(["pretrain", *TINY, "epochs=3", f"run_dir={tmp_path / 'run'}"]) == 0
+    assert main(["pretrain", *tiny, "epochs=3", f"run_dir={tmp_path / 'run'}"]) == 0
     assert saved_at == [2, 4, 6]  # 2 steps an epoch: one checkpoint at each epoch's end
 
 
-@needs_fmnist
 def test_ctrl_c_exits_130_with_a_checkpoint_and_status_interrupted(
-    tmp_path, monkeypatch, capsys
+    tiny, tmp_path, monkeypatch, capsys
 ) -> None:
     loss = SimCLR.training_loss
     calls = {"n": 0}
@@ -78,7 +83,7 @@ def test_ctrl_c_exits_130_with_a_checkpoint_and_status_interrupted(
 
     monkeypatch.setattr(SimCLR, "training_loss", interrupted_at_step_3)
     run_dir = tmp_path / "run"
-    assert main(["pretrain", *TINY, "epochs=5", f"run_dir={run_dir}"]) == 130
+    assert main(["pretrain", *tiny, "epochs=5", f"run_dir={run_dir}"]) == 130
     err = capsys.readouterr().err
     assert "sslbench: interrupted: run stopped; the same command resumes it from last.ckpt" in err
     results = _results(run_dir)
@@ -92,15 +97,14 @@ def test_ctrl_c_exits_130_with_a_checkpoint_and_status_interrupted(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-@needs_fmnist
-def test_a_completed_rerun_removes_the_earlier_error_log(tmp_path, monkeypatch) -> None:
+def test_a_completed_rerun_removes_the_earlier_error_log(tiny, tmp_path, monkeypatch) -> None:
     run_dir = tmp_path / "run"
     monkeypatch.setattr(SimCLR, "training_loss", lambda self, views: torch.tensor(float("nan")))
-    assert main(["pretrain", *TINY, "epochs=1", "check_finite_every_n_steps=1",
+    assert main(["pretrain", *tiny, "epochs=1", "check_finite_every_n_steps=1",
                  f"run_dir={run_dir}"]) == 1  # fmt: skip
     assert (run_dir / "error.log").is_file()
     monkeypatch.undo()
-    assert main(["pretrain", *TINY, "epochs=1", "check_finite_every_n_steps=1",
+    assert main(["pretrain", *tiny, "epochs=1", "check_finite_every_n_steps=1",
                  f"run_dir={run_dir}"]) == 0  # fmt: skip
     assert not (run_dir / "error.log").exists()
 
@@ -139,15 +143,14 @@ def _stop_at(monkeypatch, call: int, error: type[BaseException]) -> None:
     monkeypatch.setattr(SimCLR, "training_loss", stopping)
 
 
-@needs_fmnist
 @pytest.mark.parametrize(
     "data_path", ["auto", "dataloader", pytest.param("workers", marks=pytest.mark.slow)]
 )
-def test_a_stopped_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys, data_path):
+def test_a_stopped_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch, capsys, data_path):
     """3 epochs of 2 steps: stopped by Ctrl-C in the middle of epoch 1, or crashed at the
     start of epoch 2 (resumed from epoch 1's end), then run again: the same weights and the
     same scores as the run that never stopped."""
-    args = [*TINY, "epochs=3", f"data_path={data_path}"]
+    args = [*tiny, "epochs=3", f"data_path={data_path}"]
     assert main(["pretrain", *args, f"run_dir={tmp_path / 'whole'}"]) == 0
     whole = _results(tmp_path / "whole")
     assert whole["resumed_from"] is None
@@ -185,15 +188,14 @@ def test_a_stopped_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys,
                 ), (name, column, row)
 
 
-@needs_fmnist
-def test_resume_never_starts_over_and_a_completed_run_is_run_again(tmp_path, monkeypatch):
+def test_resume_never_starts_over_and_a_completed_run_is_run_again(tiny, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     _stop_at(monkeypatch, 3, KeyboardInterrupt)
-    assert main(["pretrain", *TINY, "epochs=2", f"run_dir={run_dir}"]) == 130
+    assert main(["pretrain", *tiny, "epochs=2", f"run_dir={run_dir}"]) == 130
     monkeypatch.undo()
-    assert main(["pretrain", *TINY, "epochs=2", "resume=never", f"run_dir={run_dir}"]) == 0
+    assert main(["pretrain", *tiny, "epochs=2", "resume=never", f"run_dir={run_dir}"]) == 0
     assert _results(run_dir)["resumed_from"] is None
-    assert main(["pretrain", *TINY, "epochs=2", f"run_dir={run_dir}"]) == 0
+    assert main(["pretrain", *tiny, "epochs=2", f"run_dir={run_dir}"]) == 0
     assert _results(run_dir)["resumed_from"] is None  # completed: a new attempt, from scratch
 
 
@@ -215,9 +217,8 @@ def test_results_on_a_full_disk_say_so_and_keep_the_old_file(tmp_path, monkeypat
     assert os.listdir(tmp_path) == ["results.json"]  # no temporary file left
 
 
-@needs_fmnist
 @pytest.mark.slow
-def test_two_devices_one_result(tmp_path, capsys, monkeypatch) -> None:
+def test_two_devices_one_result(tiny, tmp_path, capsys, monkeypatch) -> None:
     """devices=2 from a plain command, in-process (DDP over two CPU processes started by
     torchrun): only rank 0 evaluates, prints and writes; every rank writing left
     results.json holding the last, here a 'failed' from the rank whose peer had already
@@ -226,7 +227,7 @@ def test_two_devices_one_result(tmp_path, capsys, monkeypatch) -> None:
     for name in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_RANK", "SLURM_NTASKS"):
         monkeypatch.delenv(name, raising=False)
     run_dir = tmp_path / "ddp"
-    args = ["pretrain", *TINY, "epochs=1", "device=cpu", "devices=2", f"run_dir={run_dir}"]
+    args = ["pretrain", *tiny, "epochs=1", "device=cpu", "devices=2", f"run_dir={run_dir}"]
     assert main(args) == 0
     assert capsys.readouterr().out.count("linear top-1") == 1
     results = _results(run_dir)
