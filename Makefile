@@ -50,7 +50,7 @@ data:
 	fi
 
 # Chromium, for the test that renders `sslbench report --format html` in a headless browser
-# (tests/test_report.py skips it without one), from Debian where we may install it.
+# (tests/report/test_report.py skips it without one), from Debian where we may install it.
 browser:
 	@if command -v chromium >/dev/null; then \
 		true; \
@@ -64,7 +64,8 @@ browser:
 	fi
 
 # pdflatex and booktabs, for the test that compiles `sslbench report --format latex`
-# (tests/test_report_latex.py skips it without them), from Debian where we may install it.
+# (tests/report/test_report_latex.py skips it without them), from Debian where we may
+# install it.
 latex:
 	@if command -v pdflatex >/dev/null && kpsewhich booktabs.sty >/dev/null 2>&1; then \
 		true; \

@@ -78,7 +78,7 @@ from sslbench.transforms import Pipeline
 METHODS = ("simclr", "simsiam", "byol", "barlowtwins", "vicreg", "swav", "vicregl")
 
 #: sslbench's settings for these short runs: the test's base and its per-method ``RUNS``
-#: (tests/test_methods_learn.py), less ``epochs=3``, which --epochs sets. ``check_runs``
+#: (tests/methods/test_methods_learn.py), less ``epochs=3``, which --epochs sets. ``check_runs``
 #: warns when the test's RUNS no longer match this copy.
 BASE = ["experiment=demo", "progress_bar=false"]
 RUNS: dict[str, list[str]] = {
@@ -106,7 +106,7 @@ RUNS: dict[str, list[str]] = {
 COMMON_DIFFERENCES = [
     "initial weights: lightly's side builds torchvision's resnet18() (lightly's benchmark), "
     "sslbench timm's resnet18 with zero_init_last=False: the same distributions "
-    "(tests/test_backbones.py), other draws; other backbone names: the same timm model",
+    "(tests/nn/test_backbones.py), other draws; other backbone names: the same timm model",
     "augmentation: lightly's per-image torchvision/PIL ops on the 28-px cached images in the "
     "DataLoader instead of sslbench's batched tensor ops; same parameters, but torchvision's "
     "crop boxes are whole pixels of the 28-px image (sslbench: sub-pixel boxes, roi_align) "
@@ -595,7 +595,7 @@ def main() -> None:
         return
     warnings.filterwarnings("ignore", message=".*get_image_size.*")  # torchvision v2 shim
     if check_runs() is False:
-        print("warning: tests/test_methods_learn.py RUNS differ from this script's copy")
+        print("warning: tests/methods/test_methods_learn.py RUNS differ from this script's copy")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     rows = []
     scored_random: set[tuple] = set()

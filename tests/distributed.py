@@ -30,6 +30,9 @@ def run_workers(script: str | Path, folder: Path, timeout: float = 180) -> None:
     # the host name need not resolve.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    # The worker script sits in a folder of tests/: this module and conftest beside it
+    tests = str(Path(__file__).resolve().parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, env.get("PYTHONPATH")) if p)
     logs = [folder / f"rank{rank}.log" for rank in range(WORLD)]
     workers = []
     for rank, log in enumerate(logs):

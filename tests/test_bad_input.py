@@ -206,7 +206,7 @@ def test_out_of_gpu_memory_names_a_batch_size_to_try(
 
 def _tests_named_in_docs() -> list[str]:
     table = (ROOT / "docs" / "errors.md").read_text()
-    return sorted(set(re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", table)))
+    return sorted(set(re.findall(r"`(tests/(?:\w+/)?test_\w+\.py)::(test_\w+)`", table)))
 
 
 def test_every_row_of_the_table_names_a_test_that_exists() -> None:

@@ -10,7 +10,7 @@ asynchronously.
 
 The batches are the DataLoader's exactly (both cut epoch e's permutation from
 :func:`sslbench.data.order.epoch_order` into batches), so a run gives the same result either
-way on the same device (``tests/test_held_batches.py``).
+way on the same device (``tests/data/test_held_batches.py``).
 """
 
 from __future__ import annotations

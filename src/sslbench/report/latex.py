@@ -5,7 +5,7 @@ without the leading zero (0.684 ±.012); time and memory have their own tables; 
 number of runs per cell is said once under the table, and marked only on cells that
 differ from it; the study's values and the differences (``--reference study``) are rows
 under each method instead of two more columns per pipeline; long row labels wrap.
-tests/test_report_latex.py compiles a 10-method × 5-pipeline study table with pdflatex
+tests/report/test_report_latex.py compiles a 10-method × 5-pipeline study table with pdflatex
 and checks that no line is overfull.
 """
 

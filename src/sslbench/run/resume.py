@@ -4,7 +4,7 @@ Lightning restores the weights, optimiser, schedulers, epoch and step from the c
 :class:`DataOrder` adds where the run was in its data: each epoch's order is drawn from
 (seed, epoch) (:mod:`sslbench.data.order`) and views from (seed, rank, epoch, step), so a
 resumed run trains on the same batches, with the same views, as a run that never stopped,
-and on a CPU its final numbers are the same (tests/test_run_folder.py).
+and on a CPU its final numbers are the same (tests/run/test_run_folder.py).
 :class:`TrainingClock` keeps the training time of the earlier attempts, so
 ``pretrain_seconds`` is the whole run's.
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 FORMATS = ("timm", "torchvision", "safetensors")
 
 #: The ResNets that timm and torchvision both build under the same name, with the same
-#: parameter names and shapes (checked again on every export, and in tests/test_export.py).
+#: parameter names and shapes (checked again on every export, and in tests/tools/test_export.py).
 TORCHVISION_RESNETS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",

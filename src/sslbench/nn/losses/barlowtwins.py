@@ -17,7 +17,7 @@ devices. The Barlow Twins code standardises with the global batch's statistics
 gathers the embeddings of all processes first (an autograd-aware gather) and computes the
 loss of the global batch, the same value on every process. With one process, or without an
 initialised ``torch.distributed``, nothing is gathered and the loss is lightly's, operation
-for operation (``tests/test_distributed_losses.py`` checks both).
+for operation (``tests/nn/test_distributed_losses.py`` checks both).
 
 Gradients: the gather's backward sums over the W processes the gradients that each sends
 to this process's embeddings, W · ∂L/∂z_local; DDP then averages parameter gradients over

@@ -2,7 +2,7 @@
 option and of each run of each experiment, against a snapshot. A move of code, a new key or
 a new default that changed one would orphan every run folder made before it (a rerun would
 no longer find its results). A change that means to change a hash regenerates the snapshot
-(``python tests/test_config_hashes.py --write``) and says why in its commit; so does one
+(``python tests/config/test_config_hashes.py --write``) and says why in its commit; so does one
 that adds options, to guard them too.
 """
 
@@ -16,7 +16,7 @@ from sslbench.config import compose
 from sslbench.config.identity import config_hash
 from sslbench.config.schema import conf_dir
 
-SNAPSHOT = Path(__file__).parent / "data" / "config_hashes.json"
+SNAPSHOT = Path(__file__).parent / "config_hashes.json"
 
 #: Options that need more than their name to compose: what else the snapshot gives them.
 NEEDS = {

@@ -89,7 +89,7 @@ def test_ctrl_c_exits_130_with_a_checkpoint_and_status_interrupted(
     results = _results(run_dir)
     assert results["status"] == "interrupted" and results["error"] is None
     # raised inside step 3 (as a second Ctrl-C would): the half-made step is not saved, the
-    # checkpoint is the last boundary's (epoch 0's end); tests/test_stop_resume.py has a
+    # checkpoint is the last boundary's (epoch 0's end); tests/run/test_stop_resume.py has a
     # first Ctrl-C, which finishes the step and saves it
     assert torch.load(run_dir / "last.ckpt", weights_only=True)["global_step"] == 2
     assert not (run_dir / "error.log").exists()

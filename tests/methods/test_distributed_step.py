@@ -1,6 +1,6 @@
 """One optimiser step under DDP is the step of one process on the global batch (issue 13).
 
-tests/test_distributed_losses.py checks the losses on fixed embeddings; this file checks a
+tests/nn/test_distributed_losses.py checks the losses on fixed embeddings; this file checks a
 whole training step of a method as `sslbench pretrain` builds it (backbone, heads, loss,
 optimiser). Two CPU processes (gloo) each wrap the method in torch's
 DistributedDataParallel, as Lightning's DDP strategy does, take their half of a fixed global

@@ -1,6 +1,6 @@
 """``sslbench report`` never averages numbers scored differently, counts a run once however
 many folders hold it, and prints the caveats runs recorded beside their numbers (issue 22,
-points 1 and 6). Synthetic run folders (tests/test_report.py's make_run), no training.
+points 1 and 6). Synthetic run folders (tests/report/test_report.py's make_run), no training.
 """
 
 from __future__ import annotations
