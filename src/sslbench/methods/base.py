@@ -142,7 +142,8 @@ class SSLMethod(pl.LightningModule):
     #: None: lightly has none. No default, so a multi-crop method cannot fall to two views.
     lightly_transform: ClassVar[str | None]
     #: Overrides that make the method cheap in the CPU unit tests (narrow heads, two local
-    #: views), and of a short run that learns on Fashion-MNIST (tests/methods/test_methods_learn.py).
+    #: views), and of a short run that learns on Fashion-MNIST
+    #: (tests/methods/test_methods_learn.py).
     small_overrides: ClassVar[tuple[str, ...]] = ()
     learning_run_overrides: ClassVar[tuple[str, ...]] = ("epochs=3",)
 
