@@ -45,6 +45,7 @@ from sslbench.errors import NoSpaceError
 
 __all__ = [
     "available_cores",
+    "child_pids",
     "cgroup_cpu_limit",
     "children_peak_memory_bytes",
     "limit_spin_waiting",
@@ -170,9 +171,9 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def children_peak_memory_bytes() -> int:
-    """Summed peak resident set size of this process's children (DataLoader workers)."""
-    me, total = str(os.getpid()), 0
+def child_pids() -> set[int]:
+    """The process ids of this process's children (Linux's /proc; elsewhere none)."""
+    me, children = str(os.getpid()), set()
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
         if not entry.name.isdigit():
             continue
@@ -181,5 +182,12 @@ def children_peak_memory_bytes() -> int:
         except (OSError, IndexError):
             continue
         if parent == me:
-            total += _status_kib(entry.name, "VmHWM") * 1024
-    return total
+            children.add(int(entry.name))
+    return children
+
+
+def children_peak_memory_bytes(since: set[int] | None = None) -> int:
+    """Summed peak resident set size of this process's children (DataLoader workers): those
+    started since :func:`child_pids` returned ``since`` (any other child of the process, a
+    tracker's service or an earlier loader's workers, is not counted), else all of them."""
+    return sum(_status_kib(pid, "VmHWM") * 1024 for pid in child_pids() - (since or set()))

@@ -13,7 +13,6 @@ import torch
 from conftest import TINY_RUN, build_method, method_names, needs_fmnist, small_method
 from omegaconf import OmegaConf
 
-from sslbench import host
 from sslbench.cli import bench_overrides, main
 from sslbench.config import compose
 from sslbench.methods import Views, method_class
@@ -21,62 +20,6 @@ from sslbench.tools.bench import run_bench
 from sslbench.tools.bench_result import BenchResult, BenchRow, BenchSettings
 from sslbench.tools.bench_rows import StepClock
 from sslbench.tools.lightly_views import collate_views, lightly_transform, two_view_transform
-
-
-# -- CPU threads -------------------------------------------------------------------------------
-def test_cgroup_quota_is_read_from_v2_then_v1(tmp_path) -> None:
-    v2, quota, period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
-    missing = (tmp_path / "none", tmp_path / "none")
-    v2.write_text("150000 100000\n")
-    assert host.cgroup_cpu_limit(v2, missing) == 1.5
-    v2.write_text("max 100000\n")
-    assert host.cgroup_cpu_limit(v2, missing) is None
-    quota.write_text("300000\n")
-    period.write_text("100000\n")
-    assert host.cgroup_cpu_limit(tmp_path / "absent", (quota, period)) == 3.0
-    quota.write_text("-1\n")  # v1: no quota
-    assert host.cgroup_cpu_limit(tmp_path / "absent", (quota, period)) is None
-
-
-def test_available_cores_are_capped_by_the_quota(monkeypatch) -> None:
-    affinity = host.available_cores()
-    monkeypatch.setattr(host, "cgroup_cpu_limit", lambda: 0.5)
-    assert host.available_cores() == 1  # half a core still gets one thread
-    monkeypatch.setattr(host, "cgroup_cpu_limit", lambda: 1000.0)
-    assert host.available_cores() == affinity
-
-
-def test_torch_threads_come_from_the_key_then_the_grid_then_the_cores(monkeypatch) -> None:
-    before = torch.get_num_threads()
-    try:
-        assert host.set_torch_threads(1) == 1 and torch.get_num_threads() == 1
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        assert host.set_torch_threads(None) == 1
-        monkeypatch.delenv("OMP_NUM_THREADS")
-        monkeypatch.setattr(host, "available_cores", lambda: 1)
-        assert host.set_torch_threads(None) == 1
-        with pytest.raises(ValueError, match="threads must be a positive"):
-            host.set_torch_threads(0)
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_spin_waiting_is_limited_unless_the_user_chose(monkeypatch) -> None:
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    host.limit_spin_waiting()
-    assert host.os.environ["GOMP_SPINCOUNT"] == "1000"
-    monkeypatch.setenv("GOMP_SPINCOUNT", "50")
-    host.limit_spin_waiting()
-    assert host.os.environ["GOMP_SPINCOUNT"] == "50"
-    monkeypatch.delenv("GOMP_SPINCOUNT")
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's policy: no spin count added
-    host.limit_spin_waiting()
-    assert "GOMP_SPINCOUNT" not in host.os.environ
-
-
-def test_threads_do_not_change_a_runs_folder() -> None:
-    assert compose(["threads=1"]).run_dir == compose([]).run_dir
 
 
 # -- ready-made views --------------------------------------------------------------------------

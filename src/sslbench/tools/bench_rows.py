@@ -21,7 +21,12 @@ from torch.utils.data import DataLoader
 
 from sslbench.data.held import HeldBatches
 from sslbench.data.splits import RunData
-from sslbench.host import children_peak_memory_bytes, peak_memory_bytes, reset_peak_memory
+from sslbench.host import (
+    child_pids,
+    children_peak_memory_bytes,
+    peak_memory_bytes,
+    reset_peak_memory,
+)
 from sslbench.methods import SSLMethod, Views
 from sslbench.run.batches import data_path_of, train_batches, train_loader
 from sslbench.run.build import build_method, build_trainer, fit
@@ -53,6 +58,7 @@ class StepClock(pl.Callback):
         self.timer = timer
         self.marks: list[float] = []  # the clock at the start of each block, and at the end
         self.worker_peak = 0
+        self.children_before = child_pids()  # the row's workers are the children started since
         # On a GPU: the warnings recorded during the fit; torch's sync debug mode turns each
         # host-device synchronisation of the timed steps into one.
         self.caught = caught
@@ -96,7 +102,7 @@ class StepClock(pl.Callback):
             self.host_syncs = self._syncs() - self.clock_syncs
         self.marks.append(self._now(pl_module))
         if last:
-            self.worker_peak = children_peak_memory_bytes()
+            self.worker_peak = children_peak_memory_bytes(since=self.children_before)
 
 
 class RepeatedViews:
