@@ -36,7 +36,6 @@ def make_tar(
 ) -> bytes:
     """A tar archive (compression from ``mode``) of ``files`` (name -> content), plus symbolic
     ``links`` (name -> target), built in memory for the download and dataset tests."""
-    import io
     import tarfile
 
     buf = io.BytesIO()
