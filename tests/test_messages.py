@@ -16,7 +16,8 @@ from conftest import one_line_error
 from PIL import Image
 
 from sslbench.cli import main
-from sslbench.config import ConfigError, compose
+from sslbench.config import compose
+from sslbench.errors import ConfigError
 
 
 def _images(folder: Path, count: int) -> None:

@@ -3,7 +3,6 @@ the one way an error (or any text) becomes a single line for the user.
 
 The bottom of the package: it imports nothing of sslbench and no torch, so any module (the
 torch-free command line and report included) can import it without closing an import circle.
-The modules that defined these types before re-export them under their old names.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ from sslbench.errors import NoSpaceError
 
 __all__ = [
     "available_cores",
-    "child_pids",
     "cgroup_cpu_limit",
+    "child_pids",
     "children_peak_memory_bytes",
     "limit_spin_waiting",
     "no_space",

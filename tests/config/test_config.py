@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from sslbench.cli import main
-from sslbench.config import ConfigError, compose, group_options, load_run_config
+from sslbench.config import compose, group_options, load_run_config
+from sslbench.errors import ConfigError
 
 
 def test_defaults_compose_and_resolve() -> None:

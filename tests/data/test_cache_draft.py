@@ -13,7 +13,8 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 import sslbench.data.cache_decode as cache_decode
 from sslbench.data import ImageFolder, load_or_build
-from sslbench.data.catalog import CATALOG, CIFAR, STL10, ArchiveFolder, NABirds
+from sslbench.data.catalog import CATALOG
+from sslbench.data.formats import CIFAR, STL10, ArchiveFolder, NABirds
 from sslbench.data.sources import FashionMNIST, Source, open_image
 
 SIDE = 64

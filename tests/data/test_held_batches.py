@@ -15,12 +15,13 @@ from conftest import TINY_RUN, build_method, needs_fmnist
 from torch.utils.data import DataLoader
 
 from sslbench.cli import main
-from sslbench.config import ConfigError, compose
+from sslbench.config import compose
 from sslbench.data import IndexedImages, collate_batch
 from sslbench.data.cache_files import CachedSplit
 from sslbench.data.held import HeldBatches, choose_placement
 from sslbench.data.splits import RunData
 from sslbench.data.worker_views import StepBatchSampler
+from sslbench.errors import ConfigError
 from sslbench.run.batches import train_batches, train_loader
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY_RUN, needs_fmnist
 
 from sslbench.cli import main
-from sslbench.config import ConfigError
+from sslbench.errors import ConfigError
 from sslbench.grid.expand import expand
 from sslbench.grid.launch import run_grid
 from sslbench.grid.local import child_env

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torchvision
 
-from sslbench.nn.backbones import BackboneError, create_backbone
+from sslbench.errors import BackboneError
+from sslbench.nn.backbones import create_backbone
 
 
 def _statistics(model: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], float, float]]:

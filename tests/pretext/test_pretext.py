@@ -13,7 +13,8 @@ import torch
 from conftest import TINY_RUN, method_params, needs_fmnist, small_method
 
 from sslbench.cli import main
-from sslbench.config import ConfigError, compose
+from sslbench.config import compose
+from sslbench.errors import ConfigError
 from sslbench.methods import method_class
 from sslbench.pretext.base import FeatureTap, class_balanced_mean
 from sslbench.pretext.dcl import patch_positions, unshuffle

@@ -13,7 +13,8 @@ import torch
 from conftest import TINY_RUN, needs_fmnist
 
 from sslbench.cli import EXIT_REQUEUED, main
-from sslbench.config import ConfigError, compose, config_hash
+from sslbench.config import compose, config_hash
+from sslbench.errors import ConfigError
 from sslbench.run.build import uses_sync_batchnorm
 from sslbench.run.cluster import cluster_plugins, launched_by
 

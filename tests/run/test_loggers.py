@@ -16,8 +16,9 @@ import pytest
 from conftest import TINY_RUN, needs_fmnist, one_line_error
 
 from sslbench.cli import main
-from sslbench.config import ConfigError, compose
+from sslbench.config import compose
 from sslbench.config.validate import logger_names
+from sslbench.errors import ConfigError
 from sslbench.run.loggers import (
     build_loggers,
     check_logger_packages,

@@ -110,7 +110,8 @@ def test_a_completed_rerun_removes_the_earlier_error_log(tiny, tmp_path, monkeyp
 
 
 def test_claim_names_an_unreadable_config(tmp_path) -> None:
-    from sslbench.config import ConfigError, compose
+    from sslbench.config import compose
+    from sslbench.errors import ConfigError
     from sslbench.run.folder import claim_run_folder
 
     (tmp_path / "config.yaml").write_text("method: [unclosed\n")

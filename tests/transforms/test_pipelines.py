@@ -12,7 +12,8 @@ from conftest import TINY_RUN, needs_fmnist
 from omegaconf import OmegaConf
 
 from sslbench.cli import main
-from sslbench.config import ConfigError, compose, group_options
+from sslbench.config import compose, group_options
+from sslbench.errors import ConfigError
 from sslbench.transforms import make_generator, view_pipelines
 
 STUDY_PIPELINES = ["baseline", "simclr", "orthogonality", "lorot", "dcl"]

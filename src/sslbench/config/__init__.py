@@ -4,11 +4,9 @@ from sslbench.config.compose import compose, load_run_config
 from sslbench.config.identity import config_hash
 from sslbench.config.schema import GROUPS, RunConfig, conf_dir, group_options
 from sslbench.config.validate import resolve
-from sslbench.errors import ConfigError  # re-exported: its old home
 
 __all__ = [
     "GROUPS",
-    "ConfigError",
     "RunConfig",
     "compose",
     "conf_dir",

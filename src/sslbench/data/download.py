@@ -45,8 +45,6 @@ from .fetch import NetworkError, fetch
 __all__ = [
     "Archive",
     "archive_sha256",
-    "DownloadError",
-    "ExtractError",
     "data_root",
     "download",
     "extract",

@@ -48,7 +48,7 @@ from sslbench.host import no_space
 
 from .folders import partial_dir, publish, remove_stale
 
-__all__ = ["MARKER", "SUFFIXES", "ExtractError", "ExtractLimits", "archive_stem", "extract",
+__all__ = ["MARKER", "SUFFIXES", "ExtractLimits", "archive_stem", "extract",
            "extracted_from"]  # fmt: skip
 
 #: Archive suffixes, longest first: the name without one is the extraction folder's name.

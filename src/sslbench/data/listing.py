@@ -9,9 +9,9 @@ of those needs the other. The grid's cost table (:mod:`sslbench.grid.cost`) read
 
 from __future__ import annotations
 
-from .catalog import CATALOG, DatasetInfo, get_source, locate
-from .download import DownloadError
-from .extract import ExtractError
+from ..errors import DownloadError, ExtractError
+from .catalog import CATALOG, get_source, locate
+from .formats import DatasetInfo
 from .sides import default_cache_root, default_side, side_for_pictures, stored_side
 from .sources import FashionMNIST, Source
 

@@ -24,7 +24,7 @@ from lightly.loss import VICRegLLoss
 from lightly.models.modules.heads import BarlowTwinsProjectionHead, VicRegLLocalProjectionHead
 from torch import Tensor
 
-from sslbench.config import ConfigError
+from sslbench.errors import ConfigError
 from sslbench.methods.base import SSLMethod, Views
 from sslbench.nn.backbones import feature_map_shape
 

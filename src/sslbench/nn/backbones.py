@@ -23,8 +23,6 @@ import torch
 from timm.models.resnet import ResNet
 from torch import nn
 
-# the bottom module, not the config package: backbones sit below config (compose → pretext →
-# backbones), and BackboneError is re-exported here, its old home
 from sslbench.errors import BackboneError
 
 

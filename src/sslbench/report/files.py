@@ -12,7 +12,6 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-# RunFolderError and one_line: re-exported, their old home
 from sslbench.errors import CONTROL_CHARACTERS, RunFolderError, one_line
 
 RESULTS_FILE = "results.json"

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sslbench.errors import RunFolderError
 from sslbench.report.collect import Run
 from sslbench.report.curves import LossCurve, read_loss_curve
-from sslbench.report.files import RunFolderError
 from sslbench.report.model import Report, RowKey, Section
 from sslbench.report.tables import pipeline_order
 

@@ -35,7 +35,6 @@ from sslbench.run.results import read_results, save_config
 
 __all__ = [
     "RequeueOnSignal",
-    "Requeued",
     "cluster_plugins",
     "launch_rank",
     "launch_ranks",

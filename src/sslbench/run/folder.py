@@ -17,13 +17,11 @@ from omegaconf import DictConfig
 
 from sslbench.config import load_run_config
 from sslbench.config.identity import config_differences
-from sslbench.errors import ConfigError, Requeued, Stopped  # Requeued, Stopped: re-exported
+from sslbench.errors import ConfigError
 from sslbench.run.results import atomic_write_text, read_results
 
 __all__ = [
     "ATTEMPT_FILES",
-    "Requeued",
-    "Stopped",
     "claim_run_folder",
     "metrics_columns",
     "trim_metrics",
