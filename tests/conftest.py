@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,15 @@ def make_tar(
             link.type, link.linkname = tarfile.SYMTYPE, target
             tar.addfile(link)
     return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def module_folder(tmp_path_factory, request) -> Iterator[Path]:
+    """A folder for the runs one test module shares, removed when its tests are done: a
+    module's checkpoints and worker files are hundreds of MB (tmp_path's go with each test)."""
+    folder = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

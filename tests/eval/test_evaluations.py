@@ -64,11 +64,11 @@ def test_light_augmentation_keeps_crop_flip_and_normalisation() -> None:
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(tmp_path_factory) -> Path:
+def evaluated_run(module_folder: Path) -> Path:
     """A tiny run with every evaluation: fine-tuning and the online probe's test top-1."""
     if not FMNIST.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make data)")
-    run_dir = tmp_path_factory.mktemp("evaluations") / "run"
+    run_dir = module_folder / "run"
     args = ["pretrain", "method=simclr", *TINY_RUN, "epochs=2", "eval.finetune=true",
             "eval.finetune_epochs=1", "eval.online_every_n_epochs=1",
             f"run_dir={run_dir}"]  # fmt: skip

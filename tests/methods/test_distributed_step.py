@@ -148,11 +148,11 @@ def _worker(rank: int, folder: Path) -> None:
 
 # -- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def steps(tmp_path_factory) -> dict[str, dict]:
+def steps(module_folder: Path) -> dict[str, dict]:
     """Per method: ``before`` (its parameters), ``whole`` (the :class:`Step` of one process
     on the whole batch), per variant the WORLD processes' steps, ``optimizer`` (its config)
     and ``exempt`` (see :func:`_shift_invariant`)."""
-    folder = tmp_path_factory.mktemp("ddp-step")
+    folder = module_folder
     methods = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same initial weights every run

@@ -168,9 +168,9 @@ def cases() -> dict[str, Case]:
 
 
 @pytest.fixture(scope="module")
-def outcomes(cases: dict[str, Case], tmp_path_factory) -> dict[str, tuple[Result, list[Result]]]:
+def outcomes(cases: dict[str, Case], module_folder: Path) -> dict[str, tuple[Result, list[Result]]]:
     """Per case: (the whole batch's result on this process, the WORLD workers' results)."""
-    folder = tmp_path_factory.mktemp("ddp")
+    folder = module_folder
     fields = {name: (c.criterion, c.inputs, c.trainable, c.call) for name, c in cases.items()}
     torch.save(fields, folder / "cases.pt")
     run_workers(__file__, folder)

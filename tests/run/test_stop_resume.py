@@ -85,9 +85,9 @@ def _signal_during_step(monkeypatch, step: int, signum: int, where: str) -> None
 
 
 @pytest.fixture(scope="module")
-def whole_runs(tmp_path_factory) -> dict[str, Path]:
+def whole_runs(module_folder: Path) -> dict[str, Path]:
     """The run that never stopped, once per data path (made on first use)."""
-    return {"root": tmp_path_factory.mktemp("whole")}
+    return {"root": module_folder}
 
 
 def _whole(whole_runs: dict[str, Path], data_path: str) -> Path:

@@ -25,11 +25,12 @@ from sslbench.tools.export import backbone_weights
 from sslbench.transforms import Pipeline
 
 
-def _make_run(tmp_path_factory, name: str, *overrides: str) -> Path:
+def _make_run(module_folder: Path, tmp_path_factory, name: str, *overrides: str) -> Path:
     """A finished tiny run, made once per module, unevaluated (export reads only config.yaml
     and last.ckpt). The conftest's cache fixture is per test (it runs after a module's
     fixtures), so the cache folder is set here the same way."""
-    run_dir = tmp_path_factory.mktemp(name) / "run"
+    run_dir = module_folder / name / "run"
+    run_dir.parent.mkdir()
     args = ["pretrain", *TINY_RUN, *overrides, "eval.enabled=false", f"run_dir={run_dir}"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
@@ -38,23 +39,30 @@ def _make_run(tmp_path_factory, name: str, *overrides: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def resnet10t_run(tmp_path_factory) -> Path:
+def resnet10t_run(module_folder: Path, tmp_path_factory) -> Path:
     """SimCLR, timm's resnet10t (a deep stem: no torchvision model has it)."""
-    return _make_run(tmp_path_factory, "export-r10", "method=simclr")
+    return _make_run(module_folder, tmp_path_factory, "export-r10", "method=simclr")
 
 
 @pytest.fixture(scope="module")
-def small_stem_run(tmp_path_factory) -> Path:
+def small_stem_run(module_folder: Path, tmp_path_factory) -> Path:
     """BYOL (whose checkpoint also holds the momentum copy of the backbone), small stem, at
     16 px: the stride-1 stem keeps full-size feature maps, 3x the compute at 32 px."""
     return _make_run(
-        tmp_path_factory, "export-byol", "method=byol", "backbone.small_stem=true", "image_size=16"
+        module_folder,
+        tmp_path_factory,
+        "export-byol",
+        "method=byol",
+        "backbone.small_stem=true",
+        "image_size=16",
     )
 
 
 @pytest.fixture(scope="module")
-def resnet18_run(tmp_path_factory) -> Path:
-    return _make_run(tmp_path_factory, "export-r18", "method=simclr", "backbone=resnet18")
+def resnet18_run(module_folder: Path, tmp_path_factory) -> Path:
+    return _make_run(
+        module_folder, tmp_path_factory, "export-r18", "method=simclr", "backbone=resnet18"
+    )
 
 
 def _own_features(run_dir: Path, images: torch.Tensor, aspect: torch.Tensor):
