@@ -33,14 +33,16 @@ commands:
   pretrain [KEY=VALUE ...]  one run: pretrain, then evaluate the frozen backbone
   pretrain -m KEY=A,B ...   a grid: each combination a run in its own process; completed
                             runs skipped; experiment=study_imagenette: the study (--dry-run)
-  eval run_dir=DIR          evaluate a finished run's backbone again
+  eval run_dir=DIR [random_init=true]
+                            evaluate a finished run's backbone again; random_init=true:
+                            the same backbone untrained (the table's lower bound)
   export run_dir=DIR [format=timm|torchvision|safetensors] [out=FILE.safetensors]
                             its backbone's weights (safetensors) + a JSON that rebuilds it
   datasets [list|prepare NAME]
                             the datasets, and building their decode-once caches
   gallery transform=NAME [method=NAME] [out=views.png] [images=4] [views=6]
                             a PNG grid of a pipeline's views of a few real images
-  report DIR... [--format md|csv|html|latex|json] [--out FILE] [--reference study]
+  report DIR... [--format md|csv|html|latex|json] [--out FILE] [--reference study|lightly]
                             method x pipeline tables and plots from any run folders
   bench [KEY=VALUE ...] [steps=20] [warmup=3] [repeats=3] [workers=N]
         [rows=sslbench,lightly,ceiling] [out=FILE.jsonl]
@@ -113,8 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     report.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     report.add_argument(
-        "--reference", choices=["study"],
-        help="add the study's published value to each cell, and the difference",
+        "--reference", choices=["study", "lightly"],
+        help="add a published value to each cell, and the difference: the study's linear "
+        "top-1, or lightly's Imagenette benchmark's kNN top-1",
     )  # fmt: skip
     bench = sub.add_parser(
         "bench", help="images/s of a run's step: sslbench's data path, lightly's, compute only"
@@ -254,6 +257,9 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     run_dir, overrides = _run_dir_arg(args.overrides)
+    own, overrides = _own_args(overrides, {"random_init": "false"}, positive=())
+    if own["random_init"] not in ("true", "false"):
+        raise UsageError(f"random_init must be true or false, got '{own['random_init']}'")
     config_file = Path(run_dir) / "config.yaml"
     if not config_file.is_file():
         raise UsageError(f"run_dir={run_dir} has no config.yaml; is it a run folder?")
@@ -269,6 +275,15 @@ def _eval(args: argparse.Namespace) -> int:
     from sslbench.run.loggers import log_scores_to_run
     from sslbench.run.resume import checkpoint_position
 
+    if own["random_init"] == "true":
+        # The lower bound beside the run: its backbone as initialised with the run's seed,
+        # scored by the same probes; kept apart from the run's own scores.
+        start = time.perf_counter()
+        random_init = evaluate_run(run_dir, cfg, random_init=True)
+        random_init["eval_seconds"] = time.perf_counter() - start
+        update_results(run_dir, {"random_init": random_init})
+        print(_random_init_summary(random_init, run_dir))
+        return 0
     metrics = evaluate_run(run_dir, cfg)
     results = update_results(run_dir, metrics)
     # the scores reach the run's trackers too, at the step the run ended
@@ -276,6 +291,14 @@ def _eval(args: argparse.Namespace) -> int:
     log_scores_to_run(cfg, Path(run_dir), metrics, step)
     print(_summary(results, run_dir, scores=metrics))
     return 0
+
+
+def _random_init_summary(scores: dict, run_dir: str) -> str:
+    return (
+        f"random init (the run's backbone untrained, seed as the run's): linear top-1 "
+        f"{scores['linear_top1']:.3f}, kNN top-1 {scores['knn_top1']:.3f}; saved as "
+        f"random_init in {run_dir}/results.json"
+    )
 
 
 #: Keys of ``sslbench export``, with their defaults (out: D/backbone.safetensors).

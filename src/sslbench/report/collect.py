@@ -33,6 +33,7 @@ from sslbench.report.files import (
     printable,
     read_regular_file,
 )
+from sslbench.report.random_init import RandomInit, read_random_init
 from sslbench.run.results import SCHEMA_VERSION
 
 CONFIG_FILE = "config.yaml"
@@ -141,6 +142,7 @@ class Run:
     #: When the run finished (s since the epoch; its last write when unrecorded): of two
     #: folders holding one run, the later one is shown.
     finished: float = 0.0
+    random_init: RandomInit | None = None  # results.json ``random_init``: untrained scores
 
     @property
     def evaluated(self) -> bool:
@@ -472,6 +474,7 @@ def load_run(folder: Path, name: str) -> Run:
         caveats=caveats,
         pretext_chance=pretext_chance,
         finished=_finished(data, folder),
+        random_init=read_random_init(data.get("random_init")),
     )
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sslbench.report import reference
 from sslbench.report.cells import CellRuns, cost_means
 from sslbench.report.collect import Run
-from sslbench.report.model import MISSING, Cell, RowKey, Table, fmt_gb, fmt_minutes
+from sslbench.report.model import MISSING, Cell, RowKey, SectionKey, Table, fmt_gb, fmt_minutes
+from sslbench.report.reference import Reference
 
 
 def _pair(minutes: float | None, gb: float | None) -> Cell:
@@ -22,28 +22,27 @@ def _pair(minutes: float | None, gb: float | None) -> Cell:
     return Cell(text=f"{left} / {right}", sort_value=minutes)
 
 
-def study_cost_cell(dataset: str, row: RowKey, transform: str) -> Cell:
-    """The study's minutes / GB for a row and pipeline (none for pretext rows)."""
-    if row.pretext is not None:
-        return Cell()
-    study = reference.study_cell(dataset, row.method, row.alpha, transform)
-    return Cell() if study is None else _pair(study.minutes, study.peak_gpu_gb)
+def reference_cost_cell(ref: Reference, key: SectionKey, row: RowKey, transform: str) -> Cell:
+    """The reference's minutes / GB for a row and pipeline (none where it has no cell)."""
+    cell = ref.cell(key, row, transform)
+    return Cell() if cell is None else _pair(cell.minutes, cell.peak_gpu_gb)
 
 
 def cell_cost_table(
-    dataset: str,
+    key: SectionKey,
     rows: list[RowKey],
     transforms: list[str],
     cells: dict[tuple[RowKey, str], CellRuns],
-    with_reference: bool,
+    ref: Reference | None,
 ) -> Table:
     """Mean pretraining minutes / peak memory of each cell's completed runs: GPU memory, or
-    the process's peak host memory when no run of the section recorded GPU memory."""
+    the process's peak host memory when no run of the section recorded GPU memory; with
+    ``ref``, its minutes / GB beside each pipeline."""
     use_gpu = any(c.gpu_gb is not None for c in cells.values())
     memory = "peak GPU memory" if use_gpu else "peak host memory"
     header = ["method"]
     for transform in transforms:
-        header.extend([transform, f"{transform} study"] if with_reference else [transform])
+        header.extend([transform, f"{transform} {ref.name}"] if ref else [transform])
     table_rows = []
     for index, row in enumerate(rows):
         line = [Cell(text=row.label, sort_value=float(index))]
@@ -53,8 +52,8 @@ def cell_cost_table(
                 line.append(Cell())
             else:
                 line.append(_pair(cell.minutes, cell.gpu_gb if use_gpu else cell.host_gb))
-            if with_reference:
-                line.append(study_cost_cell(dataset, row, transform))
+            if ref is not None:
+                line.append(reference_cost_cell(ref, key, row, transform))
         table_rows.append(line)
     remarks = [
         f"Each cell: minutes of the training loop (pretrain_seconds) / {memory} in GB, "
@@ -62,14 +61,18 @@ def cell_cost_table(
     ]
     if not use_gpu:
         remarks.append("Host memory is the peak resident set of the whole run's process.")
+    remarks.extend([] if ref is None else ref.cost_remarks(key))
     return Table(
         "cellcost",
         f"Pretraining minutes / {memory} (GB{'' if use_gpu else ', no GPU'})",
         header,
         table_rows,
         remarks,
-        group=2 if with_reference else 1,
+        group=2 if ref is not None else 1,
         accuracy=False,
+        reference=None if ref is None else ref.name,
+        reference_owner="" if ref is None else ref.owner,
+        first_bound=next((i for i, row in enumerate(rows) if row.bound), None),
     )
 
 
@@ -95,4 +98,13 @@ def cost_table(rows: list[RowKey], section_runs: Sequence[Run], row_of: dict[int
             ]
         )
     remarks = ["Means over the completed runs of each row, all pipelines together."]
-    return Table("cost", "Time and memory per method", header, table_rows, remarks, accuracy=False)
+    first_bound = next((i for i, row in enumerate(rows) if row.bound), None)
+    return Table(
+        "cost",
+        "Time and memory per method",
+        header,
+        table_rows,
+        remarks,
+        accuracy=False,
+        first_bound=first_bound,
+    )

@@ -3,8 +3,9 @@
 What makes them fit: an accuracy cell holds the mean and, in a smaller size, its spread
 without the leading zero (0.684 ±.012); time and memory have their own tables; the
 number of runs per cell is said once under the table, and marked only on cells that
-differ from it; the study's values and the differences (``--reference study``) are rows
-under each method instead of two more columns per pipeline; long row labels wrap.
+differ from it; the reference's values and the differences (``--reference``) are rows
+under each method instead of two more columns per pipeline; long row labels wrap; a rule
+sets the reference rows (supervised, random init) apart.
 tests/report/test_report_latex.py compiles a 10-method × 5-pipeline study table with pdflatex
 and checks that no line is overfull.
 """
@@ -87,15 +88,19 @@ def _label(cell: Cell, wrap: bool, sub: bool = False) -> str:
 
 
 def _rows(table: Table, wrap: bool, common_n: int | None) -> list[str]:
-    """The body: one line per row; with the study's columns (table.group > 1) the study's
-    values, and the differences, on lines under each method's."""
+    """The body: one line per row; with a reference's columns (table.group > 1) its values,
+    and the differences, on lines under each method's; a rule above the reference rows
+    (supervised, random init), which no reference publishes: they get no such lines."""
     lines = []
     group = table.group
-    names = ["", "study", "Δ"]
+    names = ["", table.reference or "", "Δ"]
     for index, row in enumerate(table.rows):
-        if group > 1 and index:
+        bound = table.first_bound is not None and index >= table.first_bound
+        if index and index == table.first_bound:
+            lines.append(r"\midrule")
+        elif group > 1 and index and not bound:
             lines.append(r"\addlinespace[2pt]")
-        for offset in range(group):
+        for offset in range(1 if bound else group):
             if offset == 0:
                 label = _label(row[0], wrap)
             else:
@@ -137,10 +142,11 @@ def _table(table: Table, section: Section) -> list[str]:
             text = "One run per cell"
             text += " (n=…: the mean ± sample standard deviation of n runs)" if marked else ""
         remarks.append(text + "; bold: the best of its column.")
+    owner = table.reference_owner
     if table.group == 3:
-        remarks.append("Under each method: the study's value, and Δ = yours − the study's.")
+        remarks.append(f"Under each method: {owner} value, and Δ = yours − {owner}.")
     if table.group == 2:
-        remarks.append("Under each method: the study's value.")
+        remarks.append(f"Under each method: {owner} value.")
     numbers = sorted({n for row in table.rows for c in row for n in c.notes})
     texts = dict(section.footnotes)
     notes = [rf"\textsuperscript{{{n}}}~{latex_escape(texts[n])}\par" for n in numbers]

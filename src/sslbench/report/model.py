@@ -11,8 +11,18 @@ from typing import Any
 
 from sslbench.report.collect import Run
 
-#: Methods first in this order when present (VICRegL by α), then the others alphabetically.
-METHOD_ORDER = ("simclr", "simsiam", "swav", "byol", "barlowtwins", "vicreg", "vicregl")
+#: Methods first in this order when present (VICRegL by α): the study's seven, then the
+#: others of lightly's Imagenette benchmark; any other method after them, alphabetically.
+METHOD_ORDER = (
+    "simclr", "simsiam", "swav", "byol", "barlowtwins", "vicreg", "vicregl",
+    "simclr_dcl", "simclr_dclw", "mocov2", "mocov3", "nnclr", "dino", "swav_queue",
+    "fastsiam", "tico", "smog",
+)  # fmt: skip
+#: The reference rows (bounds), below every SSL method and never marked best: the same
+#: backbone trained with the labels (a run of this method), then the backbone untrained
+#: (the ``random_init`` block of a run's results.json; see bounds.py).
+SUPERVISED = "supervised"
+RANDOM_INIT = "random init"
 MISSING = "–"  # a cell without runs (an en dash)
 #: At most this many differing config keys are named in a variant's label.
 MAX_LABEL_KEYS = 3
@@ -52,10 +62,13 @@ class Table:
     header: list[str]
     rows: list[list[Cell]]  # each row's first cell is its label
     remarks: list[str] = field(default_factory=list)  # one-line remarks printed under it
-    #: Columns per pipeline: 1; 3 with the study's value and the difference beside each
-    #: accuracy column (ours, study, Δ); 2 with the study's beside each cost column.
+    #: Columns per pipeline: 1; 3 with the reference's value and the difference beside each
+    #: accuracy column (ours, study, Δ); 2 with the reference's beside each cost column.
     group: int = 1
     accuracy: bool = True  # accuracy numbers (mean ± std); False: time and memory
+    reference: str | None = None  # the reference's name in its columns ("study", "lightly")
+    reference_owner: str = ""  # its possessive, for text: "the study's", "lightly's"
+    first_bound: int | None = None  # index of the first reference row (supervised, random init)
 
 
 @dataclass(frozen=True, order=True)
@@ -82,10 +95,22 @@ class RowKey:
     variant: tuple[tuple[str, str], ...] = ()
     pretext: str | None = None
     scoring: tuple[tuple[str, str, str], ...] = ()
+    #: The random-init row (no runs of its own); its method is RANDOM_INIT.
+    random_init: bool = False
+
+    @property
+    def bound(self) -> str | None:
+        """ "supervised" or "random_init" for a reference row, None for an SSL method."""
+        if self.random_init:
+            return "random_init"
+        return SUPERVISED if self.method == SUPERVISED else None
 
     @property
     def method_label(self) -> str:
-        label = self.method if self.alpha is None else f"{self.method} α={self.alpha:g}"
+        if self.random_init:
+            return RANDOM_INIT
+        method = "supervised (labels)" if self.method == SUPERVISED else self.method
+        label = method if self.alpha is None else f"{method} α={self.alpha:g}"
         return label if self.pretext is None else f"{label} + pretext {self.pretext}"
 
     @property
@@ -105,9 +130,11 @@ class RowKey:
         return self.method_label if not inside else f"{self.method_label} ({inside})"
 
     def order(self) -> tuple[Any, ...]:
+        """SSL methods (METHOD_ORDER, then alphabetically), then supervised, then random init."""
+        group = (None, SUPERVISED, "random_init").index(self.bound)
         rank = METHOD_ORDER.index(self.method) if self.method in METHOD_ORDER else len(METHOD_ORDER)
         alpha = -1.0 if self.alpha is None else self.alpha
-        return (rank, self.method, alpha, self.pretext or "", self.variant, self.scoring)
+        return (group, rank, self.method, alpha, self.pretext or "", self.variant, self.scoring)
 
 
 def short(value: str, limit: int = 24) -> str:
@@ -126,13 +153,25 @@ class Section:
     transforms: list[str]
     tables: list[Table]
     footnotes: list[tuple[int, str]]  # the footnotes its tables refer to, in order
-    records: list[dict[str, Any]]  # long form: one per cell with runs
+    records: list[dict[str, Any]]  # long form: one per cell with runs, then random init's
+    random_init: RandomInitRow | None = None
+
+
+@dataclass(frozen=True)
+class RandomInitRow:
+    """A section's random-init scores: one run's ``random_init`` block (Run attribute ->
+    value), the run it came from and how many runs of the section hold one."""
+
+    scores: dict[str, float]
+    source: str
+    n_blocks: int
+    note: str  # the footnote on its label: where the numbers come from, and any disagreement
 
 
 @dataclass
 class Report:
     sections: list[Section]
-    reference: bool
+    reference: str | None  # the --reference name ("study", "lightly"), None without
     n_runs: int  # runs counted (each once)
     n_skipped: int
     legend: list[str]  # how to read a cell, for the top of the document

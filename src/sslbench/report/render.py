@@ -38,9 +38,11 @@ CSV_COLUMNS = (
     # added with per-protocol fields (results.json schema 3): after the first columns, so
     # that a reader of those by position still finds them
     "sgd_linear_top1_mean", "sgd_linear_top1_std", "scoring", "pretext_chance", "caveats",
+    # added with --reference lightly and the reference rows: "bound" is "supervised" or
+    # "random_init" for those rows; reference_* hold whichever --reference was given
+    "bound", "reference", "reference_metric", "reference_value", "reference_diff",
+    "reference_minutes", "reference_peak_gpu_gb", "reference_note",
 )  # fmt: skip
-#: Long-form fields that only --reference fills.
-REFERENCE_COLUMNS = ("study_top1", "study_top5", "diff", "study_note")
 
 
 def render(fmt: str, report: Report, plots: Sequence[Plot] = ()) -> str:
@@ -128,14 +130,7 @@ def to_markdown(report: Report, plots: Sequence[Plot] = ()) -> str:
 
 
 def _records(report: Report) -> list[dict[str, Any]]:
-    records = []
-    for section in report.sections:
-        for record in section.records:
-            record = dict(record)
-            if not report.reference:
-                record.update(dict.fromkeys(REFERENCE_COLUMNS))
-            records.append(record)
-    return records
+    return [dict(record) for section in report.sections for record in section.records]
 
 
 def _csv_safe(value: Any) -> Any:
@@ -190,6 +185,7 @@ def to_json(report: Report) -> str:
                         "alpha": row.alpha,
                         "variant": row.variant_label or None,
                         "label": row.label,
+                        "bound": row.bound,
                         "n_completed": int(line[1].sort_value or 0),
                         "minutes_mean": line[2].sort_value,
                         "peak_gpu_gb_mean": line[3].sort_value,
@@ -198,11 +194,19 @@ def to_json(report: Report) -> str:
                     }
                     for row, line in zip(section.rows, cost.rows, strict=True)
                 ],
+                "random_init": None
+                if section.random_init is None
+                else {
+                    "scores": section.random_init.scores,
+                    "from": section.random_init.source,
+                    "n_runs": section.random_init.n_blocks,
+                    "note": section.random_init.note,
+                },
             }
         )
     document = {
         "sslbench_report": 1,
-        "reference": "study" if report.reference else None,
+        "reference": report.reference,
         "n_runs": report.n_runs,
         "n_skipped": report.n_skipped,
         "n_duplicates": report.n_duplicates,
@@ -223,6 +227,7 @@ th { background: #eee; cursor: pointer; user-select: none; }
 th[data-order="asc"]::after { content: " ▲"; }
 th[data-order="desc"]::after { content: " ▼"; }
 td.best { background: #e6f4e6; }
+tr.bound td { font-style: italic; }
 .detail { color: #555; }
 .remark, .legend { font-size: 0.9em; color: #444; }
 figure { margin: 1em 0; }
@@ -300,8 +305,13 @@ def _html_table(table: Table, first_use: dict[int, str]) -> list[str]:
     lines = [f"<h3>{_esc(table.title)}</h3>", '<table class="sortable">', "<thead><tr>"]
     lines.extend(f'<th scope="col" title="sort">{_esc(h)}</th>' for h in table.header)
     lines.extend(["</tr></thead>", "<tbody>"])
-    for row in table.rows:
-        lines.append("<tr>" + "".join(_html_cell(c, first_use) for c in row) + "</tr>")
+    for index, row in enumerate(table.rows):
+        bound = table.first_bound is not None and index >= table.first_bound
+        lines.append(
+            ('<tr class="bound">' if bound else "<tr>")
+            + "".join(_html_cell(c, first_use) for c in row)
+            + "</tr>"
+        )
     lines.extend(["</tbody>", "</table>"])
     lines.extend(f'<p class="remark">{_esc(r)}</p>' for r in table.remarks)
     return lines

@@ -9,12 +9,15 @@ The rules, in order:
   section of the evaluated runs that share its dataset, sizes and test-subset settings
   (``dataset.max_test``, ``eval.subset_seed``), when exactly one such section exists.
 - Within a section, rows are methods (VICRegL one row per α; with a pretext task, its own
-  row: "simclr + pretext lorot"), columns are pipelines.
+  row: "simclr + pretext lorot"), columns are pipelines; below the methods, the reference
+  rows: supervised (labels) and random init (bounds.py), never marked best.
 - Runs in one cell are averaged only when their configs differ in nothing but the seed
   (and the keys in collect.IGNORED_CONFIG_KEYS), and when every number they share was
   scored by a protocol with the same settings (scoring.py). Otherwise the row splits into
   variants, each labelled with the config keys or scoring settings that tell them apart.
 - Accuracy tables hold accuracies; time and memory have their own tables (costs.py).
+- With ``--reference``, the published value of a Reference (reference.py) and the
+  difference stand beside each pipeline column of the tables of the metric it scores.
 
 The result is a renderer-independent model (model.py: Report > Section > Table > Cell),
 plus long-form records (one per cell) for the CSV and JSON outputs.
@@ -27,7 +30,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sslbench.report import reference
+from sslbench.report.bounds import (
+    RandomInits,
+    gather_random_inits,
+    random_init_cell,
+    random_init_record,
+    random_init_row,
+)
 from sslbench.report.cells import (
     METRICS,
     OPTIONAL_METRICS,
@@ -40,8 +49,10 @@ from sslbench.report.collect import Run, TestSubset
 from sslbench.report.costs import cell_cost_table, cost_table
 from sslbench.report.model import (
     MISSING,
+    RANDOM_INIT,
     Cell,
     Footnotes,
+    RandomInitRow,
     Report,
     RowKey,
     Section,
@@ -51,6 +62,7 @@ from sslbench.report.model import (
     fmt_accuracy,
     fmt_diff,
 )
+from sslbench.report.reference import RECORD_FIELDS, STUDY_RECORD_FIELDS, Reference
 from sslbench.report.scoring import count_once, knn_fields, metric_value, scoring_rows
 
 #: Pipelines first in this order when present, then the others alphabetically.
@@ -171,50 +183,27 @@ def _row_keys(
 # --- tables --------------------------------------------------------------------------------
 
 
-def _study_cells(
-    dataset: str, row: RowKey, transform: str, ours: Stats | None, kind: str, footnotes: Footnotes
+def _reference_cells(
+    ref: Reference,
+    key: SectionKey,
+    row: RowKey,
+    transform: str,
+    ours: Stats | None,
+    kind: str,
+    footnotes: Footnotes,
 ) -> tuple[Cell, Cell]:
-    """The study's cell and the difference (ours − study's) for one pipeline column (none
-    for a row with a pretext task: the study had none)."""
-    study = row_study_cell(dataset, row, transform)
-    published = None if study is None else (study.top1 if kind == "top1" else study.top5)
-    if study is None or published is None:
+    """The reference's cell and the difference (ours − its) for one pipeline column (none
+    for a row with a pretext task or a reference row: it published none)."""
+    cell = ref.cell(key, row, transform)
+    published = None if cell is None else ref.value(cell, kind)
+    if cell is None or published is None:
         return Cell(), Cell()
-    notes = [footnotes.add(f"study: {study.note}")] if study.note else []
-    study_cell = Cell(text=fmt_accuracy(published), notes=notes, sort_value=published)
+    notes = [footnotes.add(f"{ref.name}: {cell.note}")] if cell.note else []
+    shown = Cell(text=fmt_accuracy(published), notes=notes, sort_value=published)
     if ours is None:
-        return study_cell, Cell()
+        return shown, Cell()
     diff = ours.mean - published
-    return study_cell, Cell(text=fmt_diff(diff), sort_value=diff)
-
-
-def row_study_cell(dataset: str, row: RowKey, transform: str) -> reference.StudyCell | None:
-    """The study's published cell for a row and pipeline; None for pretext rows."""
-    if row.pretext is not None:
-        return None
-    return reference.study_cell(dataset, row.method, row.alpha, transform)
-
-
-def _study_remarks(key: SectionKey) -> list[str]:
-    if not reference.study_has_dataset(key.dataset):
-        names = ", ".join(sorted(reference.STUDY_DATASETS.values()))
-        return [f"The study has no numbers for {key.dataset} (it ran {names})."]
-    differences = []
-    if key.backbone != reference.STUDY_BACKBONE:
-        differences.append(f"backbone {key.backbone or '?'}")
-    if key.image_size != reference.STUDY_IMAGE_SIZE:
-        differences.append(f"{key.image_size} px")
-    if key.epochs != reference.STUDY_EPOCHS:
-        differences.append(f"{key.epochs} epochs")
-    if key.batch_size != reference.STUDY_BATCH_SIZE:
-        differences.append(f"batch {key.batch_size}")
-    if not differences:
-        return []
-    return [
-        f"The study trained {reference.STUDY_BACKBONE} at {reference.STUDY_IMAGE_SIZE} px for "
-        f"{reference.STUDY_EPOCHS} epochs, batch {reference.STUDY_BATCH_SIZE}; these runs "
-        f"differ ({', '.join(differences)}), so the difference is no reproduction check."
-    ]
+    return shown, Cell(text=fmt_diff(diff), sort_value=diff)
 
 
 def metric_table(
@@ -224,17 +213,19 @@ def metric_table(
     transforms: list[str],
     cells: dict[tuple[RowKey, str], CellRuns],
     footnotes: Footnotes,
-    with_reference: bool,
+    ref: Reference | None,
     row_notes: dict[RowKey, str],
+    random_init: RandomInitRow | None = None,
 ) -> Table:
-    """One accuracy table: rows × pipelines (with the study's value and the difference
-    beside each pipeline when ``with_reference``)."""
-    title, _ = metric_info(kind)
+    """One accuracy table: rows × pipelines (with the reference's value and the difference
+    beside each pipeline when ``ref`` is given), the random-init row last when the section
+    has one scoring this metric."""
+    title, attribute = metric_info(kind)
     header = ["method"]
     for transform in transforms:
         header.append(transform)
-        if with_reference:
-            header.extend([f"{transform} study", f"{transform} Δ"])
+        if ref is not None:
+            header.extend([f"{transform} {ref.name}", f"{transform} Δ"])
     table_rows: list[list[Cell]] = []
     for index, row in enumerate(rows):
         notes = [footnotes.add(row_notes[row])] if row in row_notes else []
@@ -243,27 +234,43 @@ def metric_table(
             cell = cells.get((row, transform))
             if kind == "pretext" and row.pretext is None:
                 cell = None  # no head to score: "–", not "n/a"
-            line.append(value_cell(cell, kind, footnotes))
-            if with_reference:
+            value = value_cell(cell, kind, footnotes)
+            value.rankable = value.rankable and row.bound is None
+            line.append(value)
+            if ref is not None:
                 ours = None if cell is None else cell.stats(kind)
-                line.extend(_study_cells(key.dataset, row, transform, ours, kind, footnotes))
+                line.extend(_reference_cells(ref, key, row, transform, ours, kind, footnotes))
         table_rows.append(line)
-    step = 3 if with_reference else 1
+    if random_init is not None and attribute in random_init.scores:
+        note = footnotes.add(random_init.note)
+        line = [Cell(text=RANDOM_INIT, sort_value=float(len(rows)), notes=[note])]
+        for _ in transforms:
+            line.append(random_init_cell(random_init, attribute))
+            line.extend([Cell(), Cell()] if ref is not None else [])
+        table_rows.append(line)
+    step = 3 if ref is not None else 1
     mark_best(table_rows, range(1, 1 + step * len(transforms), step))
-    remarks = _study_remarks(key) if with_reference else []
-    return Table(kind, title, header, table_rows, remarks, group=step)
+    bounds = [i for i, row in enumerate(rows) if row.bound is not None]
+    if random_init is not None and len(table_rows) > len(rows):
+        bounds.append(len(rows))
+    return Table(
+        kind,
+        title,
+        header,
+        table_rows,
+        ref.remarks(key) if ref is not None else [],
+        group=step,
+        reference=None if ref is None else ref.name,
+        reference_owner="" if ref is None else ref.owner,
+        first_bound=min(bounds, default=None),
+    )
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def cell_record(key: SectionKey, cell: CellRuns, knn_kinds: Sequence[str]) -> dict[str, Any]:
-    """One long-form row (CSV, JSON) for a cell with runs."""
-    study = row_study_cell(key.dataset, cell.row, cell.transform)
-    top1 = cell.top1
-    errors = sorted({r.error for r in cell.failed if r.error})
-    kinds = [k for k in METRICS if k != "top1"]
+def _section_fields(key: SectionKey) -> dict[str, Any]:
     return {
         "dataset": key.dataset,
         "backbone": key.backbone or None,
@@ -271,6 +278,28 @@ def cell_record(key: SectionKey, cell: CellRuns, knn_kinds: Sequence[str]) -> di
         "image_size": None if key.image_size < 0 else key.image_size,
         "batch_size": None if key.batch_size < 0 else key.batch_size,
         "test_subset": key.test_sha256 or None,
+    }
+
+
+def _metric_fields(knn_kinds: Sequence[str]) -> dict[str, str]:
+    """Run attribute -> its mean's long-form field, for every accuracy a record holds."""
+    return {metric_info(k)[1]: f"{metric_info(k)[1]}_mean" for k in [*METRICS, *knn_kinds]}
+
+
+def cell_record(
+    key: SectionKey, cell: CellRuns, knn_kinds: Sequence[str], ref: Reference | None
+) -> dict[str, Any]:
+    """One long-form row (CSV, JSON) for a cell with runs."""
+    top1 = cell.top1
+    errors = sorted({r.error for r in cell.failed if r.error})
+    kinds = [k for k in METRICS if k != "top1"]
+    ours = None if ref is None else cell.stats(ref.kinds(key.dataset)[0])
+    reference_fields = dict.fromkeys((*STUDY_RECORD_FIELDS, *RECORD_FIELDS))
+    if ref is not None:
+        mean = None if ours is None else ours.mean
+        reference_fields.update(ref.record(key, cell.row, cell.transform, mean))
+    return {
+        **_section_fields(key),
         "method": cell.row.method,
         "alpha": cell.row.alpha,
         "pretext": cell.row.pretext,
@@ -293,21 +322,24 @@ def cell_record(key: SectionKey, cell: CellRuns, knn_kinds: Sequence[str]) -> di
         "peak_gpu_gb_mean": _round(cell.gpu_gb),
         "peak_host_gb_mean": _round(cell.host_gb),
         "images_per_second_mean": _round(cell.images_per_second),
-        "study_top1": None if study is None else study.top1,
-        "study_top5": None if study is None else study.top5,
-        "diff": _round(None if study is None or top1 is None else top1.mean - study.top1),
-        "study_note": None if study is None else study.note,
+        **reference_fields,
         "status": cell.status,
         "error": " | ".join(errors) or None,
         "run_folders": [r.name for r in cell.runs],
         "scoring": cell.row.scoring_label or None,
         "pretext_chance": cell.chance,
         "caveats": sorted({c for r in cell.runs for c in r.caveats}),
+        "bound": cell.row.bound,
     }
 
 
 def build_section(
-    key: SectionKey, slug: str, runs: list[Run], footnotes: Footnotes, with_reference: bool
+    key: SectionKey,
+    slug: str,
+    runs: list[Run],
+    footnotes: Footnotes,
+    ref: Reference | None,
+    random_inits: RandomInits | None = None,
 ) -> Section:
     knn_kinds = knn_fields(runs)
     attributes = [metric_info(k)[1] for k in [*METRICS, *knn_kinds]]
@@ -318,10 +350,20 @@ def build_section(
     for run in runs:
         grouped[(row_of[id(run)], run.transform)].append(run)
     cells = {k: CellRuns(k[0], k[1], sorted(v, key=lambda r: r.name)) for k, v in grouped.items()}
+    random_init = random_init_row(key, random_inits or {})
+    with_columns = () if ref is None else ref.kinds(key.dataset)
 
-    def table(kind: str, reference_columns: bool = False) -> Table:
+    def table(kind: str) -> Table:
         return metric_table(
-            kind, key, rows, transforms, cells, footnotes, reference_columns, row_notes
+            kind,
+            key,
+            rows,
+            transforms,
+            cells,
+            footnotes,
+            ref if kind in with_columns else None,
+            row_notes,
+            random_init,
         )
 
     kinds = ["top1", "top5", "knn", *knn_kinds]
@@ -330,12 +372,8 @@ def build_section(
     ]
     for cell in cells.values():
         cell.shown = frozenset(kinds)
-    tables = [
-        table("top1", with_reference),
-        table("top5", with_reference and reference.study_has_top5(key.dataset)),
-        *(table(kind) for kind in kinds[2:]),
-    ]
-    tables.append(cell_cost_table(key.dataset, rows, transforms, cells, with_reference))
+    tables = [table(kind) for kind in kinds]
+    tables.append(cell_cost_table(key, rows, transforms, cells, ref))
     tables.append(cost_table(rows, runs, row_of))
     used: list[int] = []
     for each in tables:
@@ -343,11 +381,18 @@ def build_section(
             for cell in line:
                 used.extend(n for n in cell.notes if n not in used)
     records = [
-        cell_record(key, cells[(row, t)], knn_kinds)
+        cell_record(key, cells[(row, t)], knn_kinds, ref)
         for row in rows
         for t in transforms
         if (row, t) in cells
     ]
+    if random_init is not None:
+        base = dict.fromkeys(records[0]) if records else {}
+        base.update(_section_fields(key))
+        base.update(dict.fromkeys((*STUDY_RECORD_FIELDS, *RECORD_FIELDS)))
+        if ref is not None:
+            base["reference"], base["reference_metric"] = ref.name, ref.metric
+        records.append(random_init_record(base, random_init, _metric_fields(knn_kinds)))
     return Section(
         key=key,
         heading=section_heading(key),
@@ -358,6 +403,7 @@ def build_section(
         tables=tables,
         footnotes=[(n, footnotes.text(n)) for n in used],
         records=records,
+        random_init=random_init,
     )
 
 
@@ -365,19 +411,23 @@ LEGEND = [
     "Each cell: the mean over runs that differ only in the seed and were scored alike, ± "
     "the sample standard deviation, and n=runs when there are several; pretraining minutes "
     "and peak memory have their own tables.",
-    f"Bold: the best of its column (never a pretext head at chance). {MISSING}: no run. "
-    "failed / interrupted: see the notes.",
+    f"Bold: the best of its column (never a pretext head at chance, never a reference row). "
+    f"{MISSING}: no run. failed / interrupted: see the notes.",
 ]
-REFERENCE_LEGEND = (
-    "study: the published value of the study (ResNet-18, 224 px, 200 epochs, batch 256); "
-    "Δ: yours − the study's."
+BOUNDS_LEGEND = (
+    "Reference rows, below the methods: supervised (labels), the same backbone trained with "
+    "the labels; random init, the backbone untrained."
 )
 
 
-def build_report(runs: Sequence[Run], *, with_reference: bool, n_skipped: int = 0) -> Report:
-    """The whole report: one section per comparable set of runs, each run counted once."""
+def build_report(
+    runs: Sequence[Run], *, reference: Reference | None = None, n_skipped: int = 0
+) -> Report:
+    """The whole report: one section per comparable set of runs, each run counted once;
+    with ``reference``, its published values beside ours."""
     runs = list(runs)
     assign_test_subsets(runs)
+    random_inits = gather_random_inits(runs)  # before copies are dropped: any may hold one
     runs, notices, n_duplicates = count_once(runs)
     by_section: dict[SectionKey, list[Run]] = defaultdict(list)
     for run in runs:
@@ -385,8 +435,13 @@ def build_report(runs: Sequence[Run], *, with_reference: bool, n_skipped: int = 
     keys = sorted(by_section)
     footnotes = Footnotes()
     sections = [
-        build_section(key, slug, by_section[key], footnotes, with_reference)
+        build_section(key, slug, by_section[key], footnotes, reference, random_inits)
         for key, slug in zip(keys, _slugs(keys), strict=True)
     ]
-    legend = [*LEGEND, REFERENCE_LEGEND] if with_reference else list(LEGEND)
-    return Report(sections, with_reference, len(runs), n_skipped, legend, notices, n_duplicates)
+    legend = list(LEGEND)
+    if any(s.random_init is not None or any(r.bound for r in s.rows) for s in sections):
+        legend.append(BOUNDS_LEGEND)
+    if reference is not None:
+        legend.append(reference.legend)
+    name = None if reference is None else reference.name
+    return Report(sections, name, len(runs), n_skipped, legend, notices, n_duplicates)
