@@ -99,6 +99,18 @@ def build_method(*overrides: str):
     return build(cfg, "cpu"), cfg
 
 
+def configured_optimizers(method, steps: int, epochs: int) -> dict:
+    """``method.configure_optimizers()`` as a Trainer of ``steps`` optimiser steps over
+    ``epochs`` epochs would call it (it reads the step counts from its Trainer)."""
+    from types import SimpleNamespace
+
+    method._trainer = SimpleNamespace(estimated_stepping_batches=steps, max_epochs=epochs)
+    try:
+        return method.configure_optimizers()
+    finally:
+        method._trainer = None
+
+
 def method_names(*, local_views: bool | None = None) -> list[str]:
     """The registered methods (sslbench.methods.METHODS), for tests parametrised over every
     method: all of them, or only those whose conf/method/NAME.yaml has (True) or lacks

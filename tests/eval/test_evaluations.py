@@ -153,6 +153,29 @@ def test_eval_adds_the_evaluations_asked_for_and_keeps_the_rest(
 
 
 @needs_fmnist
+def test_eval_random_init_scores_the_untrained_backbone_apart(finished_run, tmp_path, capsys):
+    """The table's lower bound for any run: the same backbone as the run's seed initialised
+    it, the same probes; saved as random_init, the run's own scores untouched."""
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run, run_dir)
+    before = _results(run_dir)
+    capsys.readouterr()
+    assert main(["eval", f"run_dir={run_dir}", "random_init=true"]) == 0
+    after = _results(run_dir)
+    bound = after["random_init"]
+    assert 0.0 <= bound["linear_top1"] <= 1.0 and 0.0 <= bound["knn_top1"] <= 1.0
+    assert bound["linear_top1"] != before["linear_top1"]  # another backbone's score
+    for kept in ("linear_top1", "knn_top1", "evaluations"):
+        assert after[kept] == before[kept], kept
+    out = capsys.readouterr().out
+    assert f"untrained, seed as the run's): linear top-1 {bound['linear_top1']:.3f}" in out
+    assert main(["eval", f"run_dir={run_dir}", "random_init=maybe"]) == 2
+    assert "random_init must be true or false, got 'maybe'" in capsys.readouterr().err
+
+
+@needs_fmnist
 def test_the_report_shows_the_new_evaluations(evaluated_run, tmp_path, capsys) -> None:
     assert main(["report", str(evaluated_run)]) == 0
     out = capsys.readouterr().out

@@ -10,16 +10,20 @@ from conftest import method_names, small_method
 
 from sslbench.methods import Views
 
+#: Methods that pass some global views through a target network only (not the online
+#: backbone counted here): how many go through the online one. TiCo: view 0 alone.
+ONLINE_GLOBAL_VIEWS = {"tico": 1}
 
-def _batch_sizes_seen(name: str, fmnist_batch, *overrides: str) -> tuple[list[int], int, int]:
+
+def _batch_sizes_seen(name: str, fmnist_batch, *overrides: str) -> tuple[list[int], int, int, int]:
     """The batch sizes of the backbone's calls in one training loss, the number of images
-    per view, and the number of local views."""
+    per view, and the numbers of global and local views."""
     torch.manual_seed(0)
     model, _ = small_method(name, *overrides)
     model.train()
-    images, aspect, _ = fmnist_batch
+    images, aspect, labels = fmnist_batch
     images, aspect = images[:16], aspect[:16]
-    views = model.make_views(images, aspect)
+    views = model.make_views(images, aspect, labels[:16])  # labels: method=supervised's
     seen: list[int] = []
     forward_features = model.backbone.forward_features
 
@@ -30,19 +34,22 @@ def _batch_sizes_seen(name: str, fmnist_batch, *overrides: str) -> tuple[list[in
     model.backbone.forward_features = record  # timm's forward() calls it too
     loss = model.training_loss(views)
     assert torch.isfinite(loss).all()
-    return seen, images.shape[0], model.num_local_views
+    online = ONLINE_GLOBAL_VIEWS.get(name, model.num_global_views)
+    return seen, images.shape[0], online, model.num_local_views
 
 
 @pytest.mark.parametrize("name", method_names())
 def test_each_view_goes_through_the_backbone_alone_by_default(name: str, fmnist_batch) -> None:
-    seen, n, local = _batch_sizes_seen(name, fmnist_batch)
-    assert seen == [n] * (2 + local)  # BYOL's target backbone is another module
+    seen, n, global_views, local = _batch_sizes_seen(name, fmnist_batch)
+    assert seen == [n] * (global_views + local)  # BYOL's target backbone is another module
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", [n for n in method_names() if n not in ONLINE_GLOBAL_VIEWS])
 def test_joint_forward_concatenates_views_of_one_size(name: str, fmnist_batch) -> None:
-    seen, n, local = _batch_sizes_seen(name, fmnist_batch, "method.joint_forward=true")
-    assert seen == [2 * n] + ([local * n] if local else [])
+    seen, n, global_views, local = _batch_sizes_seen(
+        name, fmnist_batch, "method.joint_forward=true"
+    )
+    assert seen == [global_views * n] + ([local * n] if local else [])
 
 
 def test_per_view_simclr_loss_is_lightlys_benchmark_computation(fmnist_batch) -> None:

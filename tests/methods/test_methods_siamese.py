@@ -8,7 +8,6 @@ import json
 import math
 import sys
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -16,6 +15,7 @@ import torch
 from conftest import (
     TINY_RUN,
     build_method,
+    configured_optimizers,
     method_names,
     method_params,
     needs_fmnist,
@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sslbench.cli import main
 from sslbench.config import compose
-from sslbench.methods import Views
+from sslbench.methods import Views, method_class
+from sslbench.methods.banks import bank_state, load_bank_state
 from sslbench.methods.base import effective_rank
 from sslbench.methods.ema import EMATargetMethod
 from sslbench.transforms import Pipeline, make_generator
@@ -43,11 +44,12 @@ def views(fmnist_batch) -> Views:
     by the runs' pipeline (every method here uses the same transform)."""
     cfg = compose(["backbone=resnet10t", "image_size=32", "device=cpu"])
     pipeline = Pipeline(OmegaConf.to_container(cfg.transform.ops, resolve=True), cfg.image_size)
-    images, aspect, _ = fmnist_batch
+    images, aspect, labels = fmnist_batch
     generator = make_generator(0, "cpu", 1234)
     with torch.no_grad():
         made = [pipeline(images, aspect, generator) for _ in range(2)]
-    return Views(global_views=made, local_views=[])
+    # the class labels are read by method=supervised only
+    return Views(global_views=made, local_views=[], class_labels=labels)
 
 
 @pytest.mark.parametrize("name", TWO_VIEW)
@@ -60,6 +62,10 @@ def test_steps_on_fixed_views_lower_the_loss(name: str, views: Views) -> None:
     assert (len(frozen) > 0) == isinstance(method, EMATargetMethod)
     # Every parameter, frozen ones included: they must get no gradient, so no update.
     optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
+    # A memory bank fills with these views' own keys as the steps go: both losses are scored
+    # against the bank the steps started from, or "after" would meet near-copies of its
+    # positives among the negatives (MoCo's loss then rises while the network improves).
+    banks = bank_state(method)
     with torch.no_grad():
         before = float(method.training_loss(views))
     for step in range(6):
@@ -73,6 +79,7 @@ def test_steps_on_fixed_views_lower_the_loss(name: str, views: Views) -> None:
             assert sum(float(g.abs().sum()) for g in grads) > 0
             assert all(p.grad is None for p in method.parameters() if not p.requires_grad)
         optimizer.step()
+    load_bank_state(method, banks)
     with torch.no_grad():
         after = float(method.training_loss(views))
     assert math.isfinite(before) and after < before, (before, after)
@@ -202,12 +209,7 @@ def test_vicreg_trains_with_lars_without_decay_on_biases_and_norms() -> None:
         "lars", True, 0.3, 1e-4,
     )  # fmt: skip
     assert opt.warmup_epochs == 20.0 and opt.reference_batch_size == 256
-    # configure_optimizers reads the step counts from the Trainer: a stand-in suffices.
-    method._trainer = SimpleNamespace(estimated_stepping_batches=100, max_epochs=50)
-    try:
-        configured = method.configure_optimizers()
-    finally:
-        method._trainer = None
+    configured = configured_optimizers(method, 100, 50)
     optimizer = configured["optimizer"]
     assert isinstance(optimizer, LARS)
     weights, flat = optimizer.param_groups
@@ -222,21 +224,13 @@ def test_lr_schedule_per_epoch_as_lightlys_benchmark() -> None:
     """schedule_interval: epoch steps the cosine once per epoch (lightly's CosineAnnealingLR
     with T_max = epochs); the default advances it every optimiser step."""
     method, _ = build_method("method=simclr", "method.optimizer.schedule_interval=epoch")
-    method._trainer = SimpleNamespace(estimated_stepping_batches=40, max_epochs=4)
-    try:
-        configured = method.configure_optimizers()
-    finally:
-        method._trainer = None
+    configured = configured_optimizers(method, 40, 4)
     scheduler = configured["lr_scheduler"]["scheduler"]
     assert configured["lr_scheduler"]["interval"] == "epoch"
     factors = [scheduler.lr_lambdas[0](epoch) for epoch in range(4)]
     assert factors == pytest.approx([0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
     method, _ = build_method("method=simclr")
-    method._trainer = SimpleNamespace(estimated_stepping_batches=40, max_epochs=4)
-    try:
-        configured = method.configure_optimizers()
-    finally:
-        method._trainer = None
+    configured = configured_optimizers(method, 40, 4)
     assert configured["lr_scheduler"]["interval"] == "step"
     assert configured["lr_scheduler"]["scheduler"].lr_lambdas[0](20) == pytest.approx(0.5)
 
@@ -248,7 +242,10 @@ def test_tiny_pretrain_run_completes(name: str, tmp_path) -> None:
     # A warm-up (VICReg's 20 epochs) would keep the lr near 0 in a 1-epoch run; the others
     # have none, so this changes nothing for them.
     no_warmup = "method.optimizer.warmup_epochs=0.0"
-    assert main(["pretrain", f"method={name}", *TINY_RUN, no_warmup, f"run_dir={run_dir}"]) == 0
+    # a memory bank no larger than the 128 training images
+    banks = [f"method.{key}=128" for key in method_class(name).bank_keys]
+    args = [f"method={name}", *TINY_RUN, no_warmup, *banks, f"run_dir={run_dir}"]
+    assert main(["pretrain", *args]) == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["error"] is None
     assert results["method"] == name

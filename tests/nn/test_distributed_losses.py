@@ -32,7 +32,7 @@ DIM = 32  # embedding dimensions
 
 #: The methods whose criteria are tested here, each with its own whole-batch inputs (below);
 #: built with their classes' small_overrides: only the criteria are used.
-GATHERING = ("simclr", "vicreg", "barlowtwins", "swav", "vicregl")
+GATHERING = ("simclr", "vicreg", "barlowtwins", "swav", "vicregl", "mocov3")
 
 
 # -- the cases: a criterion, its whole-batch inputs (batch first) and how it is called -------
@@ -130,6 +130,9 @@ def _cases(criteria: dict[str, nn.Module]) -> dict[str, Case]:
         "swav": Case(criteria["swav"], _scores(generator, 4), [True] * 4, "swav"),
         "vicregl": Case(criteria["vicregl"], vicregl,
                         [True, True, True, True, False, False] * 2, "vicregl"),
+        # queries of one view against keys of the other (keys trainable here: the gather's
+        # backward must also give them the whole batch's gradient)
+        "mocov3": Case(criteria["mocov3"], views, [True, True], "pair"),
     }  # fmt: skip
 
 
@@ -241,7 +244,7 @@ def test_own_barlowtwins_loss_is_lightlys_on_one_process(n: int, dim: int, gathe
 
 def test_methods_gather_by_default(cases: dict[str, Case]) -> None:
     """The shipped YAML turns every gather on (statistics over every process)."""
-    from sslbench.nn.losses import BarlowTwinsLoss
+    from sslbench.nn.losses import BarlowTwinsLoss, MoCoV3Loss
 
     assert cases["simclr"].criterion.gather_distributed
     assert cases["vicreg"].criterion.gather_distributed
@@ -250,6 +253,8 @@ def test_methods_gather_by_default(cases: dict[str, Case]) -> None:
     assert cases["swav"].criterion.sinkhorn_gather_distributed
     vicregl = cases["vicregl"].criterion
     assert vicregl.gather_distributed and vicregl.vicreg_loss.gather_distributed  # global, local
+    assert isinstance(cases["mocov3"].criterion, MoCoV3Loss)
+    assert cases["mocov3"].criterion.gather_distributed
 
 
 def test_gather_is_a_no_op_without_process_group(cases: dict[str, Case]) -> None:

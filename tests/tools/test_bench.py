@@ -19,7 +19,12 @@ from sslbench.methods import Views, method_class
 from sslbench.tools.bench import run_bench
 from sslbench.tools.bench_result import BenchResult, BenchRow, BenchSettings
 from sslbench.tools.bench_rows import StepClock
-from sslbench.tools.lightly_views import collate_views, lightly_transform, two_view_transform
+from sslbench.tools.lightly_views import (
+    PIPELINE_OF_TRANSFORM,
+    collate_views,
+    lightly_transform,
+    two_view_transform,
+)
 
 
 # -- ready-made views --------------------------------------------------------------------------
@@ -59,9 +64,10 @@ def _methods_with_a_lightly_transform() -> list:
 def test_lightly_views_match_the_methods_layout(method) -> None:
     """lightly's transform for the method (bench's lightly row) gives the views the method
     trains on: as many global and local views, the coordinate maps where it needs them."""
-    model, cfg = small_method(method)
+    kind = method_class(method).lightly_transform
+    pipeline = PIPELINE_OF_TRANSFORM.get(kind)
+    model, cfg = small_method(method, *([f"transform={pipeline}"] if pipeline else []))
     transform, name = lightly_transform(cfg, model.backbone)
-    kind = model.lightly_transform
     assert name == (type(two_view_transform(cfg)).__name__ if kind == "pipeline" else kind)
     items = [(transform(image), 0) for image in _pil_items(4)]
     coords = model.needs_coordinates

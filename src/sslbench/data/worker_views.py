@@ -24,8 +24,9 @@ from .order import EpochBatchSampler
 
 __all__ = ["StepBatch", "StepBatchSampler", "ViewsOfBatches", "pass_through"]
 
-#: (images uint8 (B, 3, S, S), aspect (B,), rank, epoch, global step) -> the batch's views
-MakeViews = Callable[[torch.Tensor, torch.Tensor, int, int, int], Any]
+#: (images uint8 (B, 3, S, S), aspect (B,), rank, epoch, global step, labels (B,)) -> the
+#: batch's views (the labels are passed on, for method=supervised only)
+MakeViews = Callable[[torch.Tensor, torch.Tensor, int, int, int, torch.Tensor], Any]
 
 
 class StepBatch(list):
@@ -62,8 +63,8 @@ class ViewsOfBatches(Dataset):
         raise TypeError("ViewsOfBatches reads whole batches (__getitems__ with a StepBatch)")
 
     def __getitems__(self, batch: StepBatch) -> Any:
-        images, aspect, _labels = self.images.__getitems__(list(batch))
-        return self.make_views(images, aspect, self.rank, batch.epoch, batch.step)
+        images, aspect, labels = self.images.__getitems__(list(batch))
+        return self.make_views(images, aspect, self.rank, batch.epoch, batch.step, labels)
 
 
 def pass_through(batch: Any) -> Any:

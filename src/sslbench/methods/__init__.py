@@ -20,6 +20,16 @@ METHODS: dict[str, str] = {
     "vicreg": "sslbench.methods.vicreg:VICReg",
     "swav": "sslbench.methods.swav:SwAV",
     "vicregl": "sslbench.methods.vicregl:VICRegL",
+    "supervised": "sslbench.methods.supervised:Supervised",
+    "tico": "sslbench.methods.tico:TiCo",
+    "fastsiam": "sslbench.methods.fastsiam:FastSiam",
+    "simclr_dcl": "sslbench.methods.simclr_dcl:SimCLRDCL",
+    "simclr_dclw": "sslbench.methods.simclr_dclw:SimCLRDCLW",
+    "swav_queue": "sslbench.methods.swav:SwAV",
+    "mocov2": "sslbench.methods.mocov2:MoCoV2",
+    "mocov3": "sslbench.methods.mocov3:MoCoV3",
+    "dino": "sslbench.methods.dino:DINO",
+    "nnclr": "sslbench.methods.nnclr:NNCLR",
 }
 
 

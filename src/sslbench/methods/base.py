@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from sslbench.errors import NonFiniteLossError
+from sslbench.methods.banks import bank_state, load_bank_state
 from sslbench.nn.optim import build_optimizer, lr_schedule
 from sslbench.pretext import PRETEXT_OPS, create_pretext, pretext_name
 from sslbench.pretext.base import FeatureTap, PretextInputs
@@ -52,7 +53,9 @@ class Views:
     ``*_coords``: with ``needs_coordinates``, (N, 2, h, w) maps of original-image positions
     (x, y in units of the original height), moved by every geometric op like the pixels;
     ``*_labels``: per view, the pretext-task labels of the pipeline's ops (LoRot's rotation
-    class, DCL's permutation) by op entry; empty dicts for most pipelines.
+    class, DCL's permutation) by op entry; empty dicts for most pipelines;
+    ``class_labels``: the images' dataset labels (N,), read only by ``method=supervised``
+    (the reference row): the SSL methods never see them.
     """
 
     global_views: list[Tensor]
@@ -61,6 +64,7 @@ class Views:
     local_coords: list[Tensor] | None = None
     global_labels: list[dict[str, Tensor]] = field(default_factory=list)
     local_labels: list[dict[str, Tensor]] = field(default_factory=list)
+    class_labels: Tensor | None = None
 
 
 @dataclass
@@ -77,7 +81,15 @@ class ViewMaker:
     coordinates: bool
     seed: int
 
-    def __call__(self, images: Tensor, aspect: Tensor, rank: int, epoch: int, step: int) -> Views:
+    def __call__(
+        self,
+        images: Tensor,
+        aspect: Tensor,
+        rank: int,
+        epoch: int,
+        step: int,
+        class_labels: Tensor | None = None,
+    ) -> Views:
         generator = make_generator(self.seed, images.device, rank, epoch, step)
         coords, pipelines = self.coordinates, self.pipelines
         with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
@@ -95,12 +107,16 @@ class ViewMaker:
             local_views=[v.images for v in local],
             global_labels=[v.labels for v in made],
             local_labels=[v.labels for v in local],
+            class_labels=class_labels,
         )
         if coords:
             views.global_coords = [v.coords for v in made]
             views.local_coords = [v.coords for v in local]
         return views
 
+
+#: The checkpoint entry of :meth:`SSLMethod.extra_checkpoint_state`.
+EXTRA_STATE_KEY = "sslbench_extra_state"
 
 #: Below this, embeddings are judged to be collapsing (std of L2-normalised embeddings
 #: times sqrt(dim): about 1 when they spread over the sphere, 0 when all are equal).
@@ -146,6 +162,9 @@ class SSLMethod(pl.LightningModule):
     #: (tests/methods/test_methods_learn.py).
     small_overrides: ClassVar[tuple[str, ...]] = ()
     learning_run_overrides: ClassVar[tuple[str, ...]] = ("epochs=3",)
+    #: The method keys that size a memory bank (MoCo's ``memory_bank_size``, ...): the run
+    #: refuses a bank larger than its training set (sslbench.methods.banks).
+    bank_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -203,12 +222,30 @@ class SSLMethod(pl.LightningModule):
         raise NotImplementedError
 
     # -- shared machinery -----------------------------------------------------------------
+    def extra_checkpoint_state(self) -> dict[str, Tensor]:
+        """State a checkpoint must hold that the state_dict leaves out: every memory bank
+        (lightly keeps them in non-persistent buffers). A method with more (a loss's running
+        statistics kept as a plain attribute) adds it to this."""
+        return bank_state(self)
+
+    def load_extra_checkpoint_state(self, state: Mapping[str, Tensor]) -> None:
+        """Put :meth:`extra_checkpoint_state`'s state back."""
+        load_bank_state(self, state)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[EXTRA_STATE_KEY] = self.extra_checkpoint_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before it loads the state_dict: the banks are not in it.
+        self.load_extra_checkpoint_state(checkpoint.get(EXTRA_STATE_KEY, {}))
+
     def float32_loss(self, loss_fn: Callable[..., Any], *args: Any) -> Tensor:
         """Call ``loss_fn`` in float32 outside autocast (bf16 overflows, e.g. in Sinkhorn).
-        Tensor arguments, also inside lists and tuples, are cast to float32."""
+        Floating-point tensor arguments, also inside lists and tuples, are cast to float32
+        (integer ones, such as class labels, stay as they are)."""
 
         def to_float(value: Any) -> Any:
-            if isinstance(value, Tensor):
+            if isinstance(value, Tensor) and value.is_floating_point():
                 return value.float()
             if isinstance(value, (list, tuple)):
                 return type(value)(to_float(v) for v in value)
@@ -271,10 +308,12 @@ class SSLMethod(pl.LightningModule):
             seed=self.seed,
         )
 
-    def make_views(self, images: Tensor, aspect: Tensor) -> Views:
+    def make_views(
+        self, images: Tensor, aspect: Tensor, class_labels: Tensor | None = None
+    ) -> Views:
         """The views of a uint8 batch that the method's layout asks for, on its device."""
         views = self.view_maker(
-            images, aspect, self.global_rank, self.current_epoch, self.global_step
+            images, aspect, self.global_rank, self.current_epoch, self.global_step, class_labels
         )
         return self._in_memory_format(views)
 
@@ -318,8 +357,8 @@ class SSLMethod(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor] | Views, batch_idx: int) -> Tensor:
         if isinstance(batch, Views):  # made in DataLoader workers (data_path=workers, bench)
             return self.loss_of_views(self._in_memory_format(batch))
-        images, aspect, _labels = batch
-        return self.loss_of_views(self.make_views(images, aspect))
+        images, aspect, labels = batch
+        return self.loss_of_views(self.make_views(images, aspect, labels))
 
     def loss_of_views(self, views: Views) -> Tensor:
         """One step's loss from its views: the method's, plus the pretext task's; logged,

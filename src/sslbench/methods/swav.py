@@ -38,10 +38,12 @@ class SwAV(SSLMethod):
     """
 
     lightly_transform = "SwaVTransform"
+    # a queue of 64 fits the tiny runs' 128 images (swav_queue's 384 would be refused)
     small_overrides = (
         "method.hidden_dim=64", "method.output_dim=32", "method.n_prototypes=16",
-        "method.local_views.count=2",
+        "method.local_views.count=2", "method.queue_length=64",
     )  # fmt: skip
+    bank_keys = ("queue_length",)
 
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(method, *args, **kwargs)

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from sslbench.data.splits import open_data
 from sslbench.errors import ConfigError, OutOfGPUMemory
 from sslbench.host import set_torch_threads
 from sslbench.methods import SSLMethod, method_class
@@ -59,6 +60,7 @@ def build_run_model(cfg: DictConfig) -> BuiltModel:
 
 def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
     """The method's LightningModule around a freshly initialised backbone."""
+    quiet_lightning()  # before the method: lightly's heads warn as they are built
     backbone = create_backbone(
         cfg.backbone.name,
         small_stem=cfg.backbone.small_stem,
@@ -76,8 +78,11 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
             f"{cfg.method.name} takes {method_cls.num_global_views} global views: the others "
             f"would never be used; give the transform at most {method_cls.num_global_views}"
         )
+    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
+    if "num_classes" in method_cfg and method_cfg["num_classes"] is None:
+        method_cfg["num_classes"] = labelled_class_count(cfg)
     method = method_cls(
-        OmegaConf.to_container(cfg.method, resolve=True),
+        method_cfg,
         backbone,
         pipelines,
         batch_size=cfg.batch_size,
@@ -94,6 +99,20 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         # method is built: BYOL's momentum target is a copy of the plain backbone.
         backbone.forward_features = torch.compile(backbone.forward_features, mode=mode)
     return method
+
+
+def labelled_class_count(cfg: DictConfig) -> int:
+    """The class count of the run's dataset, for a method trained with its labels
+    (``method=supervised``); its pretraining images must all have one."""
+    data = open_data(cfg, progress=cfg.progress_bar)
+    labels = data.pretrain.labels[data.pretrain_indices]
+    unlabelled = int((labels < 0).sum())
+    if unlabelled:
+        raise ConfigError(
+            f"method={cfg.method.name} trains on labels, but {unlabelled} of the "
+            f"{len(labels)} pretraining images of dataset {cfg.dataset.name} have none"
+        )
+    return data.num_classes
 
 
 def build_trainer(

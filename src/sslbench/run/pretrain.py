@@ -26,6 +26,7 @@ from sslbench.data.held import HeldBatches
 from sslbench.data.splits import open_data
 from sslbench.errors import Requeued, Stopped, one_line
 from sslbench.host import peak_memory_bytes
+from sslbench.methods.banks import check_bank_sizes
 from sslbench.nn.backbones import total_stride
 from sslbench.run.batches import data_path_of, resumable_source, train_batches
 from sslbench.run.build import BuiltModel, build_run_model, build_trainer, fit, out_of_gpu_memory
@@ -140,6 +141,7 @@ def _pretrain_and_evaluate(
 ) -> dict[str, Any]:
     model, accelerator, threads = built.model, built.accelerator, built.threads
     data = open_data(cfg, progress=cfg.progress_bar)
+    check_bank_sizes(cfg, model.bank_keys, len(data.pretrain_indices))
     world_size = cfg.devices * cfg.num_nodes  # the global batch is split over every process
     loader = train_batches(cfg, data, world_size, accelerator, model)
     clock = TrainingClock()

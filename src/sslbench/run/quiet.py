@@ -107,6 +107,12 @@ WARNED_LINES: tuple[tuple[type[Warning], str, str], ...] = (
         r"pytorch_lightning\.utilities\._pytree$",
     ),
     (
+        # lightly's DINOProjectionHead (lightly 1.6) builds its last layer with it
+        FutureWarning,
+        r"`torch\.nn\.utils\.weight_norm` is deprecated in favor of",
+        "",
+    ),
+    (
         PossibleUserWarning,
         r"The number of training batches \(\d+\) is smaller than the logging interval "
         r"Trainer\(log_every_n_steps=\d+\)",

@@ -8,8 +8,9 @@ transform (``SSLMethod.lightly_transform``), one of :data:`TRANSFORMS`:
 
 - ``"pipeline"`` (two-view methods): ``SimCLRTransform`` for the ``simclr`` pipeline,
   ``BYOLTransform`` (its two asymmetric views) for ``byol``;
-- ``"SwaVTransform"`` (global and local crops); ``"VICRegLTransform"`` (crops and their
-  location grids).
+- ``"SwaVTransform"`` (global and local crops); ``"DINOTransform"`` (BYOL's two asymmetric
+  global views and local crops); ``"FastSiamTransform"`` (four SimCLR-style views);
+  ``"VICRegLTransform"`` (crops and their location grids).
 
 Other pipelines (baseline, LoRot, DCL, ...), a method whose class names None (lightly has
 none) and a name not in :data:`TRANSFORMS` are each a clear error.
@@ -27,6 +28,8 @@ from lightly.transforms import (
     BYOLTransform,
     BYOLView1Transform,
     BYOLView2Transform,
+    DINOTransform,
+    FastSiamTransform,
     SimCLRTransform,
     SwaVTransform,
     VICRegLTransform,
@@ -43,6 +46,9 @@ from sslbench.nn.backbones import feature_map_shape
 
 #: Pipelines with an equal lightly transform (for the two-view methods).
 LIGHTLY_PIPELINES = ("simclr", "byol")
+
+#: The run's pipeline that a multi-view lightly transform's views are made of.
+PIPELINE_OF_TRANSFORM = {"DINOTransform": "byol", "FastSiamTransform": "simclr"}
 
 #: A lightly transform: one PIL image in, its views (and, for VICRegL, their grids) out.
 ImageTransform = Callable[[Image.Image], list[Tensor]]
@@ -99,6 +105,14 @@ def simclr_view_parameters(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def flip_and_colour(view: dict[str, Any]) -> dict[str, Any]:
+    """The flip, colour jitter and greyscale keywords of :func:`simclr_view_parameters`, as
+    the multi-crop transforms (DINO's, VICRegL's) take them."""
+    keys = ("hf_prob", "cj_prob", "cj_strength", "cj_bright", "cj_contrast", "cj_sat",
+            "cj_hue", "random_gray_scale")  # fmt: skip
+    return {key: view[key] for key in keys}
+
+
 def local_side(cfg: DictConfig) -> int:
     """sslbench's local crop side: round(image_size * size_ratio) (SwAV: 14, VICRegL: 16)."""
     return max(1, round(cfg.image_size * float(cfg.method.local_views.size_ratio)))
@@ -144,6 +158,43 @@ def swav_transform(cfg: DictConfig) -> ImageTransform:
     )
 
 
+def dino_transform(cfg: DictConfig) -> ImageTransform:
+    """lightly's DINO transform at the run's settings: its two global views are BYOL's
+    (blur 1.0 / 0.1, solarisation on the second), so the run's pipeline must be ``byol``;
+    local crops as the method's ``local_views`` (lightly blurs them with p 0.5)."""
+    name, own = cfg.transform.name, PIPELINE_OF_TRANSFORM["DINOTransform"]
+    _require(name == own, f"DINO's global views are {own}'s, not pipeline '{name}'")
+    view = simclr_view_parameters(cfg)
+    local = cfg.method.local_views
+    skip = cfg.image_size <= cfg.transform.ops.gaussian_blur.skip_at_or_below
+    return DINOTransform(
+        global_crop_size=cfg.image_size,
+        global_crop_scale=(cfg.transform.ops.resized_crop.scale[0], 1.0),
+        local_crop_size=local_side(cfg),
+        local_crop_scale=tuple(local.scale),
+        n_local_views=local.count,
+        **flip_and_colour(view),
+        gaussian_blur=(0.0, 0.0, 0.0) if skip else (1.0, 0.1, 0.5),
+        sigmas=view["sigmas"],
+        solarization_prob=0.2,
+        normalize=view["normalize"],
+    )
+
+
+def fastsiam_transform(cfg: DictConfig) -> ImageTransform:
+    """lightly's FastSiam transform: the method's global views, each from the run's
+    SimCLR-style pipeline."""
+    name, own = cfg.transform.name, PIPELINE_OF_TRANSFORM["FastSiamTransform"]
+    _require(name == own, f"FastSiam's views are {own}'s, not pipeline '{name}'")
+    view = simclr_view_parameters(cfg)
+    return FastSiamTransform(
+        num_views=method_class(cfg.method.name).num_global_views,
+        input_size=cfg.image_size,
+        min_scale=cfg.transform.ops.resized_crop.scale[0],
+        **view,
+    )
+
+
 def vicregl_grid_sides(cfg: DictConfig, backbone: nn.Module) -> tuple[int, int]:
     """Sides of the backbone's feature maps of global and local crops: lightly's location
     grids must have them (4x4 and 2x2 in lightly's 128-px benchmark)."""
@@ -174,14 +225,7 @@ def vicregl_transform(cfg: DictConfig, global_grid: int, local_grid: int) -> Ima
         local_gaussian_blur_sigmas=view["sigmas"],
         global_solarize_prob=0.0,
         local_solarize_prob=0.0,
-        hf_prob=view["hf_prob"],
-        cj_prob=view["cj_prob"],
-        cj_strength=view["cj_strength"],
-        cj_bright=view["cj_bright"],
-        cj_contrast=view["cj_contrast"],
-        cj_sat=view["cj_sat"],
-        cj_hue=view["cj_hue"],
-        random_gray_scale=view["random_gray_scale"],
+        **flip_and_colour(view),
         normalize=view["normalize"],
     )
 
@@ -196,6 +240,16 @@ def swav_multicrop_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTrans
     return swav_transform(cfg)
 
 
+def dino_multicrop_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
+    """DINO's lightly transform (the backbone plays no part)."""
+    return dino_transform(cfg)
+
+
+def fastsiam_multiview_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
+    """FastSiam's lightly transform (the backbone plays no part)."""
+    return fastsiam_transform(cfg)
+
+
 def vicregl_grid_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
     """VICRegL's lightly transform, its grids the sides of the backbone's feature maps."""
     return vicregl_transform(cfg, *vicregl_grid_sides(cfg, backbone))
@@ -206,6 +260,8 @@ def vicregl_grid_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransfo
 TRANSFORMS: dict[str, Callable[[DictConfig, nn.Module], ImageTransform]] = {
     "pipeline": pipeline_transform,
     "SwaVTransform": swav_multicrop_transform,
+    "DINOTransform": dino_multicrop_transform,
+    "FastSiamTransform": fastsiam_multiview_transform,
     "VICRegLTransform": vicregl_grid_transform,
 }
 

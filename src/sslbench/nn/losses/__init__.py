@@ -4,5 +4,6 @@ for, e.g. under DDP. Kept out of :mod:`sslbench.methods`, whose import pulls in 
 from __future__ import annotations
 
 from sslbench.nn.losses.barlowtwins import BarlowTwinsLoss
+from sslbench.nn.losses.mocov3 import MoCoV3Loss
 
-__all__ = ["BarlowTwinsLoss"]
+__all__ = ["BarlowTwinsLoss", "MoCoV3Loss"]
