@@ -29,7 +29,9 @@ def bank_state(model: nn.Module) -> dict[str, Tensor]:
     (``criterion.memory_bank.bank``, ``...bank_ptr``), detached copies."""
     state: dict[str, Tensor] = {}
     for name, module in model.named_modules():
-        if isinstance(module, MemoryBankModule):
+        # A bank of size 0 (NTXentLoss's when it has none) holds nothing; its pointer is
+        # uninitialised memory.
+        if isinstance(module, MemoryBankModule) and module.size[0] > 0:
             prefix = f"{name}." if name else ""
             state[f"{prefix}bank"] = module.bank.detach().clone()
             state[f"{prefix}bank_ptr"] = module.bank_ptr.detach().clone()
@@ -40,7 +42,7 @@ def load_bank_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Put the banks of :func:`bank_state` back into ``model`` (in place, on its devices).
     A bank of another shape is an error: the checkpoint is of another configuration."""
     for name, module in model.named_modules():
-        if not isinstance(module, MemoryBankModule):
+        if not isinstance(module, MemoryBankModule) or module.size[0] == 0:
             continue
         prefix = f"{name}." if name else ""
         for buffer in ("bank", "bank_ptr"):

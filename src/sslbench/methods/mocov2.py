@@ -75,10 +75,14 @@ class MoCoV2(EMATargetMethod):
         """Momentum-network keys (N, output_dim) of views x, in x's order. The batch is
         shuffled before the network and unshuffled after it: over every process's shard
         under DDP, so that batch norm cannot find a query's key by its shard's statistics."""
-        distributed = world_size() > 1
-        shuffled, order = batch_shuffle(x, distributed=distributed)
+        if world_size() == 1:
+            # One process: batch norm's statistics do not depend on the order, so the
+            # shuffle would change nothing but the order of its sums (and draw from the
+            # global random stream, which a resumed run does not restore).
+            return self.projection_head_target(self.backbone_target(x))
+        shuffled, order = batch_shuffle(x, distributed=True)
         k = self.projection_head_target(self.backbone_target(shuffled))
-        return batch_unshuffle(k, order, distributed=distributed)
+        return batch_unshuffle(k, order, distributed=True)
 
     def training_loss(self, views: Views) -> Tensor:
         x0, x1 = views.global_views
