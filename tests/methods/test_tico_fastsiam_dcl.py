@@ -274,9 +274,12 @@ def test_fastsiam_joint_forward_passes_the_four_views_at_once() -> None:
 # -- SimCLR with DCL / DCLW --------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "loss_cls"), [("simclr_dcl", DCLLoss), ("simclr_dclw", DCLWLoss)])
 def test_decoupled_loss_is_lightlys_and_not_ntxent(name: str, loss_cls: type) -> None:
+    """On one process the loss is lightly's DCLLoss / DCLWLoss (DCLW: lightly's DCLLoss with
+    sslbench's weights, normalised over the global batch: lightly's on one process)."""
     torch.manual_seed(0)
     method, cfg = small_method(name)
-    assert type(method.criterion) is loss_cls and method.criterion.gather_distributed
+    assert type(method.criterion) is DCLLoss and method.criterion.gather_distributed
+    assert (method.criterion.weight_fn is None) == (loss_cls is DCLLoss)
     assert method.criterion.temperature == cfg.method.temperature == 0.1
     method.train()
     views = _views()
@@ -323,7 +326,7 @@ def test_dclw_weights_the_positive_pairs_with_sigma() -> None:
 # -- SwAV with a queue -------------------------------------------------------------------------
 def test_swav_queue_is_swav_with_lightlys_queue_settings() -> None:
     queue, swav = compose(["method=swav_queue"]).method, compose(["method=swav"]).method
-    assert method_class("swav_queue") is SwAV
+    assert issubclass(method_class("swav_queue"), SwAV)
     assert queue.name == "swav_queue"
     assert (queue.queue_length, queue.queue_start_epoch, queue.freeze_prototypes_epochs) == (
         384, 15, 1.0,

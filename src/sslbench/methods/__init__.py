@@ -25,7 +25,7 @@ METHODS: dict[str, str] = {
     "fastsiam": "sslbench.methods.fastsiam:FastSiam",
     "simclr_dcl": "sslbench.methods.simclr_dcl:SimCLRDCL",
     "simclr_dclw": "sslbench.methods.simclr_dclw:SimCLRDCLW",
-    "swav_queue": "sslbench.methods.swav:SwAV",
+    "swav_queue": "sslbench.methods.swav_queue:SwAVQueue",
     "mocov2": "sslbench.methods.mocov2:MoCoV2",
     "mocov3": "sslbench.methods.mocov3:MoCoV3",
     "dino": "sslbench.methods.dino:DINO",
