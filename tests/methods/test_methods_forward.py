@@ -11,8 +11,9 @@ from conftest import method_names, small_method
 from sslbench.methods import Views
 
 #: Methods that pass some global views through a target network only (not the online
-#: backbone counted here): how many go through the online one. TiCo: view 0 alone.
-ONLINE_GLOBAL_VIEWS = {"tico": 1}
+#: backbone counted here): how many go through the online one. TiCo: view 0 alone; SMoG:
+#: one view (view 0 or, on odd steps, view 1).
+ONLINE_GLOBAL_VIEWS = {"tico": 1, "smog": 1}
 
 
 def _batch_sizes_seen(name: str, fmnist_batch, *overrides: str) -> tuple[list[int], int, int, int]:

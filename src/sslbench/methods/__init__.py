@@ -30,6 +30,7 @@ METHODS: dict[str, str] = {
     "mocov3": "sslbench.methods.mocov3:MoCoV3",
     "dino": "sslbench.methods.dino:DINO",
     "nnclr": "sslbench.methods.nnclr:NNCLR",
+    "smog": "sslbench.methods.smog:SMoG",
 }
 
 

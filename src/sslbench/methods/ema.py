@@ -80,6 +80,24 @@ class EMATargetMethod(SSLMethod):
         for online, target in self.ema_pairs:
             update_momentum(getattr(self, online), getattr(self, target), m=momentum)
 
+    @torch.no_grad()
+    def reset_targets(self) -> None:
+        """Every target ← an exact copy of its online module, parameters and buffers (batch
+        norm's running statistics) alike: what :meth:`add_target` made at the start. Copied
+        in place, so that the optimiser, DDP and the checkpoint keep the same tensors (SMoG
+        resets its target so every few hundred steps)."""
+        for online, target in self.ema_pairs:
+            source, copy_ = getattr(self, online), getattr(self, target)
+            pairs = zip(
+                [*source.named_parameters(), *source.named_buffers()],
+                [*copy_.named_parameters(), *copy_.named_buffers()],
+                strict=True,
+            )
+            for (name, value), (target_name, target_value) in pairs:
+                if name != target_name:
+                    raise RuntimeError(f"{target}.{target_name} is no copy of {online}.{name}")
+                target_value.copy_(value)
+
     def on_train_start(self) -> None:
         super().on_train_start()
         # Known only once the Trainer has its data: every optimiser step of every epoch.

@@ -10,7 +10,8 @@ transform (``SSLMethod.lightly_transform``), one of :data:`TRANSFORMS`:
   ``BYOLTransform`` (its two asymmetric views) for ``byol``;
 - ``"SwaVTransform"`` (global and local crops); ``"DINOTransform"`` (BYOL's two asymmetric
   global views and local crops); ``"FastSiamTransform"`` (four SimCLR-style views);
-  ``"VICRegLTransform"`` (crops and their location grids).
+  ``"SMoGTransform"`` (SMoG's two asymmetric views, BYOL-style); ``"VICRegLTransform"``
+  (crops and their location grids).
 
 Other pipelines (baseline, LoRot, DCL, ...), a method whose class names None (lightly has
 none) and a name not in :data:`TRANSFORMS` are each a clear error.
@@ -31,6 +32,7 @@ from lightly.transforms import (
     DINOTransform,
     FastSiamTransform,
     SimCLRTransform,
+    SMoGTransform,
     SwaVTransform,
     VICRegLTransform,
 )
@@ -48,7 +50,9 @@ from sslbench.nn.backbones import feature_map_shape
 LIGHTLY_PIPELINES = ("simclr", "byol")
 
 #: The run's pipeline that a multi-view lightly transform's views are made of.
-PIPELINE_OF_TRANSFORM = {"DINOTransform": "byol", "FastSiamTransform": "simclr"}
+PIPELINE_OF_TRANSFORM = {
+    "DINOTransform": "byol", "FastSiamTransform": "simclr", "SMoGTransform": "byol",
+}  # fmt: skip
 
 #: A lightly transform: one PIL image in, its views (and, for VICRegL, their grids) out.
 ImageTransform = Callable[[Image.Image], list[Tensor]]
@@ -195,6 +199,42 @@ def fastsiam_transform(cfg: DictConfig) -> ImageTransform:
     )
 
 
+def view_probability(cfg: DictConfig, view: int, op: str) -> float:
+    """The probability of op ``op`` in global view ``view`` of the run's pipeline: the
+    view's own entry under ``transform.views`` (view i uses entry i mod their count), else
+    the shared one under ``transform.ops``."""
+    views = cfg.transform.get("views") or [{}]
+    own = views[view % len(views)].get(op) or {}
+    return float(own.get("p", cfg.transform.ops[op].p))
+
+
+def smog_transform(cfg: DictConfig) -> ImageTransform:
+    """lightly's SMoG transform as lightly's Imagenette benchmark sets it: one crop of the
+    run's size per crop category (two global views, no local crops), each with the blur and
+    solarisation of its view in the run's ``byol`` pipeline (lightly's defaults: blur 0.5 /
+    0.1, solarisation 0 / 0.2)."""
+    name, own = cfg.transform.name, PIPELINE_OF_TRANSFORM["SMoGTransform"]
+    _require(name == own, f"SMoG's views are {own}'s, not pipeline '{name}'")
+    views = method_class(cfg.method.name).num_global_views
+    _require(views == 2, f"{views} global views (SMoGTransform's benchmark setting: 2)")
+    view = simclr_view_parameters(cfg)
+    skip = cfg.image_size <= cfg.transform.ops.gaussian_blur.skip_at_or_below
+    blur = [0.0 if skip else view_probability(cfg, i, "gaussian_blur") for i in range(2)]
+    solarize = [view_probability(cfg, i, "solarize") for i in range(2)]
+    min_scale = cfg.transform.ops.resized_crop.scale[0]
+    return SMoGTransform(
+        crop_sizes=(cfg.image_size, cfg.image_size),
+        crop_counts=(1, 1),
+        crop_min_scales=(min_scale, min_scale),
+        crop_max_scales=(1.0, 1.0),
+        gaussian_blur_probs=(blur[0], blur[1]),
+        gaussian_blur_sigmas=view["sigmas"],
+        solarize_probs=(solarize[0], solarize[1]),
+        **flip_and_colour(view),
+        normalize=view["normalize"],
+    )
+
+
 def vicregl_grid_sides(cfg: DictConfig, backbone: nn.Module) -> tuple[int, int]:
     """Sides of the backbone's feature maps of global and local crops: lightly's location
     grids must have them (4x4 and 2x2 in lightly's 128-px benchmark)."""
@@ -250,6 +290,11 @@ def fastsiam_multiview_transform(cfg: DictConfig, backbone: nn.Module) -> ImageT
     return fastsiam_transform(cfg)
 
 
+def smog_views_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
+    """SMoG's lightly transform (the backbone plays no part)."""
+    return smog_transform(cfg)
+
+
 def vicregl_grid_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
     """VICRegL's lightly transform, its grids the sides of the backbone's feature maps."""
     return vicregl_transform(cfg, *vicregl_grid_sides(cfg, backbone))
@@ -262,6 +307,7 @@ TRANSFORMS: dict[str, Callable[[DictConfig, nn.Module], ImageTransform]] = {
     "SwaVTransform": swav_multicrop_transform,
     "DINOTransform": dino_multicrop_transform,
     "FastSiamTransform": fastsiam_multiview_transform,
+    "SMoGTransform": smog_views_transform,
     "VICRegLTransform": vicregl_grid_transform,
 }
 
