@@ -12,7 +12,9 @@ out=${1:?usage: $0 OUT_DIR [options]}
 shift
 python=${PYTHON:-python3}
 mkdir -p "$out"
-groups=("simclr barlowtwins" "simsiam vicreg" "byol vicregl" "swav")
+# about equal shares of the 17 methods' time (multi-crop and queue runs cost the most)
+groups=("simclr barlowtwins simclr_dcl simclr_dclw tico" "simsiam vicreg mocov2 mocov3 nnclr"
+        "byol vicregl dino smog" "swav swav_queue fastsiam")
 pids=()
 for i in "${!groups[@]}"; do
     # shellcheck disable=SC2086  # the method names are meant to split
