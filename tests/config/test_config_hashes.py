@@ -3,7 +3,8 @@ option and of each run of each experiment, against a snapshot. A move of code, a
 a new default that changed one would orphan every run folder made before it (a rerun would
 no longer find its results). A change that means to change a hash regenerates the snapshot
 (``python tests/config/test_config_hashes.py --write``) and says why in its commit; so does one
-that adds options, to guard them too.
+that adds options, to guard them too. The group options are checked in the quick loop; the
+experiments' runs (about 270 Hydra composes, half a minute) in the slow suite.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 from sslbench.config import compose
 from sslbench.config.identity import config_hash
@@ -40,11 +43,16 @@ def _options() -> dict[str, list[str]]:
     return options
 
 
-def current_hashes() -> dict[str, str]:
-    """The config hash of every group option and of every run of every experiment."""
+def option_hashes() -> dict[str, str]:
+    """The config hash of every group option."""
+    return {name: config_hash(compose(args)) for name, args in _options().items()}
+
+
+def experiment_hashes() -> dict[str, str]:
+    """The config hash of every run of every experiment."""
     from sslbench.grid.expand import expand
 
-    hashes = {name: config_hash(compose(args)) for name, args in _options().items()}
+    hashes = {}
     for yaml in sorted((conf_dir() / "experiment").glob("*.yaml")):
         if yaml.stem.startswith("_"):  # a part that experiments include, not one to run
             continue
@@ -54,9 +62,14 @@ def current_hashes() -> dict[str, str]:
     return hashes
 
 
-def test_every_shipped_config_keeps_its_hash() -> None:
-    expected = json.loads(SNAPSHOT.read_text())
-    current = current_hashes()
+def current_hashes() -> dict[str, str]:
+    """The config hash of every group option and of every run of every experiment."""
+    return {**option_hashes(), **experiment_hashes()}
+
+
+def _assert_kept(current: dict[str, str], experiments: bool) -> None:
+    expected = {k: v for k, v in json.loads(SNAPSHOT.read_text()).items()
+                if k.startswith("experiment/") == experiments}  # fmt: skip
     changed = {k: (expected[k], current[k]) for k in expected.keys() & current.keys()
                if expected[k] != current[k]}  # fmt: skip
     assert not changed, f"config hashes changed (run folders would be orphaned): {changed}"
@@ -64,6 +77,15 @@ def test_every_shipped_config_keeps_its_hash() -> None:
     assert not gone, f"gone: {gone} (a removed option or run: regenerate with --write)"
     # An option added since the snapshot (a new method's YAML) has no run folder yet to
     # orphan: it passes, and is guarded once the snapshot is regenerated with --write.
+
+
+def test_every_group_option_keeps_its_hash() -> None:
+    _assert_kept(option_hashes(), experiments=False)
+
+
+@pytest.mark.slow
+def test_every_experiment_run_keeps_its_hash() -> None:
+    _assert_kept(experiment_hashes(), experiments=True)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:

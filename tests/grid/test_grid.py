@@ -31,8 +31,9 @@ def _labels(grid) -> list[str]:
     ("experiment", "pipelines", "dataset"),
     [
         ("study_imagenette", 5, "imagenette2"),
-        ("study_imagenette2_160", 5, "imagenette2-160"),
-        ("study_imagewoof", 5, "imagewoof2"),
+        # the same YAML shape on other data: 175 composes, 9 s, in the slow suite
+        pytest.param("study_imagenette2_160", 5, "imagenette2-160", marks=pytest.mark.slow),
+        pytest.param("study_imagewoof", 5, "imagewoof2", marks=pytest.mark.slow),
         ("study_nabirds", 2, "nabirds"),
     ],
 )

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, needs_fmnist
+from conftest import LEARNING_RUN, TINY_RUN, needs_fmnist
 from PIL import Image
 
 from sslbench.cli import main
-from sslbench.methods import Views
+from sslbench.methods import Views, method_class
 from sslbench.methods.simclr import SimCLR
 from sslbench.run.results import CONTRACT_FIELDS
 
@@ -174,7 +174,9 @@ def test_pretrain_on_a_flat_folder_of_unlabeled_images(tmp_path) -> None:
 @pytest.mark.slow
 @needs_fmnist
 def test_demo_beats_random_init(tmp_path, capsys) -> None:
-    assert main(["demo", f"runs_root={tmp_path}", "progress_bar=false"]) == 0
+    """`sslbench demo` at the learning tests' setting: SimCLR's learning test too."""
+    run = method_class("simclr").learning_run_overrides
+    assert main(["demo", *LEARNING_RUN, *run, f"runs_root={tmp_path}", "progress_bar=false"]) == 0
     out = capsys.readouterr().out
     assert "random init" in out and "SimCLR" in out
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]

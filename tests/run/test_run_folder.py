@@ -144,8 +144,10 @@ def _stop_at(monkeypatch, call: int, error: type[BaseException]) -> None:
     monkeypatch.setattr(SimCLR, "training_loss", stopping)
 
 
+# One data path in the quick loop; the other two resume the same way (11 s each).
 @pytest.mark.parametrize(
-    "data_path", ["auto", "dataloader", pytest.param("workers", marks=pytest.mark.slow)]
+    "data_path",
+    ["auto", *(pytest.param(path, marks=pytest.mark.slow) for path in ("dataloader", "workers"))],
 )
 def test_a_stopped_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch, capsys, data_path):
     """3 epochs of 2 steps: stopped by Ctrl-C in the middle of epoch 1, or crashed at the
