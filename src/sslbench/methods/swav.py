@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from lightly.loss import SwaVLoss
 from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
 from lightly.models.modules.memory_bank import MemoryBankModule
+from lightly.utils import dist
 from torch import Tensor, nn
 
+from sslbench.errors import ConfigError
 from sslbench.methods.base import SSLMethod, Views
 
 
@@ -65,19 +67,33 @@ class SwAV(SSLMethod):
         #: Optimiser steps whose prototype gradients are dropped; the epoch length is known
         #: once a Trainer is attached (on_train_start).
         self.frozen_prototype_steps = 0
-        queue_length = int(method["queue_length"])
+        self.queue_length = int(method["queue_length"])
         self.queue_start_epoch = int(method["queue_start_epoch"])
         # One queue of past normalised projections per global view (lightly's SwaV-with-
-        # queue pattern); each process keeps its own, as in the SwAV code.
+        # queue pattern). Under DDP it enqueues the global batch, so every process holds the
+        # same queue (DDP copies rank 0's buffers to the others before each forward anyway),
+        # and each process scores its 1/world share of it: SwAV's code keeps
+        # queue_length / world_size rows per process, and its Sinkhorn sums over processes.
         self.queues = nn.ModuleList(
             [
-                MemoryBankModule((queue_length, output_dim), feature_dim_first=False)
-                for _ in range(self.num_global_views if queue_length > 0 else 0)
+                MemoryBankModule(
+                    (self.queue_length, output_dim),
+                    gather_distributed=True,
+                    feature_dim_first=False,
+                )
+                for _ in range(self.num_global_views if self.queue_length > 0 else 0)
             ]
         )
 
     def on_train_start(self) -> None:
         self.frozen_prototype_steps = round(self.freeze_prototypes_epochs * self.steps_per_epoch)
+        world = dist.world_size()
+        if self.queue_length % world:
+            fits = self.queue_length - self.queue_length % world
+            raise ConfigError(
+                f"method.queue_length={self.queue_length} must split evenly over the {world} "
+                f"processes (each scores its share of the queue): {fits} does"
+            )
 
     def on_after_backward(self) -> None:
         # Gradients were computed (and reduced over devices); dropping them leaves the
@@ -118,4 +134,6 @@ class SwAV(SSLMethod):
         banks = [queue(z, update=True)[1] for queue, z in zip(self.queues, z_global, strict=True)]
         if self.current_epoch < self.queue_start_epoch:
             return None
+        if dist.world_size() > 1:  # this process's share (see __init__)
+            banks = [bank.chunk(dist.world_size())[dist.rank()] for bank in banks]
         return [self.prototypes(bank) for bank in banks]
