@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_RUN, method_names, needs_fmnist, small_method
+from safetensors.torch import load_file
 
+import sslbench
 from sslbench.cli import main
 from sslbench.config import compose
 from sslbench.errors import ConfigError
 from sslbench.methods import method_class
 from sslbench.pretext.base import FeatureTap, class_balanced_mean
 from sslbench.pretext.dcl import patch_positions, unshuffle
+from sslbench.tools.export import export_run
 from sslbench.transforms import Pipeline, make_generator, rotate_region
 
 
@@ -215,7 +218,9 @@ def _method_pretext_pairs() -> list:
 
 @needs_fmnist
 @pytest.mark.parametrize(("method", "pretext"), _method_pretext_pairs())
-def test_every_method_runs_with_each_pretext_task(method, pretext, tmp_path) -> None:
+def test_every_method_runs_with_a_pretext_task_an_online_probe_and_export(
+    method, pretext, tmp_path
+) -> None:
     run_dir = tmp_path / "run"
     small = method_class(method).small_overrides
     args = [f"method={method}", f"transform={pretext}", f"pretext={pretext}", *small]
@@ -231,6 +236,18 @@ def test_every_method_runs_with_each_pretext_task(method, pretext, tmp_path) -> 
     assert set(metrics) == expected
     assert "chance" in results["pretext_task"]
     assert len(_epoch_losses(run_dir, "pretext_accuracy")) == 1  # logged per epoch
+    # The same run, every method: the online probe (eval.online_probe, on by default) trained
+    # beside it, and its export is the online backbone, whole (not a momentum copy's).
+    assert len(_epoch_losses(run_dir, "online_probe_train_acc")) == 1
+    weights = export_run(run_dir, "safetensors")[0]  # any stem (VICRegL's test: the small one)
+    exported = load_file(weights)
+    state = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    online = {k.removeprefix("backbone."): v for k, v in state["state_dict"].items()
+              if k.startswith("backbone.")}  # fmt: skip
+    assert exported.keys() == online.keys()
+    assert all(torch.equal(exported[k], online[k]) for k in online)
+    loaded = sslbench.load_backbone(weights).state_dict()  # builds and loads it strictly
+    assert all(torch.equal(loaded[k], online[k]) for k in online)
 
 
 @needs_fmnist

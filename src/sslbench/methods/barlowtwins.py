@@ -37,7 +37,7 @@ class BarlowTwins(SSLMethod):
     # lightly's SGD protocol needs far more than 3 epochs (on Imagenette it was the weakest
     # method after 200); the paper's LARS recipe learns within this budget.
     learning_run_overrides = (
-        "epochs=3",
+        "epochs=2",
         "method.optimizer.name=lars",
         "method.optimizer.lr=0.2",
         "method.optimizer.weight_decay=1.5e-6",

@@ -46,7 +46,7 @@ class NNCLR(SSLMethod):
     )  # fmt: skip
     # The learning test trains on 4,000 images: a bank of 4096 would not fit; 2048 is 16
     # batches of its 128 (tests/methods/test_methods_learn.py).
-    learning_run_overrides = ("epochs=3", "method.memory_bank_size=2048")
+    learning_run_overrides = ("epochs=2", "method.memory_bank_size=2048")
     bank_keys = ("memory_bank_size",)
 
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:

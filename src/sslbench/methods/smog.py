@@ -75,11 +75,11 @@ class SMoG(EMATargetMethod):
         "method.hidden_dim=64", "method.output_dim=32", "method.predictor_hidden_dim=64",
         "method.n_groups=8", "method.memory_bank_size=64", "method.reset_every_n_steps=3",
     )  # fmt: skip
-    # The learning runs: 4,000 images at batch 128, 31 steps an epoch, 93 in all: a bank of
-    # half the images and a reset every 30 steps (3 resets; lightly's 300 would be none).
+    # The learning runs: 4,000 images at batch 128, 31 steps an epoch, 62 in all: a bank of
+    # half the images and a reset every 30 steps (2 resets; lightly's 300 would be none).
     # demo's method.temperature=0.2 (set for SimCLR) is put back to SMoG's 0.1.
     learning_run_overrides = (
-        "epochs=3", "method.memory_bank_size=2048", "method.reset_every_n_steps=30",
+        "epochs=2", "method.memory_bank_size=2048", "method.reset_every_n_steps=30",
         "method.temperature=0.1",
     )  # fmt: skip
 

@@ -16,6 +16,6 @@ from sslbench.methods.swav import SwAV
 class SwAVQueue(SwAV):
     """SwAV whose YAML turns the queue on; the method keys are SwAV's."""
 
-    # The learning test's 3 epochs end long before epoch 15: its queue starts in the second
+    # The learning test's 2 epochs end long before epoch 15: its queue starts in the second
     # epoch there, so the test trains what sets this method apart from swav.
-    learning_run_overrides = ("epochs=3", "method.queue_start_epoch=1")
+    learning_run_overrides = ("epochs=2", "method.queue_start_epoch=1")

@@ -31,7 +31,7 @@ class VICReg(SSLMethod):
 
     lightly_transform = "pipeline"
     small_overrides = ("method.hidden_dim=256", "method.output_dim=256")
-    learning_run_overrides = ("epochs=3", "method.optimizer.warmup_epochs=0.3")
+    learning_run_overrides = ("epochs=2", "method.optimizer.warmup_epochs=0.3")
 
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(method, *args, **kwargs)

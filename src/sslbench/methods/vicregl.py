@@ -94,7 +94,7 @@ class VICRegL(SSLMethod):
     )  # fmt: skip
     # The small stem costs ~10x, hence fewer images.
     learning_run_overrides = (
-        "epochs=3",
+        "epochs=2",
         "method.optimizer.warmup_epochs=0.3",
         "backbone.small_stem=true",
         "dataset.max_train=1000",
