@@ -114,6 +114,19 @@ def build_method(*overrides: str):
     return build(cfg, "cpu"), cfg
 
 
+def correlated_views(n: int = 16, seed: int = 0, size: int = 32):
+    """Two global views (n, 3, size, size) of seeded noise images, the second the first plus
+    half as much noise again: a batch for a method's ``training_loss``, no augmentation."""
+    import torch
+
+    from sslbench.methods.base import Views
+
+    generator = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(n, 3, size, size, generator=generator)
+    x1 = x0 + 0.5 * torch.randn(n, 3, size, size, generator=generator)
+    return Views(global_views=[x0, x1], local_views=[])
+
+
 def configured_optimizers(method, steps: int, epochs: int) -> dict:
     """``method.configure_optimizers()`` as a Trainer of ``steps`` optimiser steps over
     ``epochs`` epochs would call it (it reads the step counts from its Trainer)."""

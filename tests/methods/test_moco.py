@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_method, configured_optimizers, small_method
+from conftest import build_method, configured_optimizers, correlated_views, small_method
 from omegaconf import OmegaConf
 from torch import Tensor
 
@@ -28,10 +28,7 @@ N = 16  # images per view
 
 
 def _views(seed: int = 0) -> Views:
-    generator = torch.Generator().manual_seed(seed)
-    x0 = torch.randn(N, 3, 32, 32, generator=generator)
-    x1 = x0 + 0.5 * torch.randn(N, 3, 32, 32, generator=generator)
-    return Views(global_views=[x0, x1], local_views=[])
+    return correlated_views(N, seed)
 
 
 class _Spy:
