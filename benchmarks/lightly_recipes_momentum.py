@@ -24,7 +24,6 @@ from lightly.models.utils import (
     deactivate_requires_grad,
     update_momentum,
 )
-from lightly.transforms import DINOTransform
 from lightly.utils.scheduler import cosine_schedule
 from lightly_recipes import Progress, Recipe
 from omegaconf import DictConfig
@@ -33,9 +32,8 @@ from torch import Tensor, nn
 from sslbench.nn.kmeans import kmeans
 from sslbench.tools.lightly_views import (
     ImageTransform,
+    dino_crops_transform,
     dino_transform,
-    flip_and_colour,
-    local_side,
     simclr_view_parameters,
     two_view_transform,
 )
@@ -191,20 +189,8 @@ def dino_views(cfg: DictConfig) -> ImageTransform:
     blur and no solarisation, as sslbench then makes them."""
     if cfg.transform.name != "simclr":
         return dino_transform(cfg)
-    view = simclr_view_parameters(cfg)
-    local = cfg.method.local_views
-    return DINOTransform(
-        global_crop_size=cfg.image_size,
-        global_crop_scale=(cfg.transform.ops.resized_crop.scale[0], 1.0),
-        local_crop_size=local_side(cfg),
-        local_crop_scale=tuple(local.scale),
-        n_local_views=local.count,
-        **flip_and_colour(view),
-        gaussian_blur=(view["gaussian_blur"],) * 3,
-        sigmas=view["sigmas"],
-        solarization_prob=0.0,
-        normalize=view["normalize"],
-    )
+    blur = simclr_view_parameters(cfg)["gaussian_blur"]
+    return dino_crops_transform(cfg, (blur, blur, blur), 0.0)
 
 
 def build_dino(cfg: DictConfig, backbone: nn.Module) -> Recipe:

@@ -168,9 +168,17 @@ def dino_transform(cfg: DictConfig) -> ImageTransform:
     local crops as the method's ``local_views`` (lightly blurs them with p 0.5)."""
     name, own = cfg.transform.name, PIPELINE_OF_TRANSFORM["DINOTransform"]
     _require(name == own, f"DINO's global views are {own}'s, not pipeline '{name}'")
+    skip = cfg.image_size <= cfg.transform.ops.gaussian_blur.skip_at_or_below
+    return dino_crops_transform(cfg, (0.0, 0.0, 0.0) if skip else (1.0, 0.1, 0.5), 0.2)
+
+
+def dino_crops_transform(
+    cfg: DictConfig, gaussian_blur: tuple[float, float, float], solarization_prob: float
+) -> ImageTransform:
+    """lightly's DINOTransform with the run's crops, flips and colour, and the given blur
+    probabilities (global view 1, global view 2, local crops) and solarisation."""
     view = simclr_view_parameters(cfg)
     local = cfg.method.local_views
-    skip = cfg.image_size <= cfg.transform.ops.gaussian_blur.skip_at_or_below
     return DINOTransform(
         global_crop_size=cfg.image_size,
         global_crop_scale=(cfg.transform.ops.resized_crop.scale[0], 1.0),
@@ -178,9 +186,9 @@ def dino_transform(cfg: DictConfig) -> ImageTransform:
         local_crop_scale=tuple(local.scale),
         n_local_views=local.count,
         **flip_and_colour(view),
-        gaussian_blur=(0.0, 0.0, 0.0) if skip else (1.0, 0.1, 0.5),
+        gaussian_blur=gaussian_blur,
         sigmas=view["sigmas"],
-        solarization_prob=0.2,
+        solarization_prob=solarization_prob,
         normalize=view["normalize"],
     )
 
