@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -31,8 +32,9 @@ from lightly.loss import (
 )
 from lightly.models.modules import heads
 from lightly.models.modules.memory_bank import MemoryBankModule
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from sslbench.nn.backbones import create_backbone
 from sslbench.tools.lightly_views import (
@@ -43,6 +45,7 @@ from sslbench.tools.lightly_views import (
     vicregl_grid_sides,
     vicregl_transform,
 )
+from sslbench.transforms import make_generator, view_pipelines
 
 
 # -- backbone: torchvision's resnet18(), as lightly's benchmark builds it -----------------------
@@ -86,6 +89,36 @@ def sslbench_backbone(cfg: DictConfig) -> nn.Module:
         small_stem=cfg.backbone.small_stem,
         zero_init_last=cfg.backbone.zero_init_last,
     )
+
+
+# -- sslbench's views in lightly's loop (--lightly-views sslbench: which part makes a gap) ----
+class CachedImages(Dataset):
+    """Items ``indices`` of a cached uint8 split (N, 3, S, S) as ``(image, aspect)`` tensors,
+    for sslbench's batched views (PILViews' counterpart)."""
+
+    def __init__(self, images: np.ndarray, aspect: np.ndarray, indices: np.ndarray) -> None:
+        self.images, self.aspect, self.indices = images, aspect, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, float]:
+        j = self.indices[i]
+        return torch.from_numpy(np.ascontiguousarray(self.images[j])), float(self.aspect[j])
+
+
+def sslbench_two_views(cfg: DictConfig) -> Callable[[Tensor, Tensor], list[Tensor]]:
+    """A batch's two views as an sslbench run of ``cfg`` makes them (its pipelines'
+    batched tensor ops; one generator seeded from the run's seed), for a two-view recipe."""
+    transform = OmegaConf.to_container(cfg.transform, resolve=True)
+    assert isinstance(transform, dict)
+    pipelines = view_pipelines(transform, cfg.image_size)
+    gen = make_generator(cfg.seed, "cpu", 0)
+
+    def views(images: Tensor, aspect: Tensor) -> list[Tensor]:
+        return [pipelines[i % len(pipelines)](images, aspect, gen) for i in range(2)]
+
+    return views
 
 
 # -- one function per method: lightly's heads and losses, with sslbench's sizes --------------

@@ -46,7 +46,14 @@ import numpy as np
 import torch
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
-from lightly_recipes import Progress, Recipe, lightly_backbone, sslbench_backbone
+from lightly_recipes import (
+    CachedImages,
+    Progress,
+    Recipe,
+    lightly_backbone,
+    sslbench_backbone,
+    sslbench_two_views,
+)
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
@@ -186,8 +193,15 @@ def seed_everything(seed: int) -> None:
 
 
 def train(recipe: Recipe, cfg: DictConfig, data: RunData, args, device: str) -> dict[str, Any]:
-    """The training loop alone; returns its timing, losses and optimiser settings."""
-    dataset = PILViews(data.train.images, data.train.labels, data.train_indices, recipe.transform)
+    """The training loop alone; returns its timing, losses and optimiser settings. With
+    ``--lightly-views sslbench`` the views are sslbench's (its batched tensor ops), made in
+    the loop from the same batches: everything else stays lightly's."""
+    if args.lightly_views == "sslbench":
+        dataset = CachedImages(data.train.images, data.train.aspect, data.train_indices)
+        make_views = sslbench_two_views(cfg)
+    else:
+        dataset = PILViews(data.train.images, data.train.labels, data.train_indices,
+                           recipe.transform)  # fmt: skip
     loader = DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -204,7 +218,9 @@ def train(recipe: Recipe, cfg: DictConfig, data: RunData, args, device: str) -> 
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         total = 0.0
-        for batch, (views, _labels) in enumerate(loader):
+        for batch, (views, second) in enumerate(loader):
+            if args.lightly_views == "sslbench":  # (images, aspect): the views made here
+                views = make_views(views, second)
             views = [v.to(device) for v in views]
             if recipe.before_step is not None:
                 recipe.before_step(Progress(epoch, batch, step, total_steps))
@@ -254,7 +270,10 @@ def _row(cfg: DictConfig, data: RunData, side: str, method: str, args, **values)
         "backbone": cfg.backbone.name,
         "small_stem": cfg.backbone.small_stem,
         "overrides": [*BASE, f"method={method}", *runs(method), *args.override],
-        "variant": " ".join(args.override),
+        "variant": " ".join(
+            [*args.override]
+            + (["lightly side with sslbench's views"] if args.lightly_views == "sslbench" else [])
+        ),
         "method_config": OmegaConf.to_container(cfg.method, resolve=True),
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
@@ -343,7 +362,19 @@ def main() -> None:
         help="an sslbench override for both sides, after the method's own (a diagnostic "
         "variant, e.g. method.local_views.count=0; its rows get their own table)",
     )  # fmt: skip
+    parser.add_argument(
+        "--lightly-views", choices=("lightly", "sslbench"), default="lightly",
+        help="sslbench: lightly's side trains on sslbench's views (its batched tensor ops) "
+        "instead of lightly's per-image transforms, to tell an augmentation gap from a "
+        "training one; two-view methods only; its rows get their own table",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.lightly_views == "sslbench":
+        multi = [m for m in args.methods if method_class(m).lightly_transform != "pipeline"]
+        if multi:
+            parser.error(
+                f"--lightly-views sslbench is for two-view methods; not {', '.join(multi)}"
+            )
     if args.summarize:
         print_summary(
             [json.loads(line) for f in args.summarize for line in open(f) if line.strip()]
