@@ -123,17 +123,34 @@ def test_an_image_smaller_than_the_backbones_stride_is_said() -> None:
     assert model_caveats(compose(["image_size=7"]), None) == []
 
 
-def test_a_vit_built_for_another_size_is_refused_when_built() -> None:
+def test_a_vit_is_built_for_the_runs_image_size_and_patch_size() -> None:
+    import torch
+
+    from sslbench.nn.backbones import create_backbone
+
+    vit = create_backbone("vit_tiny_patch16_224", image_size=32)
+    assert vit.pos_embed.shape == (1, 1 + 2 * 2, 192)  # 16-px patches: a 2x2 grid
+    vit = create_backbone("vit_tiny_patch16_224", image_size=32, patch_size=4)
+    assert vit.pos_embed.shape == (1, 1 + 8 * 8, 192)
+    assert vit(torch.zeros(2, 3, 32, 32)).shape == (2, 192)
+    assert create_backbone("resnet10t", image_size=7) is not None  # CNNs take any size
+
+
+@pytest.mark.parametrize(
+    ("name", "patch_size", "message"),
+    [
+        ("vit_tiny_patch16_224", 5, "backbone.patch_size=5 does not tile image_size=32"),
+        ("resnet10t", 4, "backbone.patch_size=4: 'resnet10t' has no patch embedding"),
+    ],
+)
+def test_a_patch_size_that_cannot_be_built_is_refused_when_built(
+    name: str, patch_size: int, message: str
+) -> None:
     from sslbench.nn.backbones import create_backbone
 
     with pytest.raises(ConfigError) as err:
-        create_backbone("vit_tiny_patch16_224", image_size=32)
-    message = str(err.value)
-    assert "'vit_tiny_patch16_224' takes 224x224 images only" in message
-    assert "image_size=32" in message and "use image_size=224" in message
-    assert "\n" not in message
-    assert create_backbone("vit_tiny_patch16_224", image_size=224) is not None
-    assert create_backbone("resnet10t", image_size=7) is not None  # CNNs take any size
+        create_backbone(name, image_size=32, patch_size=patch_size)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_unreadable_images_are_one_sslbench_line(tmp_path, capsys, recwarn) -> None:

@@ -1,7 +1,7 @@
 """``sslbench pretrain`` says the caveats of tests/test_messages.py before training and keeps
-them in results.json, and refuses a ViT built for another size before its run folder exists
-(train.py calls sslbench.run.preflight.run_caveats / model_caveats and passes image_size to
-create_backbone)."""
+them in results.json, and refuses a ViT whose patches do not tile the images before its run
+folder exists (train.py calls sslbench.run.preflight.run_caveats / model_caveats and passes
+image_size and patch_size to create_backbone)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from PIL import Image
 from sslbench.cli import main
 
 
-def test_a_vit_of_another_size_exits_2_before_its_run_folder(tmp_path, capsys) -> None:
+def test_a_vit_whose_patches_do_not_tile_the_images_exits_2_before_its_run_folder(
+    tmp_path, capsys
+) -> None:
     run_dir = tmp_path / "run"
-    args = ["backbone=vit_tiny_patch16_224", "image_size=32", "batch_size=8"]
-    assert main(["pretrain", *args, f"run_dir={run_dir}"]) == 2
+    args = ["backbone=vit_tiny_patch16_224", "backbone.patch_size=6", "image_size=32"]
+    assert main(["pretrain", *args, "batch_size=8", f"run_dir={run_dir}"]) == 2
     err = one_line_error(capsys)
-    assert "'vit_tiny_patch16_224' takes 224x224 images only" in err
-    assert "image_size=32" in err and "use image_size=224" in err
+    assert "backbone.patch_size=6 does not tile image_size=32" in err and "e.g. 16" in err
     assert not run_dir.exists()
 
 

@@ -65,6 +65,15 @@ def resnet18_run(module_folder: Path, tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="module")
+def vit_run(module_folder: Path, tmp_path_factory) -> Path:
+    """SimCLR on timm's ViT-Ti/16 made a ViT-Ti/8 for 32-px images (16 patches)."""
+    return _make_run(
+        module_folder, tmp_path_factory, "export-vit", "method=simclr",
+        "backbone=vit_tiny_patch16_224", "backbone.patch_size=8",
+    )  # fmt: skip
+
+
 def _own_features(run_dir: Path, images: torch.Tensor, aspect: torch.Tensor):
     """(eval views, features) of sslbench's own backbone, built from config.yaml and
     loaded from last.ckpt as `sslbench eval` does."""
@@ -107,7 +116,7 @@ def test_timm_format_loads_strictly_into_timm_with_the_runs_features(
     cfg = load_run_config(resnet10t_run / "config.yaml")
     assert info | {"run_dir": None} == {
         "format": "timm", "weights": "backbone.safetensors", "timm_name": "resnet10t",
-        "num_classes": 0, "small_stem": False, "zero_init_last": False,
+        "num_classes": 0, "timm_kwargs": {}, "small_stem": False, "zero_init_last": False,
         "torchvision_name": None, "num_features": 512, "image_size": 32,
         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "method": "simclr",
         "transform": "simclr", "dataset": "fashion-mnist", "epochs": 1, "seed": 0,
@@ -159,6 +168,37 @@ def test_a_small_stem_byol_backbone_round_trips_through_load_backbone(
 
 
 @needs_fmnist
+@needs_fmnist
+def test_a_vit_loads_strictly_into_timm_built_with_the_jsons_size_arguments(
+    vit_run, fmnist_batch
+) -> None:
+    images, aspect, _ = fmnist_batch
+    weights, info = _export(vit_run)
+    assert info["timm_kwargs"] == {"img_size": 32, "patch_size": 8}
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=0, **info["timm_kwargs"])
+    result = model.load_state_dict(load_file(weights), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert model.pos_embed.shape == (1, 1 + 4 * 4, 192)  # the class token and 4x4 patches
+    views, own = _own_features(vit_run, images[:8], aspect[:8])
+    torch.testing.assert_close(_features(model, views), own, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        _features(sslbench.load_backbone(weights), views), own, atol=1e-5, rtol=0
+    )
+
+
+@needs_fmnist
+@pytest.mark.parametrize("kwargs", [{"img_size": "32"}, {"img_size": -1}, {"depth": 2}, [32]])
+def test_an_exports_size_arguments_are_checked_before_timm_gets_them(
+    vit_run, tmp_path, kwargs
+) -> None:
+    """The JSON beside a downloaded export is someone else's: only img_size and patch_size,
+    as positive integers, reach timm.create_model."""
+    weights, info = _export(vit_run, f"out={tmp_path / 'vit.safetensors'}")
+    weights.with_suffix(".json").write_text(json.dumps(info | {"timm_kwargs": kwargs}))
+    with pytest.raises(ValueError, match="timm_kwargs must map img_size and patch_size"):
+        sslbench.load_backbone(weights)
+
+
 def test_a_channels_last_checkpoint_is_exported_contiguous(resnet10t_run, tmp_path) -> None:
     """A GPU run (backbone.channels_last=true, the default) saves its convolution weights
     channels-last, which safetensors refuses as they are: made here on the CPU."""

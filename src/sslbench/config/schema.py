@@ -100,6 +100,10 @@ class BackboneConfig:
 
     name: str = "resnet18"  # any timm model name
     small_stem: bool = False  # ResNets: 3x3 stride-1 first conv, no max-pool (images <= 64 px)
+    # ViTs and other patch models (built by timm for the run's image_size): the side of a
+    # patch in pixels; null: the model's own (16 for vit_small_patch16_224). 4 or 8 suit
+    # 32-96 px images (the small-image ViT recipes), 16 suits 224 px
+    patch_size: int | None = None
     # Residual CNNs: the last batch norm of each block starts at 0 (timm's default) or at 1
     # (false: torchvision's resnet18(), which the study and lightly's benchmark used)
     zero_init_last: bool = False

@@ -12,6 +12,12 @@ ResNets zero that weight by default (``zero_init_last``, Goyal et al. 2017), whi
 block start as its shortcut: measured on Fashion-MNIST at random init, timm's default gives a
 ResNet-18 linear probe of 0.258, torchvision's init 0.816. ``zero_init_last=False`` (the
 default here) gives timm's ResNets torchvision's parameter statistics.
+
+Models that timm builds for one input size (ViTs, DeiT, Swin, EVA: their pretrained config
+says ``fixed_input_size``) get the run's ``image_size`` through timm's own ``img_size``
+argument, and ``patch_size`` where given (a ViT-S/16 made for 224 px becomes a ViT-S/4 for
+32 px): the position embeddings are built for the run's grid of patches, as the recipes
+for small images do, rather than the model failing at its first forward pass.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ def create_backbone(
     small_stem: bool = False,
     zero_init_last: bool | None = False,
     image_size: int | None = None,
+    patch_size: int | None = None,
 ) -> nn.Module:
     """Build timm model ``name`` from scratch (random init) without its classifier.
 
@@ -42,9 +49,12 @@ def create_backbone(
             whether the last batch norm of each residual branch starts at 0 (timm's default)
             or at 1 (torchvision's, the reference). None keeps the model's own default;
             False is accepted by every model (the others have no such initialisation).
-        image_size: the side of the images the run feeds it; a model built for one input
-            size only (a ViT's patch embedding) and another size raises BackboneError here,
-            rather than timm's assertion at the first forward pass.
+        image_size: the side of the images the run feeds it: a model built for one input
+            size (a ViT's patch embedding) is built for this one; one that cannot be (or
+            whose patches do not tile it) raises BackboneError here, rather than timm's
+            assertion at the first forward pass.
+        patch_size: models with a patch embedding only: the side of a patch in pixels
+            (None: the model's own, 16 for ``vit_small_patch16_224``).
 
     Returns:
         A module mapping images (N, 3, H, W) to features (N, model.num_features).
@@ -53,12 +63,49 @@ def create_backbone(
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise BackboneError(f"unknown backbone '{name}': not a timm model name{hint}")
-    model = _create(name, zero_init_last)
+    model = _create(name, zero_init_last, timm_size_kwargs(name, image_size, patch_size))
     if image_size is not None:
         _check_input_size(model, name, image_size)
     if small_stem:
         _use_small_stem(model, name)
     return model
+
+
+def builds_for_one_size(name: str) -> bool:
+    """Whether timm builds model ``name`` for one input size (its pretrained config's
+    ``fixed_input_size``: ViTs, DeiT, Swin, EVA, ...), so that it takes ``img_size``."""
+    pretrained = timm.get_pretrained_cfg(name)
+    return bool(getattr(pretrained, "fixed_input_size", False))
+
+
+def timm_size_kwargs(name: str, image_size: int | None, patch_size: int | None) -> dict[str, int]:
+    """The size arguments ``timm.create_model(name, ...)`` gets for a run at ``image_size``:
+    ``img_size`` (and ``patch_size`` when set) for a model built for one input size, none
+    for the others (a CNN takes any size). Exports record them: they rebuild the network."""
+    one_size = builds_for_one_size(name)
+    if patch_size is not None and not one_size:
+        raise BackboneError(
+            f"backbone.patch_size={patch_size}: '{name}' has no patch embedding (it takes "
+            f"images of any size); patch_size is for ViTs and other patch models, e.g. "
+            f"vit_tiny_patch16_224; use backbone.patch_size=null"
+        )
+    kwargs: dict[str, int] = {}
+    if one_size and image_size is not None:
+        kwargs["img_size"] = int(image_size)
+    if patch_size is not None:
+        if image_size is not None and image_size % patch_size:
+            raise BackboneError(
+                f"backbone.patch_size={patch_size} does not tile image_size={image_size} "
+                f"(patches cover the image exactly); use a patch size that divides "
+                f"{image_size}, e.g. {_dividing_patch(image_size)}"
+            )
+        kwargs["patch_size"] = int(patch_size)
+    return kwargs
+
+
+def _dividing_patch(image_size: int) -> int:
+    """The largest of the usual patch sides (16, 14, 8, 4, 2) that divides ``image_size``."""
+    return next((p for p in (16, 14, 8, 4, 2) if image_size % p == 0), 1)
 
 
 def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
@@ -101,22 +148,42 @@ def total_stride(model: nn.Module) -> int | None:
     return int(reduction) if reduction else None
 
 
-def _create(name: str, zero_init_last: bool | None) -> nn.Module:
-    if zero_init_last is None:
-        return timm.create_model(name, pretrained=False, num_classes=0)
+def _create(name: str, zero_init_last: bool | None, size: dict[str, int]) -> nn.Module:
+    if zero_init_last is None or builds_for_one_size(name):
+        if zero_init_last:  # patch models have no residual batch norm to zero
+            _no_zero_init_last(name)
+        return _create_sized(name, size)
     try:
         return timm.create_model(
-            name, pretrained=False, num_classes=0, zero_init_last=zero_init_last
+            name, pretrained=False, num_classes=0, zero_init_last=zero_init_last, **size
         )
     except TypeError as err:
         if "zero_init_last" not in str(err):
             raise
     if zero_init_last:
+        _no_zero_init_last(name)
+    return _create_sized(name, size)
+
+
+def _create_sized(name: str, size: dict[str, int]) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, **size)
+    except (TypeError, AssertionError) as err:
+        if not size:
+            raise
+        given = ", ".join(f"{key}={value}" for key, value in size.items())
         raise BackboneError(
-            f"backbone.zero_init_last=true: '{name}' has no zero_init_last option (timm "
-            f"ResNets, RegNets and other residual CNNs have it); use backbone.zero_init_last=false"
-        )
-    return timm.create_model(name, pretrained=False, num_classes=0)
+            f"backbone '{name}' cannot be built for {given} ({type(err).__name__}: {err}); "
+            "use the image size it was made for, or a ViT (vit_tiny_patch16_224, "
+            "vit_small_patch16_224, ...), which timm builds for any size"
+        ) from err
+
+
+def _no_zero_init_last(name: str) -> None:
+    raise BackboneError(
+        f"backbone.zero_init_last=true: '{name}' has no zero_init_last option (timm "
+        f"ResNets, RegNets and other residual CNNs have it); use backbone.zero_init_last=false"
+    )
 
 
 def _use_small_stem(model: nn.Module, name: str) -> None:

@@ -66,6 +66,7 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         small_stem=cfg.backbone.small_stem,
         zero_init_last=cfg.backbone.zero_init_last,
         image_size=cfg.image_size,
+        patch_size=cfg.backbone.get("patch_size"),
     )
     channels_last = accelerator == "gpu" and cfg.backbone.channels_last
     if channels_last:

@@ -5,8 +5,9 @@ loading them runs no code, unlike a pickled checkpoint) and, beside them, a smal
 what rebuilds the network and feeds it (timm name, stem, input size, normalisation) and
 where it came from (method, transform, dataset, config hash). Three key layouts:
 
-- ``timm``: the keys of ``timm.create_model(name, num_classes=0)``, which loads them
-  strictly (standard stems only);
+- ``timm``: the keys of ``timm.create_model(name, num_classes=0, **timm_kwargs)``, which
+  loads them strictly (standard stems only; ``timm_kwargs`` in the JSON: a ViT's
+  ``img_size`` and ``patch_size``, nothing for a CNN);
 - ``torchvision``: the keys of torchvision's model of the same name without ``fc.*``
   (the ResNets both libraries have, whose key names and shapes are the same);
 - ``safetensors``: sslbench's backbone as it is, any variant (the small-image stem
@@ -121,7 +122,8 @@ def export_run(
 
     weights = backbone_weights(load_weights(checkpoint))
     # With a standard stem (the small one was refused above for timm), the run's backbone
-    # is timm.create_model(name, num_classes=0): fitting it is fitting timm's layout.
+    # is timm.create_model(name, num_classes=0, **timm_kwargs): fitting it is fitting
+    # timm's layout.
     backbone = _run_backbone(cfg)
     problem = key_mismatch(backbone.state_dict(), weights)
     if problem:
@@ -163,6 +165,8 @@ def _run_backbone(cfg: DictConfig) -> nn.Module:
         cfg.backbone.name,
         small_stem=cfg.backbone.small_stem,
         zero_init_last=cfg.backbone.zero_init_last,
+        image_size=cfg.image_size,
+        patch_size=cfg.backbone.get("patch_size"),
     )
 
 
@@ -194,6 +198,7 @@ def export_info(
     from omegaconf import OmegaConf
 
     import sslbench
+    from sslbench.nn.backbones import timm_size_kwargs
     from sslbench.transforms import view_pipelines
 
     # The evaluation view's normalisation, taken from the pipeline exactly as the run's
@@ -206,6 +211,11 @@ def export_info(
         "weights": out.name,
         "timm_name": str(cfg.backbone.name),
         "num_classes": 0,
+        # what else timm.create_model(timm_name, num_classes=0, **timm_kwargs) needs to
+        # build this network (a ViT's img_size and patch_size; nothing for a CNN)
+        "timm_kwargs": timm_size_kwargs(
+            str(cfg.backbone.name), int(cfg.image_size), cfg.backbone.get("patch_size")
+        ),
         "small_stem": bool(cfg.backbone.small_stem),
         "zero_init_last": cfg.backbone.zero_init_last,
         "torchvision_name": architecture(cfg.backbone.name) if fmt == "torchvision" else None,
@@ -260,8 +270,21 @@ def load_backbone(path: str | Path, device: str = "cpu") -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"no exported backbone {path}")
     info = read_info(path)
+    size = info.get("timm_kwargs") or {}  # exports from before ViTs have none
+    if not isinstance(size, dict) or not all(
+        key in ("img_size", "patch_size") and isinstance(value, int) and value > 0
+        for key, value in size.items()
+    ):
+        raise ValueError(
+            f"{info_path(path)}: timm_kwargs must map img_size and patch_size to positive "
+            f"integers, got {size!r}"
+        )
     model = create_backbone(
-        info["timm_name"], small_stem=info["small_stem"], zero_init_last=info["zero_init_last"]
+        info["timm_name"],
+        small_stem=info["small_stem"],
+        zero_init_last=info["zero_init_last"],
+        image_size=size.get("img_size"),
+        patch_size=size.get("patch_size"),
     )
     weights = safetensors.torch.load_file(str(path))
     problem = key_mismatch(model.state_dict(), weights)
