@@ -153,6 +153,10 @@ class EvalConfig:
     # accuracy in metrics.csv; with online_every_n_epochs also its test top-1
     online_probe: bool = True
     online_every_n_epochs: int | None = None
+    # ViTs: the features every evaluation scores, the class token (cls) or the mean of the
+    # patch tokens (avg); null: the method's own (SSLMethod.eval_pool). CNNs: their global
+    # average pool, null only. Recorded with each protocol's settings in results.json
+    pool: str | None = None
 
 
 @dataclass

@@ -43,6 +43,9 @@ def _check_transform(transform: DictConfig) -> None:
 #: Values of ``eval.probe``: L-BFGS on precomputed features (fast), or lightly's SGD one.
 PROBES = ("lbfgs", "sgd")
 
+#: Values of ``eval.pool`` (a ViT's features: its class token or its patch tokens' mean).
+POOLS = ("cls", "avg")
+
 #: Lightning 2's precision names (and its short aliases), and auto: bf16-mixed on a GPU,
 #: 32-true on a CPU. Checked here because Lightning's own error spans many lines.
 PRECISIONS = (
@@ -138,6 +141,11 @@ def resolve(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"{key} must be one of {', '.join(valid)}; got '{cfg[key]}'")
     if str(cfg.eval.probe) not in PROBES:
         raise ConfigError(f"eval.probe must be one of {', '.join(PROBES)}; got '{cfg.eval.probe}'")
+    pool = cfg.eval.get("pool")  # absent from configs saved before ViTs
+    if pool is not None and str(pool) not in POOLS:
+        raise ConfigError(
+            f"eval.pool must be one of {', '.join(POOLS)} or null (the method's own); got '{pool}'"
+        )
     for key in ("sgd_epochs", "sgd_batch_size", "finetune_epochs", "finetune_batch_size"):
         if cfg.eval[key] < 1:
             raise ConfigError(f"eval.{key} must be at least 1, got {cfg.eval[key]}")

@@ -28,6 +28,7 @@ from sslbench.eval.supervised import (
     light_augmentation,
     train_and_score,
 )
+from sslbench.nn.backbones import TokenPooled
 from sslbench.transforms import Pipeline
 
 
@@ -37,6 +38,7 @@ def evaluate_backbone(
     data: RunData,
     pipeline: Pipeline,
     device: str,
+    pool: str | None = None,
 ) -> dict[str, Any]:
     """The frozen backbone's scores, each protocol in fields of its own (results.json):
     the L-BFGS linear probe (``linear_top1``, top-5 above 5 classes), weighted kNN at the
@@ -44,13 +46,17 @@ def evaluate_backbone(
     features computed once; with ``eval.probe=sgd`` lightly's SGD linear evaluation
     (``sgd_linear_top1``), with ``eval.finetune`` a fine-tuned copy (``finetune_top1``).
     ``evaluations`` records each protocol's settings (runs scored otherwise are never
-    pooled) and what a reader must know beside its numbers (its ``caveats``)."""
+    pooled) and what a reader must know beside its numbers (its ``caveats``). ``pool``:
+    a ViT's features, its class token (``cls``) or its patch tokens' mean (``avg``),
+    recorded with every protocol's settings; None: the backbone's own pooled output."""
     if not cfg.eval.enabled or data.test is None or data.test_indices is None:
         reason = "disabled" if not cfg.eval.enabled else "the dataset has no labelled test split"
         return {"linear_top1": None, "linear_top5": None, "knn_top1": None,
                 "probe": f"not evaluated: {reason}", "test_subset": None}  # fmt: skip
     from tqdm.auto import tqdm
 
+    if pool is not None:
+        backbone = TokenPooled(backbone, pool)
     splits = (("train", data.train, data.train_indices), ("test", data.test, data.test_indices))
     batches = sum(-(-len(idx) // cfg.eval.batch_size) for _, _, idx in splits)
     fits = 1 + (len(FEW_SHOT_FRACTIONS) if cfg.eval.few_shot else 0)
@@ -137,6 +143,8 @@ def evaluate_backbone(
         trained, settings = _trained_evaluations(backbone, cfg, data, pipeline, device)
         results.update(trained)
         evaluations.update(settings)
+    if pool is not None:  # a ViT: which features every protocol scored
+        evaluations = {name: {**settings, "pool": pool} for name, settings in evaluations.items()}
     results["evaluations"] = evaluations
     return results
 

@@ -166,6 +166,8 @@ class SSLMethod(pl.LightningModule):
     #: The method keys that size a memory bank (MoCo's ``memory_bank_size``, ...): the run
     #: refuses a bank larger than its training set (sslbench.methods.banks).
     bank_keys: ClassVar[tuple[str, ...]] = ()
+    #: On a ViT, the features its paper evaluates (``eval.pool`` when that is null).
+    eval_pool: ClassVar[str] = "cls"
 
     def __init__(
         self,

@@ -204,6 +204,46 @@ def _use_small_stem(model: nn.Module, name: str) -> None:
     ]
 
 
+#: ``eval.pool``'s values for a token model, with timm's name of each pooling: the class
+#: token, or the mean of the patch tokens (the register and class tokens left out).
+TOKEN_POOLS = {"cls": "token", "avg": "avg"}
+
+
+def has_tokens(model: nn.Module) -> bool:
+    """Whether ``model``'s features are pooled from tokens (timm's ViTs: ``pool`` over the
+    output of ``forward_features``), so that ``eval.pool`` applies to it."""
+    return callable(getattr(model, "pool", None)) and hasattr(model, "num_prefix_tokens")
+
+
+class TokenPooled(nn.Module):
+    """A ViT's features pooled one way whatever it pools in training: the class token
+    (``cls``) or the mean of the patch tokens (``avg``), after the ViT's final norm, as
+    timm computes them (``forward_features``, ``pool``, ``fc_norm``).
+
+    Shapes: images (N, 3, H, W) -> features (N, vit.num_features).
+
+    Example:
+        >>> vit = create_backbone("vit_tiny_patch16_224", image_size=32, patch_size=8)
+        >>> TokenPooled(vit, "avg")(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 192])
+    """
+
+    def __init__(self, vit: nn.Module, pool: str) -> None:
+        super().__init__()
+        if pool not in TOKEN_POOLS:
+            raise BackboneError(f"unknown pool '{pool}'; valid: {', '.join(TOKEN_POOLS)}")
+        if pool == "cls" and not getattr(vit, "has_class_token", True):
+            raise BackboneError(
+                f"eval.pool=cls: this {type(vit).__name__} has no class token; use eval.pool=avg"
+            )
+        self.vit, self.pool = vit, pool
+        self.num_features = int(vit.num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit.forward_features(x)
+        return self.vit.fc_norm(self.vit.pool(tokens, pool_type=TOKEN_POOLS[self.pool]))
+
+
 def feature_dim(model: nn.Module) -> int:
     """Size of the pooled feature vector."""
     return int(model.num_features)

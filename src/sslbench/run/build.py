@@ -19,7 +19,7 @@ from sslbench.data.splits import open_data
 from sslbench.errors import ConfigError, OutOfGPUMemory
 from sslbench.host import set_torch_threads
 from sslbench.methods import SSLMethod, method_class
-from sslbench.nn.backbones import create_backbone
+from sslbench.nn.backbones import create_backbone, has_tokens
 from sslbench.run.cluster import cluster_plugins
 from sslbench.run.quiet import quiet_lightning
 from sslbench.run.resume import keep_signal_handlers
@@ -68,6 +68,12 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         image_size=cfg.image_size,
         patch_size=cfg.backbone.get("patch_size"),
     )
+    pool = cfg.eval.get("pool")
+    if pool is not None and not has_tokens(backbone):
+        raise ConfigError(
+            f"eval.pool={pool} is for ViTs (features pooled from tokens); {cfg.backbone.name}'s "
+            "features are its global average pool; use eval.pool=null"
+        )
     channels_last = accelerator == "gpu" and cfg.backbone.channels_last
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)

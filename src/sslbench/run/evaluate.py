@@ -15,6 +15,7 @@ from sslbench.data.splits import RunData, open_data
 from sslbench.eval.backbone import evaluate_backbone
 from sslbench.host import set_torch_threads
 from sslbench.methods import SSLMethod
+from sslbench.nn.backbones import has_tokens
 from sslbench.run.build import accelerator_of, build_method, out_of_gpu_memory
 from sslbench.run.results import gather_caveats, read_results, write_results
 
@@ -45,12 +46,23 @@ def evaluate_run(run_dir: str | Path, cfg: DictConfig, random_init: bool = False
 
 
 def evaluate_model(model: SSLMethod, cfg: DictConfig, data: RunData, device: str) -> dict[str, Any]:
+    pool = feature_pool(cfg, model)
     try:
-        return evaluate_backbone(model.backbone.to(device), cfg, data, model.pipeline, device)
+        return evaluate_backbone(
+            model.backbone.to(device), cfg, data, model.pipeline, device, pool=pool
+        )
     except torch.OutOfMemoryError as err:
         raise out_of_gpu_memory(
             "extracting features", "eval.batch_size", cfg.eval.batch_size
         ) from err
+
+
+def feature_pool(cfg: DictConfig, model: SSLMethod) -> str | None:
+    """The features a ViT is evaluated on: ``eval.pool``, or the method's own
+    (``eval_pool``); None for a backbone without tokens (build_method refused eval.pool)."""
+    if not has_tokens(model.backbone):
+        return None
+    return cfg.eval.get("pool") or model.eval_pool
 
 
 def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
