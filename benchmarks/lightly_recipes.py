@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -34,7 +33,6 @@ from lightly.models.modules import heads
 from lightly.models.modules.memory_bank import MemoryBankModule
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from sslbench.nn.backbones import create_backbone
 from sslbench.tools.lightly_views import (
@@ -92,21 +90,6 @@ def sslbench_backbone(cfg: DictConfig) -> nn.Module:
 
 
 # -- sslbench's views in lightly's loop (--lightly-views sslbench: which part makes a gap) ----
-class CachedImages(Dataset):
-    """Items ``indices`` of a cached uint8 split (N, 3, S, S) as ``(image, aspect)`` tensors,
-    for sslbench's batched views (PILViews' counterpart)."""
-
-    def __init__(self, images: np.ndarray, aspect: np.ndarray, indices: np.ndarray) -> None:
-        self.images, self.aspect, self.indices = images, aspect, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, float]:
-        j = self.indices[i]
-        return torch.from_numpy(np.ascontiguousarray(self.images[j])), float(self.aspect[j])
-
-
 def sslbench_two_views(cfg: DictConfig) -> Callable[[Tensor, Tensor], list[Tensor]]:
     """A batch's two views as an sslbench run of ``cfg`` makes them (its pipelines'
     batched tensor ops; one generator seeded from the run's seed), for a two-view recipe."""

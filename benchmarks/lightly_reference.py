@@ -47,7 +47,6 @@ import torch
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 from lightly_recipes import (
-    CachedImages,
     Progress,
     Recipe,
     lightly_backbone,
@@ -59,6 +58,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sslbench.config import compose
+from sslbench.data.dataset import IndexedImages, collate_batch
 from sslbench.data.splits import RunData, open_data
 from sslbench.eval.backbone import evaluate_backbone
 from sslbench.methods import METHODS as REGISTRY
@@ -197,7 +197,7 @@ def train(recipe: Recipe, cfg: DictConfig, data: RunData, args, device: str) -> 
     ``--lightly-views sslbench`` the views are sslbench's (its batched tensor ops), made in
     the loop from the same batches: everything else stays lightly's."""
     if args.lightly_views == "sslbench":
-        dataset = CachedImages(data.train.images, data.train.aspect, data.train_indices)
+        dataset = IndexedImages(data.train, data.train_indices)  # (images, aspect, labels)
         make_views = sslbench_two_views(cfg)
     else:
         dataset = PILViews(data.train.images, data.train.labels, data.train_indices,
@@ -208,6 +208,7 @@ def train(recipe: Recipe, cfg: DictConfig, data: RunData, args, device: str) -> 
         shuffle=True,
         drop_last=True,
         num_workers=args.num_workers,
+        collate_fn=collate_batch,  # IndexedImages' ready-made batches; PILViews' items stacked
         # sslbench's sampler seed: the same images in the same batches
         generator=torch.Generator().manual_seed(cfg.seed),
     )
@@ -218,9 +219,9 @@ def train(recipe: Recipe, cfg: DictConfig, data: RunData, args, device: str) -> 
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         total = 0.0
-        for batch, (views, second) in enumerate(loader):
-            if args.lightly_views == "sslbench":  # (images, aspect): the views made here
-                views = make_views(views, second)
+        for batch, items in enumerate(loader):
+            # PILViews: (views, labels); IndexedImages: (images, aspect, labels), viewed here
+            views = make_views(*items[:2]) if args.lightly_views == "sslbench" else items[0]
             views = [v.to(device) for v in views]
             if recipe.before_step is not None:
                 recipe.before_step(Progress(epoch, batch, step, total_steps))
