@@ -297,3 +297,24 @@ def test_a_pretext_run_evaluates_again_from_its_checkpoint(tmp_path) -> None:
     assert main(["eval", f"run_dir={run_dir}", "progress_bar=false"]) == 0
     again = json.loads((run_dir / "results.json").read_text())
     assert again["linear_top1"] == pytest.approx(first, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")
+@pytest.mark.parametrize(("transform", "pretext"), [("lorot", "lorot"), ("dcl", "dcl")])
+def test_a_pretext_head_learns_from_a_vits_patch_tokens_laid_out_as_a_map(
+    transform: str, pretext: str
+) -> None:
+    from sslbench.nn.backbones import spatial_map
+
+    method, _ = small_method(
+        "simclr", "backbone=vit_tiny_patch16_224", "backbone.patch_size=8",
+        f"transform={transform}", f"pretext={pretext}",
+    )  # fmt: skip
+    tokens = method.backbone.forward_features(torch.zeros(2, 3, 32, 32))
+    assert tokens.shape == (2, 17, 192)  # class token + 4 x 4 patches
+    assert spatial_map(method.backbone, tokens).shape == (2, 192, 4, 4)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    loss = method.loss_of_views(method.make_views(images, torch.ones(8)))
+    loss.backward()
+    head = next(method.pretext.parameters())
+    assert torch.isfinite(loss) and head.grad is not None and head.grad.abs().sum() > 0

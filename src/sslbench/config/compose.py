@@ -79,12 +79,15 @@ def compose(args: Sequence[str]) -> DictConfig:
     overrides = parse_overrides(args)
     group_overrides, key_overrides = _split_overrides(overrides)
     cfg = copy.deepcopy(_composed_groups(tuple(o.input_line for o in group_overrides)))
+    named = [o.value() for o in key_overrides if o.key_or_group == "backbone.name"]
+    apply_backbone_recipe(cfg, str(named[-1]) if named else str(cfg.backbone.name))
     for override in key_overrides:
         key, value = override.key_or_group, override.value()
         check_key_override(cfg, key, value)
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-        # the check lets through one missing key: an op parameter its YAML leaves at default
+        # the check lets through one missing key: an op parameter, or a key of a typed
+        # section (method.optimizer.grad_clip), that its YAML leaves at default
         adding = isinstance(parent, DictConfig) and leaf not in parent
         try:
             with open_dict(parent) if adding else contextlib.nullcontext():
@@ -92,6 +95,33 @@ def compose(args: Sequence[str]) -> DictConfig:
         except OmegaConfBaseException as err:
             raise ConfigError(f"invalid value for {key}: {one_line(err)}") from None
     return resolve(cfg)
+
+
+#: The timm modules whose models are VisionTransformers (sslbench.nn.backbones.backbone_kind
+#: "vit"): DeiT's are too.
+VIT_MODULES = ("vision_transformer", "deit")
+
+
+def is_vit(backbone: str) -> bool:
+    """Whether timm model ``backbone`` is a VisionTransformer (ViT, DeiT), by timm's registry."""
+    import timm  # here, not above: torch loads only when a method has a ViT recipe
+
+    return timm.is_model(backbone) and timm.models.is_model_in_modules(backbone, VIT_MODULES)
+
+
+def apply_backbone_recipe(cfg: DictConfig, backbone: str) -> None:
+    """A method's recipe for ViTs: its YAML's ``vit:`` section (the paper's ViT optimiser,
+    heads, temperatures) replaces the keys it names when the backbone is a ViT, before the
+    command line's keys (which win); the section itself leaves the config either way, so a
+    ResNet run's config and hash are what they were without it."""
+    method = cfg.method
+    if "vit" not in method:
+        return
+    with open_dict(method):
+        recipe = method.pop("vit")
+    if recipe is not None and is_vit(backbone):
+        with open_dict(cfg):
+            cfg.method = OmegaConf.merge(method, recipe)
 
 
 @functools.lru_cache(maxsize=128)

@@ -44,6 +44,7 @@ KEYS_HASHED_ONLY_AWAY_FROM_DEFAULT: dict[str, Any] = {
     "eval.online_every_n_epochs": None,
     "backbone.patch_size": None,
     "eval.pool": None,
+    "method.freeze_last_layer": -1,
 }
 
 

@@ -171,12 +171,17 @@ def _lookup(cfg: DictConfig, dotted: str) -> tuple[list[str], Any, bool]:
         is_op_param = path[:2] == ["transform", "ops"] and depth == 3 and is_last
         if is_op_param:  # an op parameter left at its default in the YAML
             return path, None, False
+        typed = TYPED_SECTIONS.get(where)
+        if is_last and typed is not None and part in {f.name for f in fields(typed)}:
+            return path, None, False  # a schema key the YAML leaves at its default
         if OmegaConf.is_list(node):
             raise ConfigError(
                 f"unknown key '{dotted}'; {where} is a list of {len(node)} entries "
                 f"(indices 0..{len(node) - 1})"
             )
         valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        if typed is not None:
+            valid = sorted({*valid, *(f.name for f in fields(typed))})
         scope = f" under {where}" if where else ""
         if where == "transform.ops":
             raise ConfigError(

@@ -22,6 +22,8 @@ CONFIG_VERSION = 2
 #: Values of ``data_path`` and ``compile`` (torch.compile's modes, or none).
 DATA_PATHS: tuple[str, ...] = ("auto", "dataloader", "device", "pinned", "workers")
 COMPILE_MODES: tuple[str, ...] = ("none", "default", "reduce-overhead", "max-autotune")
+#: Values of ``method.optimizer.grad_clip_mode``.
+GRAD_CLIP_MODES: tuple[str, ...] = ("total", "per_tensor")
 #: Values of ``resume``.
 RESUME_MODES: tuple[str, ...] = ("auto", "never")
 #: Values of ``logger`` (one, or a list): Lightning's loggers (sslbench.run.loggers). csv is
@@ -71,6 +73,14 @@ class OptimizerConfig:
     # biases and normalisation weights (1-d parameters): no weight decay and, for LARS,
     # no trust-ratio adaptation (the VICReg/Barlow Twins recipe)
     exclude_bias_and_norm: bool = False
+    # null: the weight decay stays; a float: it follows a cosine from weight_decay to this
+    # over all optimiser steps (DINO, iBOT and MSN on ViTs: 0.04 -> 0.4)
+    weight_decay_end: float | None = None
+    # null: no clipping; a float: gradients clipped to this norm before each step, over all
+    # parameters together (grad_clip_mode=total, torch's clip_grad_norm_) or each parameter
+    # tensor on its own (per_tensor: DINO's and iBOT's clip_gradients)
+    grad_clip: float | None = None
+    grad_clip_mode: str = "total"  # total | per_tensor
 
 
 @dataclass

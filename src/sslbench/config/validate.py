@@ -12,6 +12,7 @@ from sslbench.config.identity import default_run_dir
 from sslbench.config.schema import (
     COMPILE_MODES,
     DATA_PATHS,
+    GRAD_CLIP_MODES,
     LOGGERS,
     REQUIRED_GROUPS,
     RESUME_MODES,
@@ -96,6 +97,20 @@ def logger_names(value: Any) -> list[str]:
     return ["csv", *dict.fromkeys(name for name in names if name != "csv")]
 
 
+def _check_optimizer(optimizer: Any) -> None:
+    mode = str(optimizer.get("grad_clip_mode", "total"))
+    if mode not in GRAD_CLIP_MODES:
+        raise ConfigError(
+            f"method.optimizer.grad_clip_mode must be one of {', '.join(GRAD_CLIP_MODES)}; "
+            f"got '{mode}'"
+        )
+    clip = optimizer.get("grad_clip")
+    if clip is not None and clip <= 0:
+        raise ConfigError(
+            f"method.optimizer.grad_clip must be positive (or null: no clipping), got {clip}"
+        )
+
+
 def resolve(cfg: DictConfig) -> DictConfig:
     """Fill derived values and check the parts YAML files could still get wrong."""
     _check_no_env_values(cfg)
@@ -160,6 +175,7 @@ def resolve(cfg: DictConfig) -> DictConfig:
             "checkpoint_every_n_steps must be at least 1 (or null: at each epoch's end), "
             f"got {cfg.checkpoint_every_n_steps}"
         )
+    _check_optimizer(cfg.method.get("optimizer") or {})
     logger_names(cfg.get("logger", "csv"))  # absent from configs saved before trackers
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be at least 1 (or null: the cores), got {cfg.threads}")

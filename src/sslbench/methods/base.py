@@ -29,7 +29,6 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -38,85 +37,19 @@ from torch import Tensor, nn
 
 from sslbench.errors import NonFiniteLossError
 from sslbench.methods.banks import bank_state, load_bank_state
+from sslbench.methods.views import ViewMaker, Views
+from sslbench.nn.backbones import spatial_map
 from sslbench.nn.optim import build_optimizer, lr_schedule
 from sslbench.pretext import PRETEXT_OPS, create_pretext, pretext_name
 from sslbench.pretext.base import FeatureTap, PretextInputs
 from sslbench.transforms import Pipeline, local_view_pipeline, make_generator
 
-
-@dataclass
-class Views:
-    """The views of one batch, as the method's layout asks for them.
-
-    ``global_views``: float32 (N, 3, size, size) each, from the run's pipeline;
-    ``local_views``: smaller crops (N, 3, local_size, local_size), the same ops otherwise;
-    ``*_coords``: with ``needs_coordinates``, (N, 2, h, w) maps of original-image positions
-    (x, y in units of the original height), moved by every geometric op like the pixels;
-    ``*_labels``: per view, the pretext-task labels of the pipeline's ops (LoRot's rotation
-    class, DCL's permutation) by op entry; empty dicts for most pipelines;
-    ``class_labels``: the images' dataset labels (N,), read only by ``method=supervised``
-    (the reference row): the SSL methods never see them.
-    """
-
-    global_views: list[Tensor]
-    local_views: list[Tensor]
-    global_coords: list[Tensor] | None = None
-    local_coords: list[Tensor] | None = None
-    global_labels: list[dict[str, Tensor]] = field(default_factory=list)
-    local_labels: list[dict[str, Tensor]] = field(default_factory=list)
-    class_labels: Tensor | None = None
-
-
-@dataclass
-class ViewMaker:
-    """Makes a method's views of a uint8 batch: ``num_global`` global views (view i from
-    ``pipelines[i % len]``), ``num_local`` local views, coordinate maps if asked, from a
-    generator seeded with (seed, rank, epoch, step), so the same step gets the same views
-    wherever they are made (the training step, or a DataLoader worker on the same device)."""
-
-    pipelines: list[Pipeline]
-    local_pipeline: Pipeline | None
-    num_global: int
-    num_local: int
-    coordinates: bool
-    seed: int
-
-    def __call__(
-        self,
-        images: Tensor,
-        aspect: Tensor,
-        rank: int,
-        epoch: int,
-        step: int,
-        class_labels: Tensor | None = None,
-    ) -> Views:
-        generator = make_generator(self.seed, images.device, rank, epoch, step)
-        coords, pipelines = self.coordinates, self.pipelines
-        with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
-            made = [
-                pipelines[i % len(pipelines)].views(images, aspect, generator, coordinates=coords)
-                for i in range(self.num_global)
-            ]
-            local = [
-                self.local_pipeline.views(images, aspect, generator, coordinates=coords)
-                for _ in range(self.num_local)
-                if self.local_pipeline is not None
-            ]
-        views = Views(
-            global_views=[v.images for v in made],
-            local_views=[v.images for v in local],
-            global_labels=[v.labels for v in made],
-            local_labels=[v.labels for v in local],
-            class_labels=class_labels,
-        )
-        if coords:
-            views.global_coords = [v.coords for v in made]
-            views.local_coords = [v.coords for v in local]
-        return views
-
-
 #: The checkpoint entry of :meth:`SSLMethod.extra_checkpoint_state`.
 EXTRA_STATE_KEY = "sslbench_extra_state"
+
+#: Appended to a step's (rank, epoch, step) stream for its masks: (.., step, 1) is a stream
+#: apart from the views' (.., step).
+MASK_STREAM = 1
 
 #: Below this, embeddings are judged to be collapsing (std of L2-normalised embeddings
 #: times sqrt(dim): about 1 when they spread over the sphere, 0 when all are equal).
@@ -168,6 +101,13 @@ class SSLMethod(pl.LightningModule):
     bank_keys: ClassVar[tuple[str, ...]] = ()
     #: On a ViT, the features its paper evaluates (``eval.pool`` when that is null).
     eval_pool: ClassVar[str] = "cls"
+    #: The backbone kinds (sslbench.nn.backbones.BACKBONE_KINDS) the method trains: "cnn" (a
+    #: feature map, average-pooled) and "vit" (tokens). A method made for tokens (MAE masks
+    #: patches) says ("vit",): any other backbone is refused before anything is built.
+    backbone_kinds: ClassVar[tuple[str, ...]] = ("cnn", "vit")
+    #: The ops of the run's pipeline the method applies (None: all of them). MAE's paper
+    #: augments with a crop and a flip only: ("resized_crop", "hflip", "normalize").
+    pipeline_ops: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(
         self,
@@ -186,6 +126,8 @@ class SSLMethod(pl.LightningModule):
         self.method_cfg = dict(method)
         self.backbone = backbone
         self.view_pipelines = [pipeline] if isinstance(pipeline, Pipeline) else list(pipeline)
+        if self.pipeline_ops is not None:
+            self.view_pipelines = [p.keeping(self.pipeline_ops) for p in self.view_pipelines]
         self.pipeline = self.view_pipelines[0]  # also the evaluation view's normalisation
         self.batch_size = batch_size
         self.seed = seed
@@ -298,6 +240,14 @@ class SSLMethod(pl.LightningModule):
         z0, z1 = self.forward_views(lambda x: head(self.features(x)), views.global_views)
         self.monitor_embeddings(z0)
         return z0, z1
+
+    def mask_generator(self) -> torch.Generator:
+        """A generator on the method's device for this step's token masks, seeded from
+        (seed, rank, epoch, step) like the views, on a stream of its own."""
+        return make_generator(
+            self.seed, self.device, self.global_rank, self.current_epoch, self.global_step,
+            MASK_STREAM,
+        )  # fmt: skip
 
     @property
     def view_maker(self) -> ViewMaker:
@@ -425,6 +375,7 @@ class SSLMethod(pl.LightningModule):
             labels=labels,
             pool=lambda fmap: self.backbone.forward_head(fmap, pre_logits=True),
             encode=lambda views: self.feature_map(self._memory_format(views)),
+            spatial=lambda fmap: spatial_map(self.backbone, fmap),
         )
 
     @property
@@ -449,6 +400,41 @@ class SSLMethod(pl.LightningModule):
                 f"non-finite training loss at step {step} (epoch {self.current_epoch}); "
                 f"try a lower method.optimizer.lr (now {self.method_cfg['optimizer']['lr']})"
             )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        end = self.method_cfg["optimizer"].get("weight_decay_end")
+        if end is not None:
+            set_weight_decay(self.optimizers(use_pl_optimizer=False), self._decay_at(float(end)))
+
+    def _decay_at(self, end: float) -> float:
+        """The weight decay of this optimiser step: a cosine from the YAML's weight_decay to
+        ``end`` over all steps (DINO's cosine_scheduler for the weight decay)."""
+        start = float(self.method_cfg["optimizer"].get("weight_decay", 0.0))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        progress = min(1.0, self.global_step / max(1, total - 1))
+        return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
+        gradient_clip_algorithm: Any = None,
+    ) -> None:  # fmt: skip
+        # The method's own clipping (method.optimizer.grad_clip), not the Trainer's.
+        opt_cfg = self.method_cfg["optimizer"]
+        clip = opt_cfg.get("grad_clip")
+        if clip is None:
+            return
+        mode = opt_cfg.get("grad_clip_mode", "total")
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if mode == "total":
+            nn.utils.clip_grad_norm_(params, float(clip))
+        elif mode == "per_tensor":
+            grads = [p.grad for p in params if p.grad is not None]
+            norms = torch._foreach_norm(grads)
+            # each gradient scaled by min(1, clip / (‖g‖ + 1e-6)), on the device
+            scales = [(float(clip) / (n + 1e-6)).clamp(max=1.0) for n in norms]
+            torch._foreach_mul_(grads, scales)
+        else:  # config.validate refuses other modes
+            raise ValueError(f"unknown method.optimizer.grad_clip_mode '{mode}'")
 
     def configure_optimizers(self) -> Any:
         opt_cfg = self.method_cfg["optimizer"]
@@ -488,6 +474,14 @@ class SSLMethod(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """Give every parameter group that decays (biases and norms excluded stay at 0) the
+    weight decay ``weight_decay``."""
+    for group in optimizer.param_groups:
+        if group.setdefault("decays", group.get("weight_decay", 0.0) != 0.0):
+            group["weight_decay"] = weight_decay
 
 
 def symmetric_loss(

@@ -1,5 +1,7 @@
 """DINO: Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers"
-(https://arxiv.org/abs/2104.14294), here with a ResNet backbone.
+(https://arxiv.org/abs/2104.14294), with a ResNet (lightly's benchmark recipe) or a ViT
+backbone (the paper's recipe: the ``vit:`` section of method/dino.yaml, applied when the
+backbone is a ViT).
 
 Self-distillation without labels: a student network (backbone + DINO head) learns to give,
 for every crop of an image, the output distribution that a teacher network gives for the
@@ -49,8 +51,9 @@ class DINO(EMATargetMethod):
     Algorithm 1), not with a head of its own random init as in lightly's benchmark.
 
     Method keys (method/dino.yaml): hidden_dim, bottleneck_dim, output_dim, batch_norm,
-    norm_last_layer, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs,
-    student_temp, center_momentum, momentum, momentum_end, local_views, joint_forward.
+    norm_last_layer, freeze_last_layer, warmup_teacher_temp, teacher_temp,
+    warmup_teacher_temp_epochs, student_temp, center_momentum, momentum, momentum_end,
+    local_views, joint_forward.
     """
 
     lightly_transform = "DINOTransform"
@@ -74,6 +77,7 @@ class DINO(EMATargetMethod):
                 output_dim=method["output_dim"],
                 batch_norm=method["batch_norm"],
                 norm_last_layer=method["norm_last_layer"],
+                freeze_last_layer=int(method.get("freeze_last_layer", -1)),
             )
         self.backbone_target = self.add_target("backbone")
         self.projection_head_target = self.add_target("projection_head")
@@ -85,6 +89,10 @@ class DINO(EMATargetMethod):
             student_temp=method["student_temp"],
             center_momentum=method["center_momentum"],
         )
+
+    def on_after_backward(self) -> None:
+        # The head's last layer stays as it is for the first freeze_last_layer epochs.
+        self.projection_head.cancel_last_layer_gradients(self.current_epoch)
 
     def teacher_outputs(self, views: Views) -> list[Tensor]:
         """The teacher's outputs 2 × (N, output_dim) of the global views (no gradient)."""

@@ -86,6 +86,8 @@ class VICRegL(SSLMethod):
     """
 
     lightly_transform = "VICRegLTransform"
+    # its local loss matches cells of a (N, C, h, w) feature map (the paper: ConvNeXt, ResNet)
+    backbone_kinds = ("cnn",)
     # Location grids need feature maps larger than 1x1: the small-image stem (stride 8) gives
     # 4x4 at 32 px and 2x2 for 16-px local crops.
     small_overrides = (

@@ -23,10 +23,13 @@ for small images do, rather than the model failing at its first forward pass.
 from __future__ import annotations
 
 import difflib
+import math
+from typing import Any
 
 import timm
 import torch
 from timm.models.resnet import ResNet
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from sslbench.errors import BackboneError
@@ -39,6 +42,7 @@ def create_backbone(
     zero_init_last: bool | None = False,
     image_size: int | None = None,
     patch_size: int | None = None,
+    any_size: bool = False,
 ) -> nn.Module:
     """Build timm model ``name`` from scratch (random init) without its classifier.
 
@@ -55,6 +59,10 @@ def create_backbone(
             assertion at the first forward pass.
         patch_size: models with a patch embedding only: the side of a patch in pixels
             (None: the model's own, 16 for ``vit_small_patch16_224``).
+        any_size: a model built for one size also takes images of other sizes (timm's
+            ``dynamic_img_size``: the position embeddings are interpolated to the input's
+            grid of patches), as the smaller local crops of multi-crop methods (DINO) need.
+            No effect at ``image_size``, nor on the parameters (an export loads without it).
 
     Returns:
         A module mapping images (N, 3, H, W) to features (N, model.num_features).
@@ -63,7 +71,10 @@ def create_backbone(
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise BackboneError(f"unknown backbone '{name}': not a timm model name{hint}")
-    model = _create(name, zero_init_last, timm_size_kwargs(name, image_size, patch_size))
+    size: dict[str, Any] = dict(timm_size_kwargs(name, image_size, patch_size))
+    if any_size and builds_for_one_size(name):
+        size["dynamic_img_size"] = True
+    model = _create(name, zero_init_last, size)
     if image_size is not None:
         _check_input_size(model, name, image_size)
     if small_stem:
@@ -148,7 +159,7 @@ def total_stride(model: nn.Module) -> int | None:
     return int(reduction) if reduction else None
 
 
-def _create(name: str, zero_init_last: bool | None, size: dict[str, int]) -> nn.Module:
+def _create(name: str, zero_init_last: bool | None, size: dict[str, Any]) -> nn.Module:
     if zero_init_last is None or builds_for_one_size(name):
         if zero_init_last:  # patch models have no residual batch norm to zero
             _no_zero_init_last(name)
@@ -165,7 +176,7 @@ def _create(name: str, zero_init_last: bool | None, size: dict[str, int]) -> nn.
     return _create_sized(name, size)
 
 
-def _create_sized(name: str, size: dict[str, int]) -> nn.Module:
+def _create_sized(name: str, size: dict[str, Any]) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=False, num_classes=0, **size)
     except (TypeError, AssertionError) as err:
@@ -215,6 +226,18 @@ def has_tokens(model: nn.Module) -> bool:
     return callable(getattr(model, "pool", None)) and hasattr(model, "num_prefix_tokens")
 
 
+#: The kinds of backbone a method may be made for (``SSLMethod.backbone_kinds``), with an
+#: example of each for the messages: "cnn", a feature map (N, C, h, w) pooled by its global
+#: average; "vit", a sequence of tokens (timm's VisionTransformer: class token + patches).
+BACKBONE_KINDS = {"cnn": "resnet18", "vit": "vit_small_patch16_224"}
+
+
+def backbone_kind(model: nn.Module) -> str:
+    """``model``'s key of :data:`BACKBONE_KINDS`: "vit" for a timm VisionTransformer
+    (tokens, a patch embedding, blocks: what lightly's masked-ViT wrappers take), else "cnn"."""
+    return "vit" if isinstance(model, VisionTransformer) else "cnn"
+
+
 class TokenPooled(nn.Module):
     """A ViT's features pooled one way whatever it pools in training: the class token
     (``cls``) or the mean of the patch tokens (``avg``), after the ViT's final norm, as
@@ -249,15 +272,28 @@ def feature_dim(model: nn.Module) -> int:
     return int(model.num_features)
 
 
+def spatial_map(model: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
+    """``model.forward_features``'s output of square views as a map (N, C, h, w): a CNN's as
+    it is; a ViT's patch tokens (N, prefix + h·w, C), its class and register tokens left
+    out, laid out on their grid of patches (the feature map of the pretext heads)."""
+    if backbone_kind(model) != "vit":
+        return fmap
+    tokens = fmap[:, int(model.num_prefix_tokens) :]
+    side = math.isqrt(tokens.shape[1])
+    return tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)
+
+
 @torch.no_grad()
-def feature_map_shape(model: nn.Module, side: int) -> tuple[int, ...]:
+def feature_map_shape(model: nn.Module, side: int, *, spatial: bool = False) -> tuple[int, ...]:
     """Per-image shape of ``model.forward_features`` on a ``side``-px square, e.g.
-    (512, 7, 7) for ResNet-18 at 224 px, probed with one image in eval mode (batch norm
+    (512, 7, 7) for ResNet-18 at 224 px, (197, 384) for a ViT-S/16 (``spatial``: its
+    :func:`spatial_map`, (384, 14, 14)), probed with one image in eval mode (batch norm
     neither uses nor updates batch statistics)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        return tuple(model.forward_features(torch.zeros(1, 3, side, side, device=device)).shape[1:])
+        fmap = model.forward_features(torch.zeros(1, 3, side, side, device=device))
+        return tuple((spatial_map(model, fmap) if spatial else fmap).shape[1:])
     finally:
         model.train(was_training)

@@ -17,10 +17,12 @@ class PretextInputs:
 
     ``views``: the views that carry the task's labels, global views first, each
     (N, 3, s, s); ``feature_maps``: the backbone's feature map of each, taken from the
-    method's own forward pass ((N, C, h, w) for CNNs); ``labels``: the op's labels of each
-    view (LoRot: (N,) rotation class; region confusion: (N, grid * grid) permutation);
+    method's own forward pass ((N, C, h, w) for CNNs, tokens for ViTs); ``labels``: the
+    op's labels of each view (LoRot: (N,) rotation class; region confusion: (N, grid²)
+    permutation);
     ``pool``: the backbone's pooling, feature map → (N, C); ``encode``: the backbone on
-    further views → their feature map (DCL's unshuffled view).
+    further views → their feature map (DCL's unshuffled view); ``spatial``: a feature map as
+    (N, C, h, w) (a CNN's as it is, a ViT's patch tokens on their grid).
     """
 
     views: list[Tensor]
@@ -28,6 +30,7 @@ class PretextInputs:
     labels: list[Tensor]
     pool: Callable[[Tensor], Tensor]
     encode: Callable[[Tensor], Tensor]
+    spatial: Callable[[Tensor], Tensor] = lambda fmap: fmap
 
 
 class PretextTask(nn.Module):

@@ -77,11 +77,11 @@ class DCL(PretextTask):
         self.construction_weight = float(cfg["construction_weight"])
         self.adversarial_head = nn.Linear(feature_dim, 2)
         self.alignment = nn.Conv2d(feature_dim, 2, kernel_size=1)  # region alignment network
-        shape = feature_map_shape(backbone, view_size)
+        shape = feature_map_shape(backbone, view_size, spatial=True)
         if len(shape) != 3:
             raise ValueError(
                 f"pretext=dcl regresses patch positions from a (C, h, w) feature map; the "
-                f"backbone gives {shape} per image: use a CNN backbone such as resnet18"
+                f"backbone gives {shape} per image: use a CNN such as resnet18 or a ViT"
             )
         h, w = shape[1:]
         if min(h, w) < self.grid:
@@ -107,7 +107,8 @@ class DCL(PretextTask):
         )
         accuracy = class_balanced_mean((logits.argmax(dim=1) == target).float(), target, 2)
 
-        cells = [F.adaptive_avg_pool2d(self.alignment(m).float(), (g, g)) for m in maps]
+        cells = [F.adaptive_avg_pool2d(self.alignment(inputs.spatial(m)).float(), (g, g))
+                 for m in maps]  # fmt: skip
         predicted = torch.tanh(torch.cat(cells)).flatten(2)  # (M, 2, g²)
         error = (predicted - patch_positions(permutation, g)).abs()
         construction = error.mean()

@@ -19,7 +19,7 @@ from sslbench.data.splits import open_data
 from sslbench.errors import ConfigError, OutOfGPUMemory
 from sslbench.host import set_torch_threads
 from sslbench.methods import SSLMethod, method_class
-from sslbench.nn.backbones import create_backbone, has_tokens
+from sslbench.nn.backbones import BACKBONE_KINDS, backbone_kind, create_backbone, has_tokens
 from sslbench.run.cluster import cluster_plugins
 from sslbench.run.quiet import quiet_lightning
 from sslbench.run.resume import keep_signal_handlers
@@ -67,7 +67,10 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         zero_init_last=cfg.backbone.zero_init_last,
         image_size=cfg.image_size,
         patch_size=cfg.backbone.get("patch_size"),
+        any_size=has_local_views(cfg.method),
     )
+    method_cls = method_class(cfg.method.name)
+    check_backbone_kind(cfg, method_cls, backbone_kind(backbone))
     pool = cfg.eval.get("pool")
     if pool is not None and not has_tokens(backbone):
         raise ConfigError(
@@ -78,7 +81,6 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     pipelines = view_pipelines(OmegaConf.to_container(cfg.transform, resolve=True), cfg.image_size)
-    method_cls = method_class(cfg.method.name)
     if len(pipelines) > method_cls.num_global_views:
         raise ConfigError(
             f"transform '{cfg.transform.name}' defines {len(pipelines)} view variants, but "
@@ -106,6 +108,25 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         # method is built: BYOL's momentum target is a copy of the plain backbone.
         backbone.forward_features = torch.compile(backbone.forward_features, mode=mode)
     return method
+
+
+def has_local_views(method: DictConfig) -> bool:
+    """Whether the method's views come in two sizes (multi-crop's local views)."""
+    local = method.get("local_views")
+    return bool(local) and int(local.get("count", 0) or 0) > 0
+
+
+def check_backbone_kind(cfg: DictConfig, method_cls: type[SSLMethod], kind: str) -> None:
+    """Refuse a backbone of a kind the method is not made for (MAE masks a ViT's patch
+    tokens: a ResNet has none), before the method or the run folder exists."""
+    kinds = method_cls.backbone_kinds
+    if kind in kinds:
+        return
+    wanted = " or ".join(f"{k.upper()} (e.g. backbone={BACKBONE_KINDS[k]})" for k in kinds)
+    raise ConfigError(
+        f"method={cfg.method.name} trains a {wanted}; backbone={cfg.backbone.name} is a "
+        f"{kind.upper()}; valid kinds for {cfg.method.name}: {', '.join(kinds)}"
+    )
 
 
 def labelled_class_count(cfg: DictConfig) -> int:

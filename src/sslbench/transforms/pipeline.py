@@ -159,6 +159,13 @@ class Pipeline:
         spec.pop("resized_crop", None)
         return Pipeline(crop | spec, size)
 
+    def keeping(self, ops: Sequence[str]) -> Pipeline:
+        """The same pipeline with only the entries whose op is in ``ops`` (the others
+        dropped), e.g. MAE's crop and flip of a run's SimCLR pipeline."""
+        spec = {entry: dataclasses.asdict(params) | ({"op": op} if entry != op else {})
+                for entry, op, params in self.spec if op in ops}  # fmt: skip
+        return Pipeline(spec, self.size)
+
     def eval_view(self, images: Tensor, aspect: Tensor) -> Tensor:
         """Deterministic evaluation view: centre square, resized, then this pipeline's normalize
         (if any). images[N, 3, S, S], aspect[N] -> float32 (N, 3, size, size)."""
