@@ -22,6 +22,8 @@ CONFIG_VERSION = 2
 #: Values of ``data_path`` and ``compile`` (torch.compile's modes, or none).
 DATA_PATHS: tuple[str, ...] = ("auto", "dataloader", "device", "pinned", "workers")
 COMPILE_MODES: tuple[str, ...] = ("none", "default", "reduce-overhead", "max-autotune")
+#: Values of ``eval.finetune_optimizer``.
+FINETUNE_OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 #: Values of ``method.optimizer.grad_clip_mode``.
 GRAD_CLIP_MODES: tuple[str, ...] = ("total", "per_tensor")
 #: Values of ``resume``.
@@ -158,6 +160,14 @@ class EvalConfig:
     finetune_epochs: int = 30
     finetune_lr: float = 0.05
     finetune_batch_size: int = 256
+    # the ViT recipe (MAE's fine-tuning, its FINETUNE.md for ViT-B: AdamW, weight decay 0.05,
+    # layer-wise lr decay 0.65, 5 warm-up epochs): the optimiser, its weight decay, the lr
+    # decay per layer from the head down (null: one lr for all; timm's layer groups) and the
+    # linear warm-up in epochs
+    finetune_optimizer: str = "sgd"  # sgd (momentum 0.9, lightly's) | adamw
+    finetune_weight_decay: float = 0.0
+    finetune_layer_decay: float | None = None
+    finetune_warmup_epochs: float = 0.0
     # an online linear probe on detached features of the first global view, trained during
     # pretraining with its own optimiser (the run's result does not change): per-epoch train
     # accuracy in metrics.csv; with online_every_n_epochs also its test top-1

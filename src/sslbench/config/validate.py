@@ -12,6 +12,7 @@ from sslbench.config.identity import default_run_dir
 from sslbench.config.schema import (
     COMPILE_MODES,
     DATA_PATHS,
+    FINETUNE_OPTIMIZERS,
     GRAD_CLIP_MODES,
     LOGGERS,
     REQUIRED_GROUPS,
@@ -97,6 +98,21 @@ def logger_names(value: Any) -> list[str]:
     return ["csv", *dict.fromkeys(name for name in names if name != "csv")]
 
 
+def _check_finetune(evaluation: DictConfig) -> None:
+    """The fine-tuning recipe's keys (absent from configs saved before them)."""
+    name = str(evaluation.get("finetune_optimizer", "sgd"))
+    if name not in FINETUNE_OPTIMIZERS:
+        raise ConfigError(
+            f"eval.finetune_optimizer must be one of {', '.join(FINETUNE_OPTIMIZERS)}; got '{name}'"
+        )
+    decay = evaluation.get("finetune_layer_decay")
+    if decay is not None and not 0 < decay <= 1:
+        raise ConfigError(
+            f"eval.finetune_layer_decay must be in (0, 1] (or null: one lr for every layer), "
+            f"got {decay}"
+        )
+
+
 def _check_optimizer(optimizer: Any) -> None:
     mode = str(optimizer.get("grad_clip_mode", "total"))
     if mode not in GRAD_CLIP_MODES:
@@ -161,6 +177,7 @@ def resolve(cfg: DictConfig) -> DictConfig:
         raise ConfigError(
             f"eval.pool must be one of {', '.join(POOLS)} or null (the method's own); got '{pool}'"
         )
+    _check_finetune(cfg.eval)
     for key in ("sgd_epochs", "sgd_batch_size", "finetune_epochs", "finetune_batch_size"):
         if cfg.eval[key] < 1:
             raise ConfigError(f"eval.{key} must be at least 1, got {cfg.eval[key]}")

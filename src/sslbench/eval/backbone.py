@@ -177,6 +177,7 @@ def _trained_evaluations(
             epochs=cfg.eval.finetune_epochs if finetune else cfg.eval.sgd_epochs,
             lr=cfg.eval.finetune_lr if finetune else cfg.eval.sgd_lr,
             batch_size=cfg.eval.finetune_batch_size if finetune else cfg.eval.sgd_batch_size,
+            **(finetune_recipe(cfg.eval) if finetune else {}),
         )  # fmt: skip
         scored = train_and_score(backbone, data.num_classes, train, test, views, pipeline,
                                  settings, device, progress=cfg.progress_bar)  # fmt: skip
@@ -186,6 +187,23 @@ def _trained_evaluations(
         else:
             results.update(sgd_linear_top1=scored["top1"], sgd_linear_top5=scored["top5"],
                            sgd_probe=scored["description"])  # fmt: skip
+        recipe = finetune_recipe(cfg.eval, changed_only=True) if finetune else {}
         used[protocol] = {"epochs": settings.epochs, "lr": settings.lr,
-                           "batch_size": settings.batch_size}  # fmt: skip
+                          "batch_size": settings.batch_size, **recipe}  # fmt: skip
     return results, used
+
+
+#: The fine-tuning recipe's keys (eval.finetune_KEY) and their defaults, lightly's.
+FINETUNE_RECIPE = {"optimizer": "sgd", "weight_decay": 0.0, "layer_decay": None,
+                   "warmup_epochs": 0.0}  # fmt: skip
+
+
+def finetune_recipe(evaluation: Any, changed_only: bool = False) -> dict[str, Any]:
+    """The recipe's settings (absent from configs saved before them: the defaults); with
+    ``changed_only`` those away from lightly's, as results.json's evaluations record them
+    (so a run scored before they existed keeps the settings it is compared by)."""
+    recipe = {key: evaluation.get(f"finetune_{key}", default)
+              for key, default in FINETUNE_RECIPE.items()}  # fmt: skip
+    if changed_only:
+        return {k: v for k, v in recipe.items() if v != FINETUNE_RECIPE[k]}
+    return recipe

@@ -21,7 +21,6 @@ viewed, forwarded, and stepped.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
 from sslbench.eval.probes import top5_means_something, topk_accuracy
+from sslbench.nn.optim import lr_schedule
 from sslbench.transforms import Pipeline
+
+#: What the description adds where the recipe is lightly's benchmark's.
+LIGHTLY_RECIPE = " (lightly's benchmark)"
 
 #: The ops of a run's transform that the supervised evaluations keep: crop, flip, normalise.
 LIGHT_OPS = ("resized_crop", "hflip", "normalize")
@@ -78,6 +83,76 @@ class SupervisedSettings:
     lr: float  # at batch 256; scaled by batch_size / 256
     batch_size: int
     seed: int
+    optimizer: str = "sgd"  # sgd (momentum 0.9) | adamw
+    weight_decay: float = 0.0
+    layer_decay: float | None = None  # fine-tuning: lr x decay^(layers above), timm's groups
+    warmup_epochs: float = 0.0
+
+    def recipe(self, batch_size: int) -> str:
+        """The optimiser part of the description in results.json."""
+        name = "SGD" if self.optimizer == "sgd" else "AdamW"
+        text = f"{name} lr {self.lr:g} x {batch_size}/256"
+        text += ", momentum 0.9" if self.optimizer == "sgd" else ""
+        decay = self.weight_decay
+        text += f", weight decay {decay:g}" if decay else ", no weight decay"
+        if self.layer_decay is not None:
+            text += f", layer-wise lr decay {self.layer_decay:g}"
+        if self.warmup_epochs:
+            text += f", {self.warmup_epochs:g} warm-up epochs"
+        return text
+
+
+def parameter_groups(
+    backbone: nn.Module, head: nn.Module, settings: SupervisedSettings
+) -> list[dict[str, Any]]:
+    """The optimiser's groups: the head's (full lr), and with fine-tuning the backbone's,
+    each with its ``lr_scale``: 1, or with ``layer_decay`` d the layer-wise scales of BEiT
+    and MAE (biases, norms and timm's ``no_weight_decay()`` tokens then undecayed)."""
+    groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr_scale": 1.0}]
+    if not settings.finetune:
+        return groups
+    decay = settings.layer_decay
+    if decay is None:
+        trainable = [p for p in backbone.parameters() if p.requires_grad]
+        return groups + [{"params": trainable, "lr_scale": 1.0}]
+    if isinstance(backbone, VisionTransformer):
+        return groups + _vit_layer_groups(backbone, decay, settings.weight_decay)
+    if not hasattr(backbone, "group_matcher"):
+        raise ValueError(
+            f"eval.finetune_layer_decay={decay}: {type(backbone).__name__} does not say its "
+            "layers (timm's group_matcher); use eval.finetune_layer_decay=null"
+        )
+    # Other timm models: timm's layer groups (its top group at scale 1).
+    no_decay = getattr(backbone, "no_weight_decay", lambda: set())()
+    return groups + param_groups_layer_decay(
+        backbone, weight_decay=settings.weight_decay, no_weight_decay_list=no_decay,
+        layer_decay=decay,
+    )  # fmt: skip
+
+
+def _vit_layer_groups(vit: VisionTransformer, decay: float, weight_decay: float) -> list[dict]:
+    """MAE's layer ids (its util/lr_decay.py, after BEiT): the embeddings 0, block i i + 1,
+    the final norm (the head's layer) depth + 1; a layer's lr scale is
+    decay^(depth + 1 − id), so the last block learns at ``decay`` times the head's lr."""
+    depth = len(vit.blocks)
+    no_decay = set(vit.no_weight_decay())
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in vit.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("blocks."):
+            layer = int(name.split(".")[1]) + 1
+        elif name in no_decay or name.startswith(("patch_embed", "reg_token")):
+            layer = 0
+        else:
+            layer = depth + 1
+        decays = param.ndim > 1 and name not in no_decay
+        group = groups.setdefault((layer, decays), {
+            "params": [], "lr_scale": decay ** (depth + 1 - layer),
+            "weight_decay": weight_decay if decays else 0.0,
+        })  # fmt: skip
+        group["params"].append(param)
+    return list(groups.values())
 
 
 def train_and_score(
@@ -104,17 +179,21 @@ def train_and_score(
     with torch.random.fork_rng(devices=[]):  # the head's init: its own seed
         torch.manual_seed(settings.seed)
         head = nn.Linear(int(backbone.num_features), num_classes).to(device)
-    params = list(head.parameters())
-    if settings.finetune:
-        params += [p for p in backbone.parameters() if p.requires_grad]
+    groups = parameter_groups(backbone, head, settings)
     batch_size = min(settings.batch_size, len(train.indices))
-    optimizer = torch.optim.SGD(
-        params, lr=settings.lr * batch_size / 256, momentum=0.9, weight_decay=0.0
-    )
+    lr = settings.lr * batch_size / 256
+    for group in groups:
+        group["lr"] = lr * group.pop("lr_scale")
+    if settings.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            groups, lr=lr, weight_decay=settings.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=settings.weight_decay)
     steps_per_epoch = len(train.indices) // batch_size  # drop_last, as lightly's loaders
     total = settings.epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        optimizer, lr_schedule("cosine", total, int(settings.warmup_epochs * steps_per_epoch))
     )
     order_rng = np.random.default_rng(settings.seed)
     views_gen = torch.Generator(device).manual_seed(settings.seed)
@@ -142,8 +221,9 @@ def train_and_score(
     description = (
         f"{what}: {'backbone and ' if settings.finetune else 'frozen backbone, '}linear head "
         f"trained {settings.epochs} epochs on crop+flip views of {len(train.indices)} train "
-        f"images, SGD lr {settings.lr:g} x {batch_size}/256, momentum 0.9, no weight decay, "
-        f"cosine per step (lightly's benchmark); tested on {len(test.indices)} images"
+        f"images, {settings.recipe(batch_size)}, cosine per step"
+        f"{LIGHTLY_RECIPE if settings.optimizer == 'sgd' else ''}; "
+        f"tested on {len(test.indices)} images"
     )
     return {"top1": top1, "top5": top5, "description": description}
 
