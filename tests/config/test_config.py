@@ -197,7 +197,7 @@ def test_every_method_yaml_is_complete_and_registered() -> None:
 
 
 #: Optimiser keys of the ViT recipes, which the YAMLs from before them leave at default.
-VIT_RECIPE_KEYS = ("weight_decay_end", "grad_clip", "grad_clip_mode")
+VIT_RECIPE_KEYS = ("weight_decay_end", "grad_clip", "grad_clip_mode", "betas")
 
 
 def test_unknown_method_names_all_seven(capsys) -> None:

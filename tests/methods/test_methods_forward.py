@@ -9,11 +9,12 @@ import torch
 from conftest import method_names, small_method
 
 from sslbench.methods import Views
+from sslbench.nn.backbones import backbone_kind
 
 #: Methods that pass some global views through a target network only (not the online
 #: backbone counted here): how many go through the online one. TiCo: view 0 alone; SMoG:
-#: one view (view 0 or, on odd steps, view 1).
-ONLINE_GLOBAL_VIEWS = {"tico": 1, "smog": 1}
+#: one view (view 0 or, on odd steps, view 1); MSN: the anchor (view 1; view 0 is the target).
+ONLINE_GLOBAL_VIEWS = {"tico": 1, "smog": 1, "msn": 1}
 
 
 def _batch_sizes_seen(name: str, fmnist_batch, *overrides: str) -> tuple[list[int], int, int, int]:
@@ -26,13 +27,20 @@ def _batch_sizes_seen(name: str, fmnist_batch, *overrides: str) -> tuple[list[in
     images, aspect = images[:16], aspect[:16]
     views = model.make_views(images, aspect, labels[:16])  # labels: method=supervised's
     seen: list[int] = []
-    forward_features = model.backbone.forward_features
+    # A ViT's views all go through its patch embedding (a masked encoder's too, which skips
+    # forward_features); a CNN's through forward_features (timm's forward() calls it too).
+    vit = backbone_kind(model.backbone) == "vit"
+    counted = model.backbone.patch_embed if vit else model.backbone
+    forward = counted.forward if vit else counted.forward_features
 
     def record(x: torch.Tensor) -> torch.Tensor:
         seen.append(x.shape[0])
-        return forward_features(x)
+        return forward(x)
 
-    model.backbone.forward_features = record  # timm's forward() calls it too
+    if vit:
+        counted.forward = record
+    else:
+        counted.forward_features = record
     loss = model.training_loss(views)
     assert torch.isfinite(loss).all()
     online = ONLINE_GLOBAL_VIEWS.get(name, model.num_global_views)

@@ -42,7 +42,7 @@ class _NoLightly(SSLMethod):
 
 
 class _Unbuildable(SSLMethod):
-    lightly_transform = "MSNTransform"
+    lightly_transform = "AIMTransform"
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ class _Unbuildable(SSLMethod):
     [
         (_Silent, "method 'new' does not name its lightly transform: set _Silent"),
         (_NoLightly, "lightly has no reference transform for method 'new'"),
-        (_Unbuildable, "names lightly transform 'MSNTransform', which sslbench cannot build"),
+        (_Unbuildable, "names lightly transform 'AIMTransform', which sslbench cannot build"),
     ],
 )
 def test_a_method_without_a_lightly_transform_is_one_clear_error(

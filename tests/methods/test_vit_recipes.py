@@ -5,7 +5,6 @@ a method keeps, and a method refused on a backbone kind it is not made for."""
 
 from __future__ import annotations
 
-
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -31,8 +30,13 @@ def test_dino_on_a_vit_takes_the_papers_recipe_and_the_command_line_still_wins()
 
 @pytest.mark.parametrize(
     ("name", "vit"),
-    [("vit_small_patch16_224", True), ("deit_tiny_patch16_224", True), ("resnet18", False),
-     ("vit_base_patch16_dinov3", False), ("convnext_tiny", False)],  # fmt: skip
+    [
+        ("vit_small_patch16_224", True),
+        ("deit_tiny_patch16_224", True),
+        ("resnet18", False),
+        ("vit_base_patch16_dinov3", False),
+        ("convnext_tiny", False),
+    ],  # fmt: skip
 )
 def test_a_vit_is_named_by_timms_registry(name: str, vit: bool) -> None:
     # dinov3 is timm's Eva, not a VisionTransformer: lightly's masked ViT cannot wrap it
@@ -46,6 +50,17 @@ def test_optimiser_keys_the_yaml_leaves_out_can_be_set_and_are_checked() -> None
         compose(["method=simclr", "method.optimizer.grad_clip_mode=value"])
     with pytest.raises(ConfigError, match="valid keys under method.optimizer: .*grad_clip"):
         compose(["method=simclr", "method.optimizer.gradclip=1.0"])
+    with pytest.raises(ConfigError, match=r"betas must be two numbers in \[0, 1\)"):
+        compose(["method=simclr", "method.optimizer.betas=[0.9]"])
+
+
+def test_adamw_takes_the_recipes_betas() -> None:
+    from conftest import configured_optimizers
+
+    method, _ = small_method("simclr", "method.optimizer.name=adamw",
+                             "method.optimizer.betas=[0.9,0.95]")  # fmt: skip
+    optimizer = configured_optimizers(method, steps=10, epochs=1)["optimizer"]
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.95)
 
 
 def _method_with_grads(*overrides: str):
@@ -69,13 +84,15 @@ def test_per_tensor_clipping_bounds_each_gradient_and_total_clipping_their_whole
     after = [p.grad for p in method.parameters()]
     total = torch.linalg.vector_norm(torch.stack([g.norm() for g in after]))
     assert abs(float(total) - 0.5) < 1e-3
-    ratios = {round(float(a.flatten()[0] / b.flatten()[0]), 6) for a, b in zip(after, before)}
+    pairs = zip(after, before, strict=True)
+    ratios = {round(float(a.flatten()[0] / b.flatten()[0]), 6) for a, b in pairs}
     assert len(ratios) == 1  # one scale for all: directions kept
 
     method = _method_with_grads()  # grad_clip null: untouched
     before = [p.grad.clone() for p in method.parameters()]
     method.configure_gradient_clipping(torch.optim.SGD(method.parameters(), lr=0.1))
-    assert all(torch.equal(a, b) for a, b in zip(before, [p.grad for p in method.parameters()]))
+    after = [p.grad for p in method.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 class _Decays(pl.Callback):
@@ -110,7 +127,9 @@ def test_dino_on_a_vit_trains_multi_crop_and_keeps_its_last_layer_the_first_epoc
     method, cfg = small_method("dino", *VIT)
     assert cfg.method.optimizer.name == "adamw" and method.num_local_views == 2
     views = correlated_views(8)
-    views.local_views = [torch.randn(8, 3, 16, 16) for _ in range(2)]  # 2 x 2 patches
+    # the local side 0.43 x 32 = 14 px: padded to 2 x 2 patches of 8 px
+    assert method.local_pipeline.size == 14
+    views.local_views = [torch.randn(8, 3, 14, 14) for _ in range(2)]
     loss = method.training_loss(views)
     loss.backward()
     method.on_after_backward()  # epoch 0 < freeze_last_layer=1: no step for the last layer
@@ -148,3 +167,20 @@ def test_the_configured_optimiser_warms_up_then_follows_the_recipe() -> None:
     # 10 warm-up epochs of 10 steps: the lr rises linearly to its peak at step 100
     assert scheduler.lr_lambdas[0](49) == pytest.approx(0.5) and scheduler.lr_lambdas[0](99) == 1
     assert isinstance(setup["optimizer"], torch.optim.AdamW)
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_keeps_the_run_folder() -> None:
+    from sslbench.config.identity import config_hash
+
+    views = correlated_views(4)
+    grads = []
+    for flag in ("false", "true"):
+        torch.manual_seed(0)
+        method, cfg = small_method("mae", f"backbone.grad_checkpointing={flag}")
+        assert method.backbone.grad_checkpointing == (flag == "true")
+        assert method.encoder.grad_checkpointing == (flag == "true")  # lightly's own flag
+        method.training_loss(views).backward()
+        grads.append(method.backbone.blocks[0].attn.qkv.weight.grad)
+        hashes = config_hash(cfg)
+    torch.testing.assert_close(grads[0], grads[1])
+    assert hashes == config_hash(small_method("mae")[1])

@@ -299,7 +299,7 @@ def test_a_pretext_run_evaluates_again_from_its_checkpoint(tmp_path) -> None:
     assert again["linear_top1"] == pytest.approx(first, abs=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 @pytest.mark.parametrize(("transform", "pretext"), [("lorot", "lorot"), ("dcl", "dcl")])
 def test_a_pretext_head_learns_from_a_vits_patch_tokens_laid_out_as_a_map(
     transform: str, pretext: str

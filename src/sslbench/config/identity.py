@@ -67,6 +67,8 @@ def what_it_computes(cfg: DictConfig) -> dict[str, Any]:
         if data.get(section, {}).get(key, default) == default:
             data.get(section, {}).pop(key, None)
     # keys without effect on a run of one process: its hash is that of runs from before them
+    # how activations are kept for the backward pass: memory, not numbers
+    data.get("backbone", {}).pop("grad_checkpointing", None)
     if data.get("num_nodes", 1) == 1:
         data.pop("num_nodes", None)
     if data.get("devices", 1) * data.get("num_nodes", 1) == 1:

@@ -89,7 +89,7 @@ def type_ok(expected: Any, value: Any) -> bool:
     if expected is Any:
         return True
     origin = typing.get_origin(expected)
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):
         return any(type_ok(arg, value) for arg in typing.get_args(expected))
     if expected is type(None):
         return value is None

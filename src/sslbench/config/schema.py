@@ -83,6 +83,8 @@ class OptimizerConfig:
     # tensor on its own (per_tensor: DINO's and iBOT's clip_gradients)
     grad_clip: float | None = None
     grad_clip_mode: str = "total"  # total | per_tensor
+    # Adam and AdamW: (beta1, beta2); null: torch's (0.9, 0.999). MAE: [0.9, 0.95]
+    betas: list[float] | None = None
 
 
 @dataclass
@@ -120,6 +122,10 @@ class BackboneConfig:
     # (false: torchvision's resnet18(), which the study and lightly's benchmark used)
     zero_init_last: bool = False
     channels_last: bool = True  # memory format on the GPU
+    # recompute each block's activations in the backward pass instead of keeping them
+    # (timm's set_grad_checkpointing): less memory, about a third more compute, the same
+    # numbers; for ViT-B and larger at 224 px on one GPU
+    grad_checkpointing: bool = False
     # With several GPUs: every batch norm (backbone and heads) normalises over the global
     # batch, so a run on N GPUs trains the network a run on one GPU does (the methods'
     # papers; lightly's benchmark on one GPU). false: each GPU's own statistics. No effect on

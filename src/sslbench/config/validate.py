@@ -120,6 +120,12 @@ def _check_optimizer(optimizer: Any) -> None:
             f"method.optimizer.grad_clip_mode must be one of {', '.join(GRAD_CLIP_MODES)}; "
             f"got '{mode}'"
         )
+    betas = optimizer.get("betas")
+    if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
+        raise ConfigError(
+            f"method.optimizer.betas must be two numbers in [0, 1), e.g. [0.9, 0.95] (or "
+            f"null: torch's 0.9, 0.999), got {list(betas)}"
+        )
     clip = optimizer.get("grad_clip")
     if clip is not None and clip <= 0:
         raise ConfigError(

@@ -175,6 +175,9 @@ def train_and_score(
     train, test = train.labelled(), test.labelled()
     if settings.finetune:
         backbone = copy.deepcopy(backbone)
+        # all of it learns: a method may have fixed some parameters in pretraining (MAE's
+        # sin-cos position embedding), which fine-tuning trains (MAE's main_finetune.py)
+        backbone.requires_grad_(True)
     backbone = backbone.to(device)
     with torch.random.fork_rng(devices=[]):  # the head's init: its own seed
         torch.manual_seed(settings.seed)

@@ -31,6 +31,12 @@ METHODS: dict[str, str] = {
     "dino": "sslbench.methods.dino:DINO",
     "nnclr": "sslbench.methods.nnclr:NNCLR",
     "smog": "sslbench.methods.smog:SMoG",
+    "ijepa": "sslbench.methods.ijepa:IJEPA",
+    "lejepa": "sslbench.methods.lejepa:LeJEPA",
+    "mae": "sslbench.methods.mae:MAE",
+    "simmim": "sslbench.methods.simmim:SimMIM",
+    "ibot": "sslbench.methods.ibot:IBOT",
+    "msn": "sslbench.methods.msn:MSN",
 }
 
 

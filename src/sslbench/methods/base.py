@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from sslbench.errors import NonFiniteLossError
 from sslbench.methods.banks import bank_state, load_bank_state
 from sslbench.methods.views import ViewMaker, Views
-from sslbench.nn.backbones import spatial_map
+from sslbench.nn.backbones import backbone_kind, spatial_map
 from sslbench.nn.optim import build_optimizer, lr_schedule
 from sslbench.pretext import PRETEXT_OPS, create_pretext, pretext_name
 from sslbench.pretext.base import FeatureTap, PretextInputs
@@ -46,6 +46,11 @@ from sslbench.transforms import Pipeline, local_view_pipeline, make_generator
 
 #: The checkpoint entry of :meth:`SSLMethod.extra_checkpoint_state`.
 EXTRA_STATE_KEY = "sslbench_extra_state"
+
+#: The backbone of a ViT method's unit tests (``small_overrides``): ViT-Ti in 4 x 4 patches
+#: of 8 px at the tests' 32 px; and of its learning run on Fashion-MNIST, 8 x 8 patches of 4 px.
+TEST_VIT = ("backbone=vit_tiny_patch16_224", "backbone.patch_size=8")
+LEARNING_VIT = ("backbone=vit_tiny_patch16_224", "backbone.patch_size=4")
 
 #: Appended to a step's (rank, epoch, step) stream for its masks: (.., step, 1) is a stream
 #: apart from the views' (.., step).
@@ -126,8 +131,11 @@ class SSLMethod(pl.LightningModule):
         self.method_cfg = dict(method)
         self.backbone = backbone
         self.view_pipelines = [pipeline] if isinstance(pipeline, Pipeline) else list(pipeline)
-        if self.pipeline_ops is not None:
-            self.view_pipelines = [p.keeping(self.pipeline_ops) for p in self.view_pipelines]
+        name = pretext_name(pretext)
+        op = None if name is None else PRETEXT_OPS[name]
+        if self.pipeline_ops is not None:  # a pretext task's op stays: its heads read its labels
+            kept = (*self.pipeline_ops, *([op] if op else []))
+            self.view_pipelines = [p.keeping(kept) for p in self.view_pipelines]
         self.pipeline = self.view_pipelines[0]  # also the evaluation view's normalisation
         self.batch_size = batch_size
         self.seed = seed
@@ -141,8 +149,6 @@ class SSLMethod(pl.LightningModule):
         )
         # First step whose loss was not finite; -1 while all are. Lives on the device.
         self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
-        name = pretext_name(pretext)
-        op = None if name is None else PRETEXT_OPS[name]
         # The transform entries of the task's op (an entry is named by its op, or has
         # ``op:``) and their parameters, in each global-view pipeline.
         steps = [(entry, params) for view_pipeline in self.view_pipelines
@@ -343,9 +349,13 @@ class SSLMethod(pl.LightningModule):
     @torch.no_grad()
     def _pooled_first_view(self, views: Views, tap: FeatureTap) -> Tensor | None:
         """Detached pooled features of the first global view, from the feature map the
-        method's own forward left in ``tap`` (None if it left none: no extra forward, which
-        would move batch norm's running statistics)."""
-        fmap = tap.feature_map(views.global_views[0])
+        method's own forward left in ``tap``. If it left none (a masked ViT encodes only some
+        patches), a ViT's come from a forward pass of its own, which changes nothing (no batch
+        norm); a CNN's are None: an extra forward would move batch norm's running statistics."""
+        view = views.global_views[0]
+        fmap = tap.feature_map(view)
+        if fmap is None and backbone_kind(self.backbone) == "vit":
+            fmap = self.backbone.forward_features(view)
         if fmap is None:
             return None
         return self.backbone.forward_head(fmap.detach(), pre_logits=True)
@@ -456,6 +466,7 @@ class SSLMethod(pl.LightningModule):
             lr=lr,
             momentum=opt_cfg.get("momentum", 0.0),
             weight_decay=opt_cfg.get("weight_decay", 0.0),
+            betas=opt_cfg.get("betas"),
         )
         interval = opt_cfg.get("schedule_interval", "step")
         warmup_epochs = opt_cfg.get("warmup_epochs", 0.0)

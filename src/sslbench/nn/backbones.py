@@ -61,7 +61,8 @@ def create_backbone(
             (None: the model's own, 16 for ``vit_small_patch16_224``).
         any_size: a model built for one size also takes images of other sizes (timm's
             ``dynamic_img_size``: the position embeddings are interpolated to the input's
-            grid of patches), as the smaller local crops of multi-crop methods (DINO) need.
+            grid of patches, and a side that is not a multiple of the patch is padded to
+            one), as the smaller local crops of multi-crop methods (DINO) need.
             No effect at ``image_size``, nor on the parameters (an export loads without it).
 
     Returns:
@@ -73,7 +74,9 @@ def create_backbone(
         raise BackboneError(f"unknown backbone '{name}': not a timm model name{hint}")
     size: dict[str, Any] = dict(timm_size_kwargs(name, image_size, patch_size))
     if any_size and builds_for_one_size(name):
-        size["dynamic_img_size"] = True
+        # a local crop whose side is not a multiple of the patch (14 px in 8-px patches)
+        # is padded to the next one (timm's dynamic_img_pad), not refused
+        size["dynamic_img_size"] = size["dynamic_img_pad"] = True
     model = _create(name, zero_init_last, size)
     if image_size is not None:
         _check_input_size(model, name, image_size)

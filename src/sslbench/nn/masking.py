@@ -47,13 +47,14 @@ def random_token_mask(
 def random_block_mask(
     batch_size: int,
     grid: tuple[int, int],
-    scale: tuple[float, float],
+    scale: tuple[float | Tensor, float | Tensor],
     aspect_ratio: tuple[float, float],
     generator: torch.Generator,
 ) -> Tensor:
     """One random rectangle of patches per sample (N, h, w), True inside.
 
-    Its area is a fraction of the grid drawn uniformly from ``scale``, its aspect ratio
+    Its area is a fraction of the grid drawn uniformly from ``scale`` (two floats, or two
+    (N,) tensors: bounds per sample, iBOT's remaining budget), its aspect ratio
     (height / width) log-uniformly from ``aspect_ratio``, its place uniformly among those
     where it fits: the blocks of I-JEPA (Assran et al. 2023, https://arxiv.org/abs/2301.08243,
     targets scale (0.15, 0.2), aspect (0.75, 1.5); context (0.85, 1.0), aspect 1) and, as a

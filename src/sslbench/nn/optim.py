@@ -51,7 +51,7 @@ Usage::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -177,16 +177,23 @@ SCHEDULES = ("cosine", "constant")
 
 
 def build_optimizer(
-    name: str, params: Any, *, lr: float, momentum: float, weight_decay: float
+    name: str,
+    params: Any,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    betas: Sequence[float] | None = None,
 ) -> torch.optim.Optimizer:
     """SGD, Adam, AdamW or LARS (:class:`LARS`: lightly's, without host syncs)
-    by name."""
+    by name; ``betas`` for Adam and AdamW (None: torch's (0.9, 0.999))."""
+    adam = {} if betas is None else {"betas": (float(betas[0]), float(betas[1]))}
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **adam)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adam)
     if name == "lars":
         return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")

@@ -101,6 +101,8 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         channels_last=channels_last,
         pretext=OmegaConf.to_container(cfg.pretext, resolve=True) if "pretext" in cfg else None,
     )
+    if cfg.backbone.get("grad_checkpointing", False):
+        checkpoint_blocks(method, cfg.backbone.name)
     mode = str(cfg.get("compile", "none"))
     if mode != "none":
         # The feature extractor is most of the compute; the methods call forward_features
@@ -108,6 +110,19 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
         # method is built: BYOL's momentum target is a copy of the plain backbone.
         backbone.forward_features = torch.compile(backbone.forward_features, mode=mode)
     return method
+
+
+def checkpoint_blocks(method: SSLMethod, name: str) -> None:
+    """Activation checkpointing in every network of the method that has it: the backbone,
+    its EMA copies and lightly's masked-ViT wrappers around it (their own flag)."""
+    if not hasattr(method.backbone, "set_grad_checkpointing"):
+        raise ConfigError(
+            f"backbone.grad_checkpointing=true: '{name}' has no activation checkpointing (timm "
+            "ViTs, ResNets and most timm models have); use backbone.grad_checkpointing=false"
+        )
+    for module in method.modules():
+        if module is not method and callable(getattr(module, "set_grad_checkpointing", None)):
+            module.set_grad_checkpointing(True)
 
 
 def has_local_views(method: DictConfig) -> bool:

@@ -11,7 +11,8 @@ transform (``SSLMethod.lightly_transform``), one of :data:`TRANSFORMS`:
 - ``"SwaVTransform"`` (global and local crops); ``"DINOTransform"`` (BYOL's two asymmetric
   global views and local crops); ``"FastSiamTransform"`` (four SimCLR-style views);
   ``"SMoGTransform"`` (SMoG's two asymmetric views, BYOL-style); ``"VICRegLTransform"``
-  (crops and their location grids).
+  (crops and their location grids); ``"IBOTTransform"`` (DINO's views); ``"MSNTransform"``
+  (SimCLR-style random and focal views).
 
 Other pipelines (baseline, LoRot, DCL, ...), a method whose class names None (lightly has
 none) and a name not in :data:`TRANSFORMS` are each a clear error.
@@ -31,6 +32,8 @@ from lightly.transforms import (
     BYOLView2Transform,
     DINOTransform,
     FastSiamTransform,
+    IBOTTransform,
+    MSNTransform,
     SimCLRTransform,
     SMoGTransform,
     SwaVTransform,
@@ -52,6 +55,7 @@ LIGHTLY_PIPELINES = ("simclr", "byol")
 #: The run's pipeline that a multi-view lightly transform's views are made of.
 PIPELINE_OF_TRANSFORM = {
     "DINOTransform": "byol", "FastSiamTransform": "simclr", "SMoGTransform": "byol",
+    "IBOTTransform": "byol", "MSNTransform": "simclr",
 }  # fmt: skip
 
 #: A lightly transform: one PIL image in, its views (and, for VICRegL, their grids) out.
@@ -173,13 +177,17 @@ def dino_transform(cfg: DictConfig) -> ImageTransform:
 
 
 def dino_crops_transform(
-    cfg: DictConfig, gaussian_blur: tuple[float, float, float], solarization_prob: float
+    cfg: DictConfig,
+    gaussian_blur: tuple[float, float, float],
+    solarization_prob: float,
+    transform: type[DINOTransform] | type[IBOTTransform] = DINOTransform,
 ) -> ImageTransform:
-    """lightly's DINOTransform with the run's crops, flips and colour, and the given blur
-    probabilities (global view 1, global view 2, local crops) and solarisation."""
+    """lightly's DINOTransform (or iBOT's, which takes its arguments) with the run's crops,
+    flips and colour, and the given blur probabilities (global view 1, global view 2, local
+    crops) and solarisation."""
     view = simclr_view_parameters(cfg)
     local = cfg.method.local_views
-    return DINOTransform(
+    return transform(
         global_crop_size=cfg.image_size,
         global_crop_scale=(cfg.transform.ops.resized_crop.scale[0], 1.0),
         local_crop_size=local_side(cfg),
@@ -189,6 +197,37 @@ def dino_crops_transform(
         gaussian_blur=gaussian_blur,
         sigmas=view["sigmas"],
         solarization_prob=solarization_prob,
+        normalize=view["normalize"],
+    )
+
+
+def ibot_transform(cfg: DictConfig) -> ImageTransform:
+    """lightly's iBOT transform at the run's settings: DINO's views (BYOL's two global views,
+    local crops as the method's ``local_views``), so the run's pipeline must be ``byol``."""
+    name, own = cfg.transform.name, PIPELINE_OF_TRANSFORM["IBOTTransform"]
+    _require(name == own, f"iBOT's global views are {own}'s, not pipeline '{name}'")
+    skip = cfg.image_size <= cfg.transform.ops.gaussian_blur.skip_at_or_below
+    return dino_crops_transform(cfg, (0.0, 0.0, 0.0) if skip else (1.0, 0.1, 0.5), 0.2,
+                                IBOTTransform)  # fmt: skip
+
+
+def msn_transform(cfg: DictConfig) -> ImageTransform:
+    """lightly's MSN transform: its random views (target and anchor) and focal views all
+    SimCLR-style with the run's ops; the focal views as the method's ``local_views``."""
+    name, own = cfg.transform.name, PIPELINE_OF_TRANSFORM["MSNTransform"]
+    _require(name == own, f"MSN's views are {own}'s, not pipeline '{name}'")
+    view = simclr_view_parameters(cfg)
+    local = cfg.method.local_views
+    return MSNTransform(
+        random_size=cfg.image_size,
+        focal_size=local_side(cfg),
+        random_views=method_class(cfg.method.name).num_global_views,
+        focal_views=local.count,
+        random_crop_scale=(cfg.transform.ops.resized_crop.scale[0], 1.0),
+        focal_crop_scale=tuple(local.scale),
+        **flip_and_colour(view),
+        gaussian_blur=view["gaussian_blur"],
+        sigmas=view["sigmas"],
         normalize=view["normalize"],
     )
 
@@ -293,6 +332,16 @@ def dino_multicrop_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTrans
     return dino_transform(cfg)
 
 
+def ibot_multicrop_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
+    """iBOT's lightly transform (the backbone plays no part)."""
+    return ibot_transform(cfg)
+
+
+def msn_multicrop_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
+    """MSN's lightly transform (the backbone plays no part)."""
+    return msn_transform(cfg)
+
+
 def fastsiam_multiview_transform(cfg: DictConfig, backbone: nn.Module) -> ImageTransform:
     """FastSiam's lightly transform (the backbone plays no part)."""
     return fastsiam_transform(cfg)
@@ -314,6 +363,8 @@ TRANSFORMS: dict[str, Callable[[DictConfig, nn.Module], ImageTransform]] = {
     "pipeline": pipeline_transform,
     "SwaVTransform": swav_multicrop_transform,
     "DINOTransform": dino_multicrop_transform,
+    "IBOTTransform": ibot_multicrop_transform,
+    "MSNTransform": msn_multicrop_transform,
     "FastSiamTransform": fastsiam_multiview_transform,
     "SMoGTransform": smog_views_transform,
     "VICRegLTransform": vicregl_grid_transform,
