@@ -18,7 +18,7 @@ from sslbench.eval.supervised import (
     parameter_groups,
     train_and_score,
 )
-from sslbench.nn.backbones import create_backbone
+from sslbench.nn.backbones import TokenPooled, create_backbone
 from sslbench.transforms import Pipeline
 
 
@@ -46,6 +46,15 @@ def test_layer_decay_gives_the_blocks_nearer_the_input_a_smaller_lr() -> None:
     assert decay_of[id(vit.pos_embed)] == 0.0  # timm's no_weight_decay(): pos_embed, cls_token
     every = [p for p in vit.parameters()]
     assert sorted(map(id, every)) == sorted(id(p) for g in groups[1:] for p in g["params"])
+
+
+def test_a_vit_pooled_one_way_is_decayed_by_its_layers() -> None:
+    vit = create_backbone("vit_tiny_patch16_224", image_size=32, patch_size=8)
+    pooled = TokenPooled(vit, "avg")
+    groups = parameter_groups(pooled, nn.Linear(vit.num_features, 4), settings())
+    scales = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert scales[id(vit.blocks[-1].attn.qkv.weight)] == pytest.approx(0.5)
+    assert len(scales) == len(list(pooled.parameters())) + 2  # the head's weight and bias
 
 
 def test_without_layer_decay_every_backbone_parameter_learns_at_the_heads_lr() -> None:

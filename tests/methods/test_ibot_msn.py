@@ -10,7 +10,6 @@ local views) with each class's small_overrides, on seeded noise views, without a
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 
 import pytest
@@ -19,14 +18,13 @@ from conftest import (
     TINY_RUN,
     configured_optimizers,
     correlated_views,
-    needs_fmnist,
     one_line_error,
     small_method,
 )
 from lightly.loss import MSNLoss, PMSNLoss
 
 from sslbench.cli import main
-from sslbench.methods import Views, method_class
+from sslbench.methods import Views
 from sslbench.methods.ibot import block_masks, ibot_masks, prediction_ratios
 
 IBOT_MASKS = {"probability": 0.5, "ratio": (0.1, 0.5), "aspect_ratio": (0.3, 1 / 0.3),
@@ -213,14 +211,3 @@ def test_on_a_resnet_it_exits_2_with_one_line_and_no_run_folder(name: str, tmp_p
     err = one_line_error(capsys)
     assert f"method={name} trains a VIT" in err and "backbone=resnet10t is a CNN" in err
     assert not run_dir.exists()
-
-
-@needs_fmnist
-@pytest.mark.parametrize("name", ["ibot", "msn"])
-def test_a_tiny_run_on_a_vit_completes_and_is_evaluated(name: str, tmp_path) -> None:
-    run_dir = tmp_path / "run"
-    small = method_class(name).small_overrides
-    assert main(["pretrain", f"method={name}", *TINY_RUN, *small, f"run_dir={run_dir}"]) == 0
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["status"] == "completed"
-    assert 0.0 <= results["linear_top1"] <= 1.0 and 0.0 <= results["knn_top1"] <= 1.0

@@ -184,3 +184,11 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keeps_the_run_fol
         hashes = config_hash(cfg)
     torch.testing.assert_close(grads[0], grads[1])
     assert hashes == config_hash(small_method("mae")[1])
+
+
+def test_a_methods_own_check_of_its_keys_exits_2_before_the_run_folder(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    args = ["pretrain", "method=msn", "method.prior=zipf", *TINY_RUN, *VIT, f"run_dir={run_dir}"]
+    assert main(args) == 2
+    assert "unknown method.prior 'zipf'; valid: uniform, power_law" in one_line_error(capsys)
+    assert not run_dir.exists()

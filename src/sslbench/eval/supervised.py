@@ -33,6 +33,7 @@ from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
 from sslbench.eval.probes import top5_means_something, topk_accuracy
+from sslbench.nn.backbones import TokenPooled
 from sslbench.nn.optim import lr_schedule
 from sslbench.transforms import Pipeline
 
@@ -115,8 +116,10 @@ def parameter_groups(
     if decay is None:
         trainable = [p for p in backbone.parameters() if p.requires_grad]
         return groups + [{"params": trainable, "lr_scale": 1.0}]
-    if isinstance(backbone, VisionTransformer):
-        return groups + _vit_layer_groups(backbone, decay, settings.weight_decay)
+    # a ViT evaluated on one pooling (eval.pool) is a TokenPooled around it: the same parameters
+    inner = backbone.vit if isinstance(backbone, TokenPooled) else backbone
+    if isinstance(inner, VisionTransformer):
+        return groups + _vit_layer_groups(inner, decay, settings.weight_decay)
     if not hasattr(backbone, "group_matcher"):
         raise ValueError(
             f"eval.finetune_layer_decay={decay}: {type(backbone).__name__} does not say its "

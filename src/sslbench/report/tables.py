@@ -62,6 +62,7 @@ from sslbench.report.model import (
     fmt_accuracy,
     fmt_diff,
 )
+from sslbench.report.protocols import protocols_table
 from sslbench.report.reference import RECORD_FIELDS, STUDY_RECORD_FIELDS, Reference
 from sslbench.report.scoring import count_once, knn_fields, metric_value, scoring_rows
 
@@ -373,6 +374,9 @@ def build_section(
     for cell in cells.values():
         cell.shown = frozenset(kinds)
     tables = [table(kind) for kind in kinds]
+    protocols = protocols_table(kinds, rows, transforms, cells, footnotes)
+    if protocols is not None:
+        tables.append(protocols)
     tables.append(cell_cost_table(key, rows, transforms, cells, ref))
     tables.append(cost_table(rows, runs, row_of))
     used: list[int] = []

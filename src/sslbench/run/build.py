@@ -90,17 +90,22 @@ def build_method(cfg: DictConfig, accelerator: str) -> SSLMethod:
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     if "num_classes" in method_cfg and method_cfg["num_classes"] is None:
         method_cfg["num_classes"] = labelled_class_count(cfg)
-    method = method_cls(
-        method_cfg,
-        backbone,
-        pipelines,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        check_finite_every_n_steps=cfg.check_finite_every_n_steps,
-        log_every_n_steps=cfg.log_every_n_steps,
-        channels_last=channels_last,
-        pretext=OmegaConf.to_container(cfg.pretext, resolve=True) if "pretext" in cfg else None,
-    )
+    try:
+        method = method_cls(
+            method_cfg,
+            backbone,
+            pipelines,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            check_finite_every_n_steps=cfg.check_finite_every_n_steps,
+            log_every_n_steps=cfg.log_every_n_steps,
+            channels_last=channels_last,
+            pretext=OmegaConf.to_container(cfg.pretext, resolve=True) if "pretext" in cfg else None,
+        )
+    except ValueError as err:  # a method's check of its own keys: the config's (exit 2)
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(str(err)) from None
     if cfg.backbone.get("grad_checkpointing", False):
         checkpoint_blocks(method, cfg.backbone.name)
     mode = str(cfg.get("compile", "none"))
