@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from sslbench.nn.backbones import create_backbone
+from sslbench.run.build import has_local_views
 from sslbench.tools.lightly_views import (
     ImageTransform,
     fastsiam_transform,
@@ -82,11 +83,13 @@ def lightly_backbone(cfg: DictConfig) -> nn.Module:
 
 
 def sslbench_backbone(cfg: DictConfig) -> nn.Module:
+    """sslbench's backbone as a run of ``cfg`` builds it (run.build.build_method): a ViT for
+    the run's image and patch size, taking the local crops' size too if the method has them."""
     return create_backbone(
-        cfg.backbone.name,
-        small_stem=cfg.backbone.small_stem,
-        zero_init_last=cfg.backbone.zero_init_last,
-    )
+        cfg.backbone.name, small_stem=cfg.backbone.small_stem,
+        zero_init_last=cfg.backbone.zero_init_last, image_size=cfg.image_size,
+        patch_size=cfg.backbone.get("patch_size"), any_size=has_local_views(cfg.method),
+    )  # fmt: skip
 
 
 # -- sslbench's views in lightly's loop (--lightly-views sslbench: which part makes a gap) ----

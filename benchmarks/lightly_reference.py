@@ -22,6 +22,11 @@ summary compares the sides over seeds. The issue's protocol (standard stem, 32 p
     python benchmarks/lightly_reference.py --backbone resnet18 --seeds 0 1 2
     python benchmarks/lightly_reference.py --backbone resnet10t --seeds 0 1 2 --sides lightly
     python benchmarks/lightly_reference.py --summarize benchmarks/results/lightly_reference_v2.jsonl
+    python benchmarks/lightly_reference.py --vit --out benchmarks/results/lightly_vit.jsonl
+
+``--vit`` is the ViT protocol: every method on the ViT of the ViT methods' learning runs (ViT-Ti
+in 8-px patches at 32 px; lightly_recipes_vit.vit_run), by default the methods of
+benchmarks/lightly_recipes_vit.py; a ViT is scored on the features its method names.
 
 Every registered method with a lightly counterpart has a recipe; one without (supervised)
 is named as not applicable and skipped. VICRegL needs feature maps larger than 1x1: its
@@ -42,10 +47,13 @@ from typing import Any
 
 import lightly_recipes
 import lightly_recipes_momentum
+import lightly_recipes_vit
+import lightly_recipes_vit_teacher
 import numpy as np
 import torch
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
+from lightly_differences import COMMON_DIFFERENCES, VS_LIGHTLY_BENCHMARK
 from lightly_recipes import (
     Progress,
     Recipe,
@@ -69,7 +77,11 @@ from sslbench.run.results import git_sha, versions
 from sslbench.tools.lightly_views import PILViews
 from sslbench.transforms import Pipeline
 
-_RECIPES = {**lightly_recipes.BUILDERS, **lightly_recipes_momentum.BUILDERS}
+_RECIPES = {
+    **lightly_recipes.BUILDERS,
+    **lightly_recipes_momentum.BUILDERS,
+    **lightly_recipes_vit_teacher.BUILDERS,  # its dino: a ViT's recipe, momentum's for a ResNet
+}
 #: One recipe per registered method with a lightly counterpart, in the registry's order.
 BUILDERS: dict[str, Callable[[DictConfig, nn.Module], Recipe]] = {
     name: _RECIPES[name] for name in REGISTRY if name in _RECIPES
@@ -86,69 +98,12 @@ NOT_APPLICABLE = {
 BASE = ["experiment=demo", "progress_bar=false"]
 
 
-def runs(method: str) -> list[str]:
+def runs(method: str, vit: bool = False) -> list[str]:
     """The method's learning-run overrides (tests/methods/test_methods_learn.py), less
-    ``epochs=...``, which --epochs sets."""
+    ``epochs=...``, which --epochs sets; with ``vit``, then the ViT protocol's."""
     overrides = method_class(method).learning_run_overrides
+    overrides = (*overrides, *lightly_recipes_vit.vit_run(method)) if vit else overrides
     return [o for o in overrides if not o.startswith("epochs=")]
-
-
-#: What differs between the two sides for every method (per-method ones are added below).
-COMMON_DIFFERENCES = [
-    "initial weights: lightly's side builds torchvision's resnet18() (lightly's benchmark), "
-    "sslbench timm's resnet18 with zero_init_last=False: the same distributions "
-    "(tests/nn/test_backbones.py), other draws; other backbone names: the same timm model",
-    "augmentation: lightly's per-image torchvision/PIL ops on the 28-px cached images in the "
-    "DataLoader instead of sslbench's batched tensor ops; same parameters, but torchvision's "
-    "crop boxes are whole pixels of the 28-px image (sslbench: sub-pixel boxes, roi_align) "
-    "and PIL rounds to uint8 between the colour-jitter steps",
-    "random draws: torch's global generator seeded once (sslbench: a generator per step); same "
-    "distributions, other draws; the batches are shuffled by the same seeded sampler",
-    "precision: float32 on lightly's side; sslbench's default (bf16-mixed on a GPU, float32 "
-    "on a CPU)",
-    "lr: lightly's CosineWarmupScheduler(end_value=0) stepped every optimiser step; the same "
-    "warm-up, but the cosine reaches 0 at the last step, progress (s-w)/(T-w-1), where "
-    "sslbench's uses (s-w)/(T-w)",
-    "a plain PyTorch loop: no Lightning, no collapse monitor, no non-finite checks",
-]
-
-
-#: How these settings differ from lightly's own Imagenette benchmark (context, not a
-#: difference from sslbench): its numbers come from torchvision resnet18 at 128 px, batch 256,
-#: 200 or 800 epochs, the lr schedule stepped per epoch.
-VS_LIGHTLY_BENCHMARK = {
-    "simclr": "NTXentLoss T=0.2 (the demo's) vs 0.5; colour-jitter strength 1.0 vs 0.5",
-    "simsiam": "lr 0.12 vs 0.06; SimCLRTransform vs SimSiamTransform",
-    "byol": "SimCLRTransform vs BYOLTransform (asymmetric blur and solarisation)",
-    "barlowtwins": "LARS 0.2*b/256, wd 1.5e-6, biases and norms excluded vs SGD 0.06*b/256, "
-    "wd 5e-4; SimCLRTransform vs BYOLTransform",
-    "vicreg": "VICRegProjectionHead (the same 3 layers as its BarlowTwinsProjectionHead); "
-    "warm-up 0.3 of the epochs vs 20 of 200; SimCLRTransform vs VICRegTransform",
-    "swav": "SimCLR jitter strength 1.0 vs 0.5",
-    "vicregl": "2 local views vs none (n_local_views=0); small stem; sslbench's SimCLR crop "
-    "and jitter vs VICRegLTransform's defaults (jitter p 1.0, strength 0.5, blur, solarisation)",
-    "tico": "warm-up 0.3 of the epochs vs 20 of 200; SimCLRTransform vs BYOLTransform",
-    "fastsiam": "lr 0.12 vs 0.06 (SimSiam's overrides); FastSiamTransform at SimCLR's jitter "
-    "(0.8, 0.8, 0.8, 0.2) and crop scale 0.08 vs its SimSiam defaults (0.4, 0.4, 0.4, 0.1; "
-    "scale 0.2)",
-    "simclr_dcl": "DCLLoss T=0.2 (the demo's) vs 0.1; colour-jitter strength 1.0 vs 0.5",
-    "simclr_dclw": "DCLWLoss T=0.2 (the demo's) vs 0.1 (sigma 0.5 in both); colour-jitter "
-    "strength 1.0 vs 0.5",
-    "swav_queue": "the queues join the loss from epoch 1 (its learning-run override) vs 15; "
-    "SimCLR jitter strength 1.0 vs 0.5",
-    "mocov2": "NTXentLoss T=0.2 (the demo's) vs 0.1; memory bank 2048 vs 4096; colour-jitter "
-    "strength 1.0 vs 0.5",
-    "mocov3": "not in lightly's benchmark: the official ResNet code's settings (LARS 0.6*b/256, "
-    "wd 1e-6, biases and norms excluded, T=1.0, momentum 0.99 to 1 by a cosine), warm-up 0.3 "
-    "of the epochs vs 10 of 100; SimCLRTransform vs the official code's BYOL augmentation",
-    "dino": "2 local crops vs 6; the demo's SimCLR crops (scale 0.08, no blur at 32 px, no "
-    "solarisation) vs DINOTransform's BYOL-style global crops (scale 0.4, blur 1.0 and 0.1, "
-    "solarisation 0.2); colour-jitter strength 1.0 vs 0.5",
-    "nnclr": "NTXentLoss T=0.2 (the demo's) vs 0.5; support set 2048 vs 4096; colour-jitter "
-    "strength 1.0 vs 0.5",
-    "smog": "bank 2048 vs 10,000; resets every 30 steps vs 300; SimCLRTransform vs "
-    "SMoGTransform (BYOL-style views, crop scale 0.2, jitter always, strength 0.5)",
-}
 
 
 # -- training: sslbench's optimiser settings, lightly's scheduler, a plain loop --------------
@@ -169,8 +124,10 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, steps_per_epoch: int, epo
         optimizer = torch.optim.SGD(
             params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay
         )
-    elif opt.name == "adam":
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=opt.weight_decay)
+    elif opt.name in ("adam", "adamw"):
+        betas = {} if opt.get("betas") is None else {"betas": tuple(opt.betas)}
+        adam = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+        optimizer = adam(params, lr=lr, weight_decay=opt.weight_decay, **betas)
     elif opt.name == "lars":
         optimizer = LARS(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     else:
@@ -214,6 +171,8 @@ def train(recipe: Recipe, cfg: DictConfig, data: RunData, args, device: str) -> 
     )
     model = recipe.model.to(device).train()
     optimizer, scheduler, opt_info = build_optimizer(cfg, model, len(loader), cfg.epochs)
+    # the ViT recipes' weight-decay schedule, clipping and frozen last layers; None: nothing
+    before_optimizer_step = lightly_recipes_vit.before_optimizer_step(cfg, recipe, optimizer)
     epoch_losses = []
     step, total_steps = 0, len(loader) * cfg.epochs
     start = time.perf_counter()
@@ -223,11 +182,14 @@ def train(recipe: Recipe, cfg: DictConfig, data: RunData, args, device: str) -> 
             # PILViews: (views, labels); IndexedImages: (images, aspect, labels), viewed here
             views = make_views(*items[:2]) if args.lightly_views == "sslbench" else items[0]
             views = [v.to(device) for v in views]
+            progress = Progress(epoch, batch, step, total_steps)
             if recipe.before_step is not None:
-                recipe.before_step(Progress(epoch, batch, step, total_steps))
+                recipe.before_step(progress)
             loss = recipe.loss(views, epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if before_optimizer_step is not None:
+                before_optimizer_step(progress)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -250,7 +212,7 @@ def method_config(method: str, args: argparse.Namespace, seed: int) -> DictConfi
         f"dataset.max_train={args.max_train}",
         f"dataset.max_test={args.max_test}",
         f"method={method}",
-        *runs(method),
+        *runs(method, args.vit),
         *args.override,
         f"epochs={args.epochs}",
         f"batch_size={args.batch_size}",
@@ -270,7 +232,7 @@ def _row(cfg: DictConfig, data: RunData, side: str, method: str, args, **values)
         "method": method,
         "backbone": cfg.backbone.name,
         "small_stem": cfg.backbone.small_stem,
-        "overrides": [*BASE, f"method={method}", *runs(method), *args.override],
+        "overrides": [*BASE, f"method={method}", *runs(method, args.vit), *args.override],
         "variant": " ".join(
             [*args.override]
             + (["lightly side with sslbench's views"] if args.lightly_views == "sslbench" else [])
@@ -298,8 +260,10 @@ def run_random_init(cfg: DictConfig, data: RunData, args, method: str) -> list[d
         ("random-sslbench", sslbench_backbone),
     ):
         seed_everything(cfg.seed)
-        metrics = evaluate_backbone(build(cfg).to(device), cfg, data, pipeline, device)
-        rows.append(_row(cfg, data, side, method, args, **_metrics(metrics)))
+        backbone = build(cfg).to(device)
+        pool = lightly_recipes_vit.eval_pool(cfg, backbone)
+        metrics = evaluate_backbone(backbone, cfg, data, pipeline, device, pool=pool)
+        rows.append(_row(cfg, data, side, method, args, **_metrics(metrics), pool=pool))
     return rows
 
 
@@ -316,13 +280,16 @@ def run_lightly(cfg: DictConfig, data: RunData, args, method: str) -> dict:
     recipe = BUILDERS[method](cfg, lightly_backbone(cfg))
     trained = train(recipe, cfg, data, args, device)
     pipeline = Pipeline(OmegaConf.to_container(cfg.transform.ops), cfg.image_size)
-    metrics = evaluate_backbone(recipe.model["backbone"], cfg, data, pipeline, device)
+    backbone = recipe.model["backbone"]
+    pool = lightly_recipes_vit.eval_pool(cfg, backbone)  # a ViT: the features its method names
+    metrics = evaluate_backbone(backbone, cfg, data, pipeline, device, pool=pool)
     return _row(
         cfg, data, "lightly", method, args, **_metrics(metrics),
         train_minutes=trained["train_seconds"] / 60, **trained,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, pool=pool,
         differences=[*COMMON_DIFFERENCES, *recipe.differences],
-        vs_lightly_benchmark=VS_LIGHTLY_BENCHMARK[method],
+        vs_lightly_benchmark=getattr(recipe, "vs_lightly_benchmark", "")
+        or VS_LIGHTLY_BENCHMARK[method],
     )  # fmt: skip
 
 
@@ -338,9 +305,14 @@ def run_sslbench(cfg: DictConfig, data: RunData, args, method: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--methods", nargs="+", choices=list(REGISTRY), default=list(METHODS),
+        "--methods", nargs="+", choices=list(REGISTRY),
         help="default: every method with a lightly counterpart (not: "
-        f"{', '.join(NOT_APPLICABLE)})",
+        f"{', '.join(NOT_APPLICABLE)}) made for --backbone; with --vit, the ViT recipes'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--vit", action="store_true",
+        help="the ViT protocol: every method on the ViT methods' learning-run ViT (ViT-Ti, "
+        "8-px patches, 32 px)",
     )  # fmt: skip
     parser.add_argument("--sides", nargs="+", choices=("lightly", "sslbench", "random"),
                         default=["lightly", "sslbench", "random"])  # fmt: skip
@@ -370,6 +342,10 @@ def main() -> None:
         "training one; two-view methods only; its rows get their own table",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.methods is None:  # without --vit, the methods made for ViTs only are left out
+        args.methods = list(lightly_recipes_vit_teacher.BUILDERS) if args.vit else [
+            m for m in METHODS if method_class(m).backbone_kinds != ("vit",)
+        ]  # fmt: skip
     if args.lightly_views == "sslbench":
         multi = [m for m in args.methods if method_class(m).lightly_transform != "pipeline"]
         if multi:
@@ -394,7 +370,8 @@ def main() -> None:
             cfg = method_config(method, args, seed)
             data = open_data(cfg, progress=False)
             todo = []
-            key = (cfg.backbone.small_stem, len(data.train_indices), seed)
+            key = (cfg.backbone.name, cfg.backbone.get("patch_size"), cfg.backbone.small_stem,
+                   len(data.train_indices), seed, lightly_recipes_vit.pool_name(cfg))  # fmt: skip
             if "random" in args.sides and key not in scored_random:
                 scored_random.add(key)
                 todo.append(
@@ -449,9 +426,10 @@ def print_summary(rows: Sequence[dict]) -> None:
         for method in METHODS:
             sides = {side: [r for r in group if r["method"] == method and r["side"] == side]
                      for side in ("lightly", "sslbench")}  # fmt: skip
-            # Random init depends on the backbone and the images only, not on the method.
+            # Random init depends on the backbone, the images and (a ViT) the pooled features.
+            pool = next((r.get("pool") for r in sides["lightly"]), None)
             for side in ("random-lightly", "random-sslbench"):
-                sides[side] = [r for r in group if r["side"] == side]
+                sides[side] = [r for r in group if r["side"] == side and r.get("pool") == pool]
             # Compare like with like: only the seeds that both sides have finished.
             seeds = sorted(
                 {r["seed"] for r in sides["lightly"]} & {r["seed"] for r in sides["sslbench"]}
