@@ -156,7 +156,8 @@ def test_an_impossible_pair_is_one_clear_error(tmp_path, capsys) -> None:
     code = main(
         ["pretrain", *TINY_RUN, "method=swav", "transform=dcl", grid, f"run_dir={tmp_path}/r"]
     )
-    assert code == 1
+    assert code == 2  # bad input: refused before the run folder
     err = capsys.readouterr().err.strip()
     assert "16x16 grid needs views of at least 16 px, these are 14 px" in err
+    assert not (tmp_path / "r").exists()
     assert "\n" not in err
