@@ -51,6 +51,9 @@ EXTRA_STATE_KEY = "sslbench_extra_state"
 #: to start at 0, which the learning runs ask of ResNets).
 TEST_VIT = ("backbone=vit_tiny_patch16_224", "backbone.patch_size=8")
 LEARNING_VIT = (*TEST_VIT, "backbone.zero_init_last=false")
+#: A ViT method's learning run: 3 epochs, a tenth of them warming up (the papers warm up
+#: over 5-13% of their runs; their warm-ups in epochs would keep a 3-epoch run near lr 0).
+LEARNING_VIT_RUN = ("epochs=3", *LEARNING_VIT, "method.optimizer.warmup_epochs=0.3")
 
 #: Appended to a step's (rank, epoch, step) stream for its masks: (.., step, 1) is a stream
 #: apart from the views' (.., step).

@@ -45,7 +45,7 @@ from lightly.models.utils import apply_masks
 from torch import Tensor
 
 from sslbench.errors import ConfigError
-from sslbench.methods.base import LEARNING_VIT, TEST_VIT, Views
+from sslbench.methods.base import LEARNING_VIT_RUN, TEST_VIT, Views
 from sslbench.methods.ema import EMATargetMethod
 from sslbench.nn.masking import indices_of, random_block_mask
 
@@ -79,9 +79,7 @@ class IJEPA(EMATargetMethod):
         "method.predictor_depth=1", "method.predictor_dim=48",
     )  # fmt: skip
     # 3 epochs with a tenth of them warming up (40 of 300 in the official config)
-    learning_run_overrides = (
-        "epochs=3", *LEARNING_VIT, "method.optimizer.warmup_epochs=0.3",
-    )  # fmt: skip
+    learning_run_overrides = LEARNING_VIT_RUN
 
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(method, *args, **kwargs)

@@ -41,7 +41,7 @@ from lightly.models.modules.masked_vision_transformer_timm import init_weights
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sslbench.methods.base import LEARNING_VIT, TEST_VIT, SSLMethod, Views
+from sslbench.methods.base import LEARNING_VIT_RUN, TEST_VIT, SSLMethod, Views
 from sslbench.nn.masking import random_token_mask
 
 
@@ -74,9 +74,7 @@ class MAE(SSLMethod):
         "method.decoder_dim=64", "method.decoder_depth=1", "method.decoder_num_heads=2",
     )  # fmt: skip
     # 3 epochs: a tenth of them warms up (40 of 800 in the paper would keep the lr near 0).
-    learning_run_overrides = (
-        "epochs=3", *LEARNING_VIT, "method.optimizer.warmup_epochs=0.3",
-    )  # fmt: skip
+    learning_run_overrides = LEARNING_VIT_RUN
 
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(method, *args, **kwargs)

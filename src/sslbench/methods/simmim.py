@@ -32,7 +32,7 @@ from lightly.models.modules import MaskedVisionTransformerTIMM
 from torch import Tensor, nn
 
 from sslbench.errors import ConfigError
-from sslbench.methods.base import LEARNING_VIT, TEST_VIT, SSLMethod, Views
+from sslbench.methods.base import LEARNING_VIT_RUN, TEST_VIT, SSLMethod, Views
 from sslbench.nn.masking import random_token_mask
 
 
@@ -93,9 +93,7 @@ class SimMIM(SSLMethod):
     backbone_kinds = ("vit",)
     small_overrides = TEST_VIT
     # 3 epochs: a tenth of them warms up (as 10 of 100 in the paper).
-    learning_run_overrides = (
-        "epochs=3", *LEARNING_VIT, "method.optimizer.warmup_epochs=0.3",
-    )  # fmt: skip
+    learning_run_overrides = LEARNING_VIT_RUN
 
     def __init__(self, method: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(method, *args, **kwargs)
