@@ -123,8 +123,8 @@ class BackboneConfig:
     zero_init_last: bool = False
     channels_last: bool = True  # memory format on the GPU
     # recompute each block's activations in the backward pass instead of keeping them
-    # (timm's set_grad_checkpointing): less memory, about a third more compute, the same
-    # numbers; for ViT-B and larger at 224 px on one GPU
+    # (timm's set_grad_checkpointing): less memory, a second forward pass of each block,
+    # the same numbers (the cost is not measured yet: benchmarks/gpu_vit.sh)
     grad_checkpointing: bool = False
     # With several GPUs: every batch norm (backbone and heads) normalises over the global
     # batch, so a run on N GPUs trains the network a run on one GPU does (the methods'
